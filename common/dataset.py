@@ -1,0 +1,262 @@
+"""One in-memory description of a cross-modal dataset, shared by every method.
+
+Every reader (release formats, the generic feature folder, synthetic data) returns a
+`CrossModalDataset`; every method and metric consumes one. Keeping it in NumPy means the
+readers, the TFDS builders and the `tf.data` pipelines all agree on one layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+from common.errors import DataError
+
+SPLIT_NAMES = ("train", "val", "test", "database")
+
+
+@dataclasses.dataclass
+class Split:
+    """Image and text features of one split.
+
+    Paired split (`text_labels is None`): row i of `image` and row i of `text` form a
+    pair and share `labels[i]`. Unpaired split (ZSCRGAN's per-class collections): the two
+    modalities have their own rows; `labels` belongs to the images, `text_labels` to the
+    texts. Labels are int class ids `(n,)` (0-based) or multi-hot `(n, C)` uint8.
+    """
+
+    image: np.ndarray
+    text: np.ndarray
+    labels: np.ndarray
+    text_labels: Optional[np.ndarray] = None
+    ids: Optional[np.ndarray] = None  # image-side ids (file names, sample ids)
+    text_ids: Optional[np.ndarray] = None
+
+    @property
+    def paired(self) -> bool:
+        return self.text_labels is None
+
+    @property
+    def image_labels(self) -> np.ndarray:
+        return self.labels
+
+    @property
+    def txt_labels(self) -> np.ndarray:
+        return self.labels if self.text_labels is None else self.text_labels
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def num_texts(self) -> int:
+        return int(self.text.shape[0])
+
+    def subset(self, image_rows: np.ndarray, text_rows: Optional[np.ndarray] = None) -> "Split":
+        """Rows `image_rows` (and, for paired splits, the same text rows)."""
+        image_rows = np.asarray(image_rows)
+        if self.paired:
+            return Split(
+                image=self.image[image_rows],
+                text=self.text[image_rows],
+                labels=self.labels[image_rows],
+                ids=None if self.ids is None else self.ids[image_rows],
+                text_ids=None if self.text_ids is None else self.text_ids[image_rows],
+            )
+        text_rows = np.arange(self.num_texts) if text_rows is None else np.asarray(text_rows)
+        return Split(
+            image=self.image[image_rows],
+            text=self.text[text_rows],
+            labels=self.labels[image_rows],
+            text_labels=self.text_labels[text_rows],
+            ids=None if self.ids is None else self.ids[image_rows],
+            text_ids=None if self.text_ids is None else self.text_ids[text_rows],
+        )
+
+    def select_classes(self, classes: Sequence[int]) -> "Split":
+        """Rows whose class is in `classes` (multi-label: rows with any of them)."""
+        classes = np.asarray(sorted(set(int(c) for c in classes)), dtype=np.int64)
+        img_rows = np.flatnonzero(_has_class(self.labels, classes))
+        if self.paired:
+            return self.subset(img_rows)
+        txt_rows = np.flatnonzero(_has_class(self.text_labels, classes))
+        return self.subset(img_rows, txt_rows)
+
+
+def _has_class(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    if labels.ndim == 1:
+        return np.isin(labels, classes)
+    return labels[:, classes].sum(axis=1) > 0
+
+
+@dataclasses.dataclass
+class CrossModalDataset:
+    """Splits plus the class-level side information zero-shot methods need.
+
+    `database`, when present, is the retrieval gallery for queries from `test` (the
+    hashing protocol); otherwise test queries rank the test set of the other modality.
+    `seen_classes` / `unseen_classes` are 0-based class ids; `class_embeddings` is
+    `(num_classes, E)` with row k describing class k.
+    """
+
+    name: str
+    train: Split
+    test: Split
+    val: Optional[Split] = None
+    database: Optional[Split] = None
+    num_classes: int = 0
+    class_names: Optional[list] = None
+    class_embeddings: Optional[np.ndarray] = None
+    seen_classes: Optional[np.ndarray] = None
+    unseen_classes: Optional[np.ndarray] = None
+    source: str = ""  # where it was read from, for messages and results.json
+    extras: dict = dataclasses.field(default_factory=dict)  # format-specific metadata
+
+    def __post_init__(self):
+        if not self.num_classes:
+            self.num_classes = _infer_num_classes(self.splits().values())
+
+    def splits(self) -> dict:
+        return {n: getattr(self, n) for n in SPLIT_NAMES if getattr(self, n) is not None}
+
+    @property
+    def multilabel(self) -> bool:
+        return self.train.multilabel
+
+    @property
+    def image_dim(self) -> int:
+        return int(self.train.image.shape[1])
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.train.text.shape[1])
+
+    def class_embedding_rows(self, labels: np.ndarray) -> np.ndarray:
+        """Class embedding of each label; fails if the dataset has none for some class."""
+        where = self.source or self.name
+        if self.class_embeddings is None:
+            raise DataError(
+                f"{where}: this method needs class embeddings (class_emb.npy, C x E). Make them "
+                "from class names with word vectors (python -m tools.class_vectors) or provide them.")
+        rows = self.class_embeddings[np.asarray(labels)]
+        if not np.all(np.isfinite(rows)):
+            missing = sorted(set(np.asarray(labels)[~np.isfinite(rows).all(axis=1)].tolist()))
+            raise DataError(f"{where}: no class embedding for classes {missing[:10]}")
+        return rows
+
+    def validate(self) -> "CrossModalDataset":
+        """Fail with one clear message on anything a method would trip over later."""
+        where = self.source or self.name
+        for split_name, split in self.splits().items():
+            for modality, feats in (("image", split.image), ("text", split.text)):
+                if feats.ndim != 2:
+                    raise DataError(
+                        f"{where}: {split_name} {modality} features must be 2-D (n, dim), "
+                        f"got shape {feats.shape}")
+                if feats.shape[0] == 0:
+                    raise DataError(f"{where}: the {split_name} split has no {modality} rows")
+                if not np.all(np.isfinite(feats)):
+                    bad = np.argwhere(~np.isfinite(feats))[0]
+                    raise DataError(
+                        f"{where}: {split_name} {modality} features contain NaN/inf "
+                        f"(first at row {bad[0]}, column {bad[1]})")
+            if split.image.shape[1] != self.image_dim or split.text.shape[1] != self.text_dim:
+                raise DataError(
+                    f"{where}: {split_name} feature dims {split.image.shape[1]}/{split.text.shape[1]}"
+                    f" differ from train's {self.image_dim}/{self.text_dim}")
+            for what, labels, n in (("image", split.labels, len(split)),
+                                    ("text", split.txt_labels, split.num_texts)):
+                if labels.shape[0] != n:
+                    raise DataError(
+                        f"{where}: {split_name} has {n} {what} rows but {labels.shape[0]} labels")
+                _check_label_range(labels, self.num_classes, f"{where}: {split_name}")
+            if split.paired and split.text.shape[0] != split.image.shape[0]:
+                raise DataError(
+                    f"{where}: {split_name} pairs image row i with text row i, but there are "
+                    f"{split.image.shape[0]} images and {split.text.shape[0]} texts")
+        if self.class_embeddings is not None and self.class_embeddings.shape[0] != self.num_classes:
+            raise DataError(
+                f"{where}: class embeddings have {self.class_embeddings.shape[0]} rows, "
+                f"expected one per class ({self.num_classes})")
+        if self.unseen_classes is not None:
+            bad = [int(c) for c in self.unseen_classes if not 0 <= c < self.num_classes]
+            if bad:
+                raise DataError(f"{where}: unseen class ids {bad} are outside 0..{self.num_classes - 1}")
+        return self
+
+    def zero_shot(self, unseen_classes: Optional[Sequence[int]] = None) -> "ZeroShotView":
+        """Split classes into seen/unseen: train (and val) keep seen classes only."""
+        unseen = self.unseen_classes if unseen_classes is None else np.asarray(unseen_classes)
+        if unseen is None or len(unseen) == 0:
+            raise DataError(
+                f"{self.source or self.name}: zero-shot needs unseen classes "
+                "(unseen_classes.txt in the feature folder, or --unseen_classes)")
+        unseen = np.asarray(sorted(set(int(c) for c in unseen)), dtype=np.int64)
+        seen = np.setdiff1d(np.arange(self.num_classes), unseen)
+        if self.multilabel:
+            raise DataError("zero-shot splits are defined for single-label datasets only")
+        train = self.train.select_classes(seen)
+        if len(train) == 0:
+            raise DataError(f"{self.source or self.name}: no training rows left for the seen classes")
+        return ZeroShotView(
+            train=train,
+            val=None if self.val is None else self.val.select_classes(seen),
+            test_seen=self.test.select_classes(seen),
+            test_unseen=self.test.select_classes(unseen),
+            test_all=self.test,
+            seen_classes=seen,
+            unseen_classes=unseen,
+        )
+
+
+@dataclasses.dataclass
+class ZeroShotView:
+    """Seen-class training data and the three zero-shot test sets (seen, unseen, pooled)."""
+
+    train: Split
+    val: Optional[Split]
+    test_seen: Split
+    test_unseen: Split
+    test_all: Split  # generalized zero-shot: seen + unseen pooled
+    seen_classes: np.ndarray
+    unseen_classes: np.ndarray
+
+
+def _infer_num_classes(splits) -> int:
+    n = 0
+    for s in splits:
+        for labels in (s.labels, s.txt_labels):
+            if labels.ndim == 2:
+                n = max(n, labels.shape[1])
+            elif labels.size:
+                n = max(n, int(labels.max()) + 1)
+    return n
+
+
+def _check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:
+    if labels.ndim == 1:
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(
+                f"{where}: labels must be class ids in 0..{num_classes - 1}, found "
+                f"{labels.min()}..{labels.max()}")
+    elif labels.ndim == 2:
+        if labels.shape[1] != num_classes:
+            raise DataError(f"{where}: multi-hot labels have {labels.shape[1]} columns, "
+                            f"expected {num_classes}")
+        if not np.isin(labels, (0, 1)).all():
+            raise DataError(f"{where}: multi-hot labels must be 0/1")
+    else:
+        raise DataError(f"{where}: labels must be (n,) class ids or (n, C) multi-hot, "
+                        f"got shape {labels.shape}")
+
+
+def relevance(query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """Boolean (nq, ng): same class (int labels) or at least one shared label (multi-hot)."""
+    if query_labels.ndim == 1:
+        return query_labels[:, None] == gallery_labels[None, :]
+    return (query_labels.astype(np.float32) @ gallery_labels.astype(np.float32).T) > 0

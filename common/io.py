@@ -1,0 +1,188 @@
+"""File-level helpers: array files, Python-2 pickles, atomic writes.
+
+Every failure is re-raised as `DataError` naming the file and what was expected, so entry
+points can print one line instead of a NumPy/pickle traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from common.errors import DataError
+
+ARRAY_EXTENSIONS = (".npy", ".mat", ".h5")
+
+
+def require_files(folder: str, names: Sequence[str], how_to_get: str) -> None:
+    """Raise one message listing every missing file of a release layout."""
+    if not folder or not os.path.isdir(folder):
+        raise DataError(f"data folder {folder!r} does not exist. {how_to_get}")
+    missing = [n for n in names if not os.path.exists(os.path.join(folder, n))]
+    if missing:
+        raise DataError(
+            f"missing {', '.join(missing)} in {folder}. {how_to_get}")
+
+
+def load_pickle(path: str) -> Any:
+    """Python-2 `cPickle` files (the releases' format) need latin-1 decoding in Python 3."""
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except FileNotFoundError:
+        raise DataError(f"missing file {path}") from None
+    except Exception as e:  # corrupt or truncated pickles raise many types
+        raise DataError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+
+
+def unwrap(obj: Any) -> Any:
+    """Pickled dicts sometimes arrive wrapped in a 0-d object array (`.item()` in loaders)."""
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0:
+        return obj.item()
+    return obj
+
+
+def as_matrix(obj: Any, path: str, dim: Optional[int] = None) -> np.ndarray:
+    """A 2-D float32 array from a 2-D array or a sequence of 1-D vectors."""
+    obj = unwrap(obj)
+    try:
+        if isinstance(obj, np.ndarray) and obj.dtype != object:
+            arr = np.asarray(obj, dtype=np.float32)
+        else:
+            arr = np.stack([np.asarray(v, dtype=np.float32).reshape(-1) for v in obj])
+    except Exception as e:
+        raise DataError(f"{path}: expected a 2-D float array or a list of equal-length "
+                        f"vectors ({e})") from None
+    if arr.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D (n, dim) array, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise DataError(f"{path}: expected {dim} columns, got {arr.shape[1]}")
+    return arr
+
+
+def as_int_labels(obj: Any, path: str) -> np.ndarray:
+    """Int class ids from a list/array of shape (n,) or (n, 1)."""
+    obj = unwrap(obj)
+    try:
+        arr = np.asarray(obj)
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise ValueError(f"shape {arr.shape}")
+        if arr.size and not np.all(np.equal(np.mod(arr.astype(np.float64), 1), 0)):
+            raise ValueError("non-integer values")
+        return arr.astype(np.int64)
+    except Exception as e:
+        raise DataError(f"{path}: expected integer class ids of shape (n,) or (n, 1) ({e})") from None
+
+
+def find_array_file(folder: str, stem: str) -> Optional[str]:
+    """The one `<stem>.npy|.mat|.h5` in `folder`, None if absent; two of them is an error."""
+    found = [os.path.join(folder, stem + ext) for ext in ARRAY_EXTENSIONS
+             if os.path.exists(os.path.join(folder, stem + ext))]
+    if len(found) > 1:
+        raise DataError(f"{folder}: both {' and '.join(os.path.basename(f) for f in found)} "
+                        f"exist; keep one")
+    return found[0] if found else None
+
+
+def load_array(path: str) -> np.ndarray:
+    """`.npy`, `.mat` (v5 or v7.3) or `.h5`; .mat/.h5 hold one variable named like the file."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".npy":
+            return np.load(path, allow_pickle=False)
+        if ext == ".mat":
+            return _load_mat_variable(path, stem)
+        if ext == ".h5":
+            return _load_h5_variable(path, stem, transpose=False)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"missing file {path}") from None
+    except Exception as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    raise DataError(f"{path}: unsupported extension (use one of {', '.join(ARRAY_EXTENSIONS)})")
+
+
+def _pick_variable(keys: Iterable[str], stem: str, path: str) -> str:
+    keys = [k for k in keys if not k.startswith("__") and k != "#refs#"]
+    if stem in keys:
+        return stem
+    if len(keys) == 1:
+        return keys[0]
+    raise DataError(f"{path}: expected one variable named {stem!r}, found {sorted(keys)}")
+
+
+def _load_mat_variable(path: str, stem: str) -> np.ndarray:
+    import scipy.io
+
+    try:
+        contents = scipy.io.loadmat(path)
+    except NotImplementedError:  # MATLAB v7.3 files are HDF5, stored column-major
+        return _load_h5_variable(path, stem, transpose=True)
+    except ValueError as e:
+        raise DataError(f"{path}: not a MATLAB file ({e})") from None
+    return np.asarray(contents[_pick_variable(contents.keys(), stem, path)])
+
+
+def _load_h5_variable(path: str, stem: str, transpose: bool) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        arr = np.asarray(f[_pick_variable(f.keys(), stem, path)])
+    return arr.T if transpose else arr
+
+
+def read_lines(path: str) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", **kwargs):
+    """Write to a temporary file beside `path`, rename over it only on success.
+
+    A crash or exception mid-write leaves the previous file untouched.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+
+
+def write_pickle(path: str, obj: Any, protocol: int = 2) -> None:
+    with atomic_open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,34 @@
+"""Layers shared by the ports."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+@tf.custom_gradient
+def gradient_reversal(x, scale):
+    """Identity forward; backward multiplies the incoming gradient by -scale.
+
+    `scale` is a tensor input (not a Python float) so a compiled step can change it every
+    epoch without retracing; it receives no gradient.
+    """
+    scale = tf.cast(scale, x.dtype)
+
+    def grad(upstream):
+        return -scale * upstream, None
+
+    return tf.identity(x), grad
+
+
+class GradientReversal(keras.layers.Layer):
+    """Keras wrapper of `gradient_reversal`; call as `layer(x, scale)`."""
+
+    def call(self, x, scale):
+        return gradient_reversal(x, scale)
+
+
+def grl_schedule(epoch, num_epochs):
+    """DANN's lambda = 2 / (1 + exp(-10 p)) - 1 with p = epoch / num_epochs (ACMR, JFSE)."""
+    p = tf.cast(epoch, tf.float32) / tf.cast(num_epochs, tf.float32)
+    return 2.0 / (1.0 + tf.exp(-10.0 * p)) - 1.0

@@ -1,0 +1,440 @@
+"""Readers for the original releases' data folders and the generic feature folder.
+
+Each returns a validated `CrossModalDataset` with 0-based labels. The layouts are those of
+the releases (see `../shared/specs/*.md`, section "Data"); the TFDS builders in
+`common.tfds_builders` wrap these functions, so both paths read files identically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional
+
+import numpy as np
+
+from common import io
+from common.dataset import CrossModalDataset, Split
+from common.errors import DataError
+
+# --------------------------------------------------------------------------- ACMR
+
+WIKIPEDIA_HOW_TO = (
+    "Unzip data/wikipedia_dataset.zip of the ACMR release (sunpeng981712364/ACMR_demo) into this "
+    "folder: it holds train_/test_img_feats.pkl (n x 4096), train_/test_txt_vecs.pkl (n x 5000) "
+    "and train_/test_labels.pkl (1-based class ids).")
+WIKIPEDIA_FILES = ("train_img_feats.pkl", "train_txt_vecs.pkl", "train_labels.pkl",
+                   "test_img_feats.pkl", "test_txt_vecs.pkl", "test_labels.pkl")
+WIKIPEDIA_CLASSES = ["art", "biology", "geography", "history", "literature", "media", "music",
+                     "royalty", "sport", "warfare"]
+
+
+def read_acmr_wikipedia(folder: str) -> CrossModalDataset:
+    """ACMR's `wikipedia_dataset` pickles (2,173 train / 693 test pairs, 10 classes)."""
+    io.require_files(folder, WIKIPEDIA_FILES, WIKIPEDIA_HOW_TO)
+    splits = {}
+    for split in ("train", "test"):
+        p = lambda name: os.path.join(folder, name)  # noqa: E731
+        image = io.as_matrix(io.load_pickle(p(f"{split}_img_feats.pkl")), p(f"{split}_img_feats.pkl"))
+        text = io.as_matrix(io.load_pickle(p(f"{split}_txt_vecs.pkl")), p(f"{split}_txt_vecs.pkl"))
+        labels = _one_based(io.as_int_labels(io.load_pickle(p(f"{split}_labels.pkl")),
+                                             p(f"{split}_labels.pkl")), p(f"{split}_labels.pkl"))
+        ids = None
+        if os.path.exists(p(f"{split}_img_files.pkl")):
+            ids = np.asarray([str(x) for x in io.load_pickle(p(f"{split}_img_files.pkl"))])
+        text_ids = None
+        if os.path.exists(p(f"{split}_txt_files.pkl")):
+            text_ids = np.asarray([str(x) for x in io.load_pickle(p(f"{split}_txt_files.pkl"))])
+        _same_rows(folder, split, image, text, labels)
+        splits[split] = Split(image, text, labels, ids=ids, text_ids=text_ids)
+    return CrossModalDataset(name="wikipedia", num_classes=10, class_names=list(WIKIPEDIA_CLASSES),
+                             source=folder, **splits).validate()
+
+
+NUSWIDE_HOW_TO = (
+    "Unzip data/nuswide.zip of the ACMR release (sunpeng981712364/ACMR_demo) into this folder: "
+    "dict-keyed pickles img_{train,test}_id_feats.pkl, {train,test}_id_bow.pkl, "
+    "{train,test}_id_label_map.pkl, {train,test}_id_label_single.pkl and the id lists "
+    "train_ids.pkl / test_ids.pkl.")
+NUSWIDE_FILES = tuple(f.format(s=s) for s in ("train", "test") for f in (
+    "img_{s}_id_feats.pkl", "{s}_id_bow.pkl", "{s}_id_label_map.pkl", "{s}_id_label_single.pkl",
+    "{s}_ids.pkl"))
+
+
+def read_acmr_nuswide(folder: str) -> CrossModalDataset:
+    """ACMR's NUS-WIDE-10k pickles: dicts keyed by sample id, split by the id lists.
+
+    The single-label base (0 or 1) is not recorded by the release; it is inferred by
+    comparing the single ids with the stored one-hot label vectors and reported in
+    `dataset.extras["nuswide_label_base"]`.
+    """
+    io.require_files(folder, NUSWIDE_FILES, NUSWIDE_HOW_TO)
+    p = lambda name: os.path.join(folder, name)  # noqa: E731
+    splits, bases = {}, set()
+    for split in ("train", "test"):
+        ids = list(io.unwrap(io.load_pickle(p(f"{split}_ids.pkl"))))
+        tables = {}
+        for key, name in (("image", f"img_{split}_id_feats.pkl"), ("text", f"{split}_id_bow.pkl"),
+                          ("onehot", f"{split}_id_label_map.pkl"),
+                          ("single", f"{split}_id_label_single.pkl")):
+            table = io.unwrap(io.load_pickle(p(name)))
+            if not isinstance(table, dict):
+                raise DataError(f"{p(name)}: expected a dict keyed by sample id, got {type(table).__name__}")
+            missing = [i for i in ids if i not in table]
+            if missing:
+                raise DataError(f"{p(name)}: {len(missing)} ids of {split}_ids.pkl are missing "
+                                f"(first: {missing[0]!r})")
+            tables[key] = [table[i] for i in ids]
+        image = io.as_matrix(tables["image"], p(f"img_{split}_id_feats.pkl"))
+        text = io.as_matrix(tables["text"], p(f"{split}_id_bow.pkl"))
+        onehot = io.as_matrix(tables["onehot"], p(f"{split}_id_label_map.pkl"))
+        single = io.as_int_labels(np.asarray(tables["single"]).reshape(len(ids), -1),
+                                  p(f"{split}_id_label_single.pkl"))
+        arg = onehot.argmax(axis=1)
+        if np.array_equal(arg, single):
+            bases.add(0)
+        elif np.array_equal(arg, single - 1):
+            bases.add(1)
+        else:
+            raise DataError(f"{p(f'{split}_id_label_single.pkl')}: single labels disagree with "
+                            f"{split}_id_label_map.pkl for 0-based and 1-based readings")
+        splits[split] = Split(image, text, arg.astype(np.int64), ids=np.asarray([str(i) for i in ids]))
+    ds = CrossModalDataset(name="nuswide", num_classes=10, source=folder, **splits)
+    ds.extras["nuswide_label_base"] = sorted(bases)[0] if len(bases) == 1 else sorted(bases)
+    return ds.validate()
+
+
+# --------------------------------------------------------------------------- JFSE
+
+XMN_HOW_TO = (
+    "Put the JFSE release's data/xmn pickles here (CFM-MSG/Code_JFSE, PKU XMediaNet image-text "
+    "features): train_img_files.pkl (n x 4096), train_txt_files.pkl (n x 300), train_labels.pkl "
+    "(1-based), train_attribute.pkl (n x 300, or class_emb.npy C x 300 instead) and the three "
+    "test_* files. .npy files with the same stems are accepted. The original archive is often "
+    "unavailable: write these arrays from your own features with numpy.save.")
+XMN_STEMS = ("train_img_files", "train_txt_files", "train_labels",
+             "test_img_files", "test_txt_files", "test_labels")
+
+
+def _xmn_load(folder: str, stem: str, required: bool = True):
+    for ext in (".pkl", ".npy"):
+        path = os.path.join(folder, stem + ext)
+        if os.path.exists(path):
+            return (io.load_pickle(path) if ext == ".pkl" else io.load_array(path)), path
+    if required:
+        raise DataError(f"missing {stem}.pkl (or {stem}.npy) in {folder}. {XMN_HOW_TO}")
+    return None, None
+
+
+def read_jfse_xmn(folder: str, num_classes: int = 200, label_base: int = 1) -> CrossModalDataset:
+    """JFSE's `data/xmn` pickles. The test set is the zero-shot (unseen) test set.
+
+    Class embeddings: `class_emb.npy` (C x E) when present, else the rows of
+    `train_attribute` gathered per training class (other classes get NaN rows and are
+    reported by `CrossModalDataset.class_embedding_rows`). Unseen classes:
+    `unseen_classes.txt` (0-based) when present, else the test classes absent from training.
+    """
+    if not os.path.isdir(folder):
+        raise DataError(f"data folder {folder!r} does not exist. {XMN_HOW_TO}")
+    arrays = {stem: _xmn_load(folder, stem) for stem in XMN_STEMS}
+    splits = {}
+    for split in ("train", "test"):
+        image = io.as_matrix(*arrays[f"{split}_img_files"])
+        text = io.as_matrix(*arrays[f"{split}_txt_files"])
+        labels_obj, labels_path = arrays[f"{split}_labels"]
+        labels = io.as_int_labels(labels_obj, labels_path) - label_base
+        if labels.size and labels.min() < 0:
+            raise DataError(f"{labels_path}: labels are {label_base}-based in this release, found "
+                            f"{labels.min() + label_base}")
+        _same_rows(folder, split, image, text, labels)
+        splits[split] = Split(image, text, labels)
+    class_emb = _optional_class_embeddings(folder, num_classes)
+    attribute, attr_path = _xmn_load(folder, "train_attribute", required=False)
+    if attribute is not None:
+        attribute = io.as_matrix(attribute, attr_path)
+        if attribute.shape[0] != len(splits["train"]):
+            raise DataError(f"{attr_path}: {attribute.shape[0]} rows, expected one per training "
+                            f"pair ({len(splits['train'])})")
+        if class_emb is None:
+            class_emb = np.full((num_classes, attribute.shape[1]), np.nan, np.float32)
+            rows = np.unique(splits["train"].labels, return_index=True)
+            class_emb[rows[0]] = attribute[rows[1]]
+    elif class_emb is None:
+        raise DataError(f"{folder}: neither train_attribute.pkl nor class_emb.npy is present; "
+                        "JFSE needs class embeddings. " + XMN_HOW_TO)
+    unseen = _optional_class_list(folder, "unseen_classes.txt", num_classes)
+    if unseen is None:
+        unseen = np.setdiff1d(np.unique(splits["test"].labels), np.unique(splits["train"].labels))
+    ds = CrossModalDataset(name="xmn", num_classes=num_classes, class_embeddings=class_emb,
+                           unseen_classes=unseen, class_names=_optional_names(folder),
+                           source=folder, **splits)
+    if attribute is not None:
+        ds.extras["train_attribute"] = attribute
+    return ds.validate()
+
+
+# --------------------------------------------------------------------------- ZSCRGAN
+
+ZSCRGAN_FILES = ("txt_embed_dict.pkl", "image_embed_dict.pkl", "trainids.pkl", "testids.pkl")
+ZSCRGAN_HOW_TO = (
+    "ZSCRGAN reads datasets/<NAME>/ with four Python-2 pickles: txt_embed_dict.pkl and "
+    "image_embed_dict.pkl (dict: int class id -> list of 1-D vectors), trainids.pkl (list of seen "
+    "class ids) and testids.pkl (unseen class ids). Get the zips named in the ranarag/ZSCRGAN "
+    "README, or write your own features in that structure (or use --dataset features).")
+
+
+def read_zscrgan(folder: str, name: str = "zscrgan") -> CrossModalDataset:
+    """ZSCRGAN's per-class dictionaries. Images and texts are unpaired collections.
+
+    Classes are ordered by ascending id (the release's Python-2 dict order), rows within
+    a class in stored order; `text_ids` holds each text's index within its class (the
+    release trains on index 0 only). `extras["trainids"]` keeps the pickled seen-class order
+    that the release's sampler walks.
+    """
+    io.require_files(folder, ZSCRGAN_FILES, ZSCRGAN_HOW_TO)
+    p = lambda n: os.path.join(folder, n)  # noqa: E731
+    txt = io.unwrap(io.load_pickle(p("txt_embed_dict.pkl")))
+    img = io.unwrap(io.load_pickle(p("image_embed_dict.pkl")))
+    for table, n in ((txt, "txt_embed_dict.pkl"), (img, "image_embed_dict.pkl")):
+        if not isinstance(table, dict) or not table:
+            raise DataError(f"{p(n)}: expected a non-empty dict class id -> list of vectors. "
+                            + ZSCRGAN_HOW_TO)
+    trainids = [int(c) for c in io.unwrap(io.load_pickle(p("trainids.pkl")))]
+    testids = [int(c) for c in io.unwrap(io.load_pickle(p("testids.pkl")))]
+    if set(trainids) & set(testids):
+        raise DataError(f"{folder}: trainids and testids share classes "
+                        f"{sorted(set(trainids) & set(testids))[:5]}")
+    used = trainids + testids
+    if min(used) < 0:
+        raise DataError(f"{folder}: class ids must be non-negative ints")
+    for c in used:
+        for table, n in ((txt, "txt_embed_dict.pkl"), (img, "image_embed_dict.pkl")):
+            if c not in table or len(table[c]) == 0:
+                raise DataError(f"{p(n)}: class {c} (listed in the id files) has no vectors")
+
+    def collect(classes, table, n):
+        rows, labels, index = [], [], []
+        for c in sorted(classes):
+            m = io.as_matrix(table[c], f"{p(n)}[{c}]")
+            rows.append(m)
+            labels.append(np.full(len(m), c, np.int64))
+            index.append(np.arange(len(m)))
+        return (np.concatenate(rows), np.concatenate(labels), np.concatenate(index))
+
+    splits = {}
+    for split, classes in (("train", trainids), ("test", testids)):
+        image, image_labels, image_index = collect(classes, img, "image_embed_dict.pkl")
+        text, text_labels, text_index = collect(classes, txt, "txt_embed_dict.pkl")
+        splits[split] = Split(image, text, image_labels, text_labels=text_labels,
+                              ids=image_index, text_ids=text_index)
+    ds = CrossModalDataset(name=name, num_classes=max(used) + 1,
+                           seen_classes=np.asarray(sorted(trainids)),
+                           unseen_classes=np.asarray(sorted(testids)), source=folder, **splits)
+    ds.extras["trainids"] = trainids
+    return ds.validate()
+
+
+# --------------------------------------------------------------------------- IAPR TC-12 (hashing)
+
+IAPR_FILES = ("iapr_train", "iapr_test", "iapr_retrieval")
+IAPR_BOW_DIM, IAPR_NUM_LABELS = 2912, 255
+IAPR_HOW_TO = (
+    "The hashing release (zhongzhh8/Cross-Modal-Retrieval) reads iapr_train (10,000 lines), "
+    "iapr_test (2,000) and iapr_retrieval (18,000): each line is 'DD/NNNNN.jpg', 2912 BoW "
+    "entries and 255 label entries. Image features come from features.npz (arrays 'path' and "
+    "'img', optionally 'txt' for sentence features) in the same folder, written by the feature "
+    "extraction tool.")
+_IAPR_PATH = re.compile(r"^[^\s/]+/[^\s/]+\.\w+$")
+
+
+def read_iapr_list(path: str):
+    """(paths, bow uint8 (n, 2912), labels uint8 (n, 255)) of one split file."""
+    if not os.path.exists(path):
+        raise DataError(f"missing {os.path.basename(path)} in {os.path.dirname(path) or '.'}. "
+                        + IAPR_HOW_TO)
+    paths, rows = [], []
+    width = 1 + IAPR_BOW_DIM + IAPR_NUM_LABELS
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            if len(tokens) != width:
+                raise DataError(f"{path}:{line_no}: expected {width} tokens (path + {IAPR_BOW_DIM} "
+                                f"BoW + {IAPR_NUM_LABELS} labels), got {len(tokens)}")
+            if not _IAPR_PATH.match(tokens[0]):
+                raise DataError(f"{path}:{line_no}: first token {tokens[0]!r} is not 'DD/NNNNN.jpg'")
+            paths.append(tokens[0])
+            rows.append(tokens[1:])
+    if not rows:
+        raise DataError(f"{path}: the split file is empty")
+    try:
+        values = np.asarray(rows, dtype=np.float32)
+    except ValueError as e:
+        raise DataError(f"{path}: non-numeric BoW/label entries ({e})") from None
+    if not np.isin(values, (0, 1)).all():
+        bad = np.argwhere(~np.isin(values, (0, 1)))[0]
+        raise DataError(f"{path}:{bad[0] + 1}: entries must be 0/1, found {values[tuple(bad)]}")
+    values = values.astype(np.uint8)
+    return np.asarray(paths), values[:, :IAPR_BOW_DIM], values[:, IAPR_BOW_DIM:]
+
+
+def read_iapr(folder: str, text_source: str = "bow") -> CrossModalDataset:
+    """IAPR TC-12 split files + `features.npz`: train, test (queries), retrieval (database).
+
+    `text_source="bow"` uses the split files' 2,912-d bag of words as the text feature
+    (fully offline, DCMH-style); `"txt"` uses `features.npz['txt']` (e.g. BERT [CLS]).
+    """
+    io.require_files(folder, IAPR_FILES + ("features.npz",), IAPR_HOW_TO)
+    feats_path = os.path.join(folder, "features.npz")
+    try:
+        feats = np.load(feats_path, allow_pickle=False)
+        index = {str(pth): i for i, pth in enumerate(feats["path"])}
+        img = feats["img"]
+        txt = feats["txt"] if text_source == "txt" else None
+    except KeyError as e:
+        needed = "'path', 'img' and 'txt'" if text_source == "txt" else "'path' and 'img'"
+        raise DataError(f"{feats_path}: missing array {e} (needs {needed})") from None
+    except Exception as e:
+        raise DataError(f"{feats_path}: cannot read ({type(e).__name__}: {e})") from None
+    splits = {}
+    for split, fname in (("train", "iapr_train"), ("test", "iapr_test"), ("database", "iapr_retrieval")):
+        paths, bow, labels = read_iapr_list(os.path.join(folder, fname))
+        missing = [pth for pth in paths if pth not in index]
+        if missing:
+            raise DataError(f"{feats_path}: no image features for {len(missing)} paths of {fname} "
+                            f"(first: {missing[0]})")
+        rows = np.asarray([index[pth] for pth in paths])
+        text = bow.astype(np.float32) if txt is None else np.asarray(txt[rows], np.float32)
+        splits[split] = Split(np.asarray(img[rows], np.float32), text, labels, ids=paths)
+    return CrossModalDataset(name="iapr", num_classes=IAPR_NUM_LABELS, source=folder,
+                             **splits).validate()
+
+
+# --------------------------------------------------------------------------- generic feature folder
+
+FEATURES_HOW_TO = (
+    "A feature folder holds train_img, train_txt, train_lab, test_img, test_txt, test_lab "
+    "(optionally val_*) as .npy, .mat (one variable named like the file) or .h5 (one dataset named "
+    "like the file); *_img_lab / *_txt_lab are accepted for labels; optional class_emb.npy, "
+    "class_names.txt, unseen_classes.txt. See README 'Bring your own data'.")
+
+
+def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossModalDataset:
+    """The generic layout every method accepts (`--dataset features --data_dir DIR`).
+
+    Labels: ints `(n,)`/`(n, 1)`, 0- or 1-based, or multi-hot `(n, C)`. The base is 0 when
+    any split contains class 0, otherwise 1 (override with `label_base` or a
+    `label_base.txt` holding 0 or 1).
+    """
+    if not os.path.isdir(folder):
+        raise DataError(f"data folder {folder!r} does not exist. {FEATURES_HOW_TO}")
+    raw = {}
+    for split in ("train", "val", "test"):
+        files = {}
+        for part in ("img", "txt"):
+            files[part] = io.find_array_file(folder, f"{split}_{part}")
+        label_files = [io.find_array_file(folder, f"{split}_{s}") for s in ("lab", "img_lab", "txt_lab")]
+        files["lab"] = label_files[0] or label_files[1] or label_files[2]
+        files["txt_lab"] = label_files[2] if (label_files[1] and label_files[2]) else None
+        present = [k for k in ("img", "txt", "lab") if files[k]]
+        if split == "val" and not present:
+            continue
+        missing = [f"{split}_{k} (.npy/.mat/.h5)" for k in ("img", "txt", "lab") if not files[k]]
+        if missing:
+            raise DataError(f"missing {', '.join(missing)} in {folder}. {FEATURES_HOW_TO}")
+        raw[split] = files
+    loaded = {}
+    for split, files in raw.items():
+        image = io.as_matrix(io.load_array(files["img"]), files["img"])
+        text = io.as_matrix(io.load_array(files["txt"]), files["txt"])
+        labels = _labels_any(io.load_array(files["lab"]), files["lab"])
+        if files["txt_lab"]:
+            txt_labels = _labels_any(io.load_array(files["txt_lab"]), files["txt_lab"])
+            if not np.array_equal(txt_labels, labels):
+                raise DataError(f"{files['txt_lab']}: differs from {os.path.basename(files['lab'])}; "
+                                "pairs must share labels")
+        for what, arr, path in (("image", image, files["img"]), ("text", text, files["txt"])):
+            if arr.shape[0] != labels.shape[0]:
+                raise DataError(f"{path}: {arr.shape[0]} {what} rows but "
+                                f"{os.path.basename(files['lab'])} has {labels.shape[0]} labels")
+        loaded[split] = [image, text, labels]
+    multilabel = {v[2].ndim == 2 for v in loaded.values()}
+    if len(multilabel) > 1:
+        raise DataError(f"{folder}: some splits have multi-hot labels and others class ids")
+    if not multilabel.pop():
+        base = label_base
+        if base is None and os.path.exists(os.path.join(folder, "label_base.txt")):
+            base = int(io.read_lines(os.path.join(folder, "label_base.txt"))[0])
+        if base is None:
+            base = 0 if any((v[2] == 0).any() for v in loaded.values()) else 1
+        for v in loaded.values():
+            v[2] = v[2] - base
+    else:
+        for v in loaded.values():
+            v[2] = v[2].astype(np.uint8)
+    splits = {s: Split(*v) for s, v in loaded.items()}
+    num_classes = max(int(s.labels.max()) + 1 if s.labels.ndim == 1 else s.labels.shape[1]
+                      for s in splits.values())
+    class_emb = _optional_class_embeddings(folder, None)
+    names = _optional_names(folder)
+    num_classes = max(num_classes, 0 if class_emb is None else class_emb.shape[0],
+                      0 if names is None else len(names))
+    ds = CrossModalDataset(name=os.path.basename(os.path.normpath(folder)) or "features",
+                           num_classes=num_classes, class_names=names, class_embeddings=class_emb,
+                           unseen_classes=_optional_class_list(folder, "unseen_classes.txt", num_classes),
+                           source=folder, **splits)
+    return ds.validate()
+
+
+def _labels_any(arr: np.ndarray, path: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 2 and arr.shape[1] > 1:
+        if not np.isin(arr, (0, 1)).all():
+            raise DataError(f"{path}: a 2-D label array must be multi-hot 0/1 (n, C)")
+        return arr.astype(np.uint8)
+    return io.as_int_labels(arr, path)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+def _one_based(labels: np.ndarray, path: str) -> np.ndarray:
+    if labels.size and labels.min() < 1:
+        raise DataError(f"{path}: labels are 1-based in this release, found {labels.min()}")
+    return labels - 1
+
+
+def _same_rows(folder, split, image, text, labels):
+    if not image.shape[0] == text.shape[0] == labels.shape[0]:
+        raise DataError(f"{folder}: {split} has {image.shape[0]} images, {text.shape[0]} texts and "
+                        f"{labels.shape[0]} labels; rows must be aligned pairs")
+
+
+def _optional_class_embeddings(folder: str, num_classes: Optional[int]) -> Optional[np.ndarray]:
+    path = os.path.join(folder, "class_emb.npy")
+    if not os.path.exists(path):
+        return None
+    emb = io.as_matrix(io.load_array(path), path)
+    if num_classes is not None and emb.shape[0] != num_classes:
+        raise DataError(f"{path}: {emb.shape[0]} rows, expected one per class ({num_classes})")
+    if not np.all(np.isfinite(emb)):
+        raise DataError(f"{path}: contains NaN/inf")
+    return emb
+
+
+def _optional_class_list(folder: str, name: str, num_classes: int) -> Optional[np.ndarray]:
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        return None
+    try:
+        ids = np.asarray([int(tok) for line in io.read_lines(path) for tok in line.replace(",", " ").split()])
+    except ValueError as e:
+        raise DataError(f"{path}: expected 0-based integer class ids ({e})") from None
+    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+        raise DataError(f"{path}: class ids must be 0-based in 0..{num_classes - 1}")
+    return ids
+
+
+def _optional_names(folder: str) -> Optional[list]:
+    path = os.path.join(folder, "class_names.txt")
+    return io.read_lines(path) if os.path.exists(path) else None

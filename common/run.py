@@ -1,0 +1,89 @@
+"""The run contract every method entry point follows.
+
+Flags `--dataset --data_dir --output_dir --seed --epochs`; outputs
+`<output_dir>/results.json`, `<output_dir>/flags.json`, TensorBoard logs under
+`<output_dir>/tb`. `results.json` always carries `i2t_map_all` / `t2i_map_all` (mAP over the
+whole ranking from `common.metrics`) so every method compares on one scale; zero-shot runs
+add `seen_*`, generalized zero-shot runs `gzs_*` (see `write_results`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+from absl import app, flags
+
+from common import io
+from common.errors import ConfigError, DataError
+
+REQUIRED_METRICS = ("i2t_map_all", "t2i_map_all")
+
+
+def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optional[int] = None,
+                     default_output_dir: str = "runs/latest") -> None:
+    """Define the contract's flags (call once, at import time of an entry module)."""
+    flags.DEFINE_string("dataset", default_dataset,
+                        "synthetic[:small|medium|large], synthetic-multilabel, features, "
+                        "wikipedia, nuswide, xmn, zscrgan, iapr.")
+    flags.DEFINE_string("data_dir", None, "Folder with the dataset's files (not needed for synthetic).")
+    flags.DEFINE_string("output_dir", default_output_dir,
+                        "Where results.json, flags.json, tb/ and checkpoints/ are written.")
+    flags.DEFINE_integer("seed", 0, "Seed for data generation, initialisation and sampling.")
+    flags.DEFINE_integer("epochs", default_epochs, "Training epochs (default: the release's).")
+
+
+def flag_values(names=None) -> dict:
+    """Flags of this program as a plain dict (for flags.json / results.json)."""
+    fv = flags.FLAGS
+    module_flags = {}
+    for module, flag_list in fv.flags_by_module_dict().items():
+        if "absl" in module:
+            continue
+        for f in flag_list:
+            module_flags[f.name] = f.value
+    if names:
+        module_flags = {k: v for k, v in module_flags.items() if k in names}
+    return module_flags
+
+
+def tensorboard_dir(output_dir: str) -> str:
+    return os.path.join(output_dir, "tb")
+
+
+def checkpoint_dir(output_dir: str) -> str:
+    return os.path.join(output_dir, "checkpoints")
+
+
+def write_results(output_dir: str, *, dataset: str, method: str, seed: int, flag_dict: dict,
+                  metrics: dict, text_to_image_only: bool = False, **extra) -> dict:
+    """Validate and atomically write results.json and flags.json.
+
+    `metrics` holds the method's headline numbers under their true names plus the
+    contract's `i2t_map_all` / `t2i_map_all` (a text->image-only method: `t2i_map_all`).
+    """
+    required = ("t2i_map_all",) if text_to_image_only else REQUIRED_METRICS
+    missing = [k for k in required if k not in metrics]
+    if missing:
+        raise ConfigError(f"results for {method} lack the contract's metrics {missing}")
+    results = {"dataset": dataset, "method": method, "seed": seed, "flags": flag_dict,
+               "metrics": metrics, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+    results.update({k: v for k, v in metrics.items()})
+    io.write_json(os.path.join(output_dir, "flags.json"), flag_dict)
+    io.write_json(os.path.join(output_dir, "results.json"), results)
+    return results
+
+
+def run_main(main: Callable) -> None:
+    """`absl.app.run(main)` that turns data/config errors into one line and exit code 2."""
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except (DataError, ConfigError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(wrapped)

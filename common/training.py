@@ -1,0 +1,152 @@
+"""Training utilities: seeding, checkpoint/resume, TensorBoard summaries, progress."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Dict, Iterable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def set_seed(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and TF; optionally make TF ops deterministic (same seed, same run)."""
+    keras.utils.set_random_seed(int(seed))
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def build_optimizer(optimizer: keras.optimizers.Optimizer, variables: Iterable[tf.Variable]) -> None:
+    """Create the optimizer's slot variables now.
+
+    A checkpoint restored into an unbuilt Keras 3 optimizer silently drops its moments
+    (they have nowhere to go); building first makes restore exact.
+    """
+    if not optimizer.built:
+        optimizer.build(list(variables))
+
+
+class Checkpointer:
+    """`tf.train.Checkpoint` + `CheckpointManager` with resume of step and data position.
+
+    `objects` are models, optimizers, `tf.data` iterators and variables. Optimizers must be
+    passed as (optimizer, variables) pairs so they are built before any restore.
+    """
+
+    def __init__(self, directory: str, max_to_keep: int = 3, **objects):
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        tracked = {}
+        for name, obj in objects.items():
+            if isinstance(obj, tuple):
+                optimizer, variables = obj
+                build_optimizer(optimizer, variables)
+                obj = optimizer
+            tracked[name] = obj
+        self.checkpoint = tf.train.Checkpoint(step=self.step, epoch=self.epoch, **tracked)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+
+    def restore_or_initialize(self) -> bool:
+        """Restore the latest checkpoint if there is one; True when resumed."""
+        latest = self.manager.latest_checkpoint
+        if latest is None:
+            return False
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return True
+
+    def save(self) -> str:
+        return self.manager.save(checkpoint_number=int(self.step.numpy()))
+
+
+class SummaryWriter:
+    """Thin `tf.summary` helper writing under one log directory."""
+
+    def __init__(self, logdir: str):
+        self.writer = tf.summary.create_file_writer(logdir)
+
+    def scalars(self, values: Dict[str, float], step: int) -> None:
+        with self.writer.as_default(step=int(step)):
+            for name, value in values.items():
+                tf.summary.scalar(name, float(value))
+
+    def histograms(self, values: Dict[str, object], step: int) -> None:
+        with self.writer.as_default(step=int(step)):
+            for name, value in values.items():
+                tf.summary.histogram(name, value)
+
+    def pr_curve(self, tag: str, relevance: np.ndarray, scores: np.ndarray, step: int,
+                 num_thresholds: int = 101) -> None:
+        """Retrieval PR curve for TensorBoard's PR-curve plugin.
+
+        `scores` in [0, 1] (e.g. (1 + cosine) / 2) and boolean `relevance` of the same shape,
+        pooled over queries; the curve sweeps a score threshold.
+        """
+        from tensorboard.plugins.pr_curve import metadata as pr_metadata
+
+        data = pr_curve_data(np.asarray(relevance, bool).ravel(),
+                             np.asarray(scores, np.float64).ravel(), num_thresholds)
+        meta = pr_metadata.create_summary_metadata(display_name=tag, description="",
+                                                   num_thresholds=num_thresholds)
+        with self.writer.as_default(step=int(step)):
+            tf.summary.write(tag, tf.constant(data, tf.float32), metadata=meta)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
+def pr_curve_data(relevance: np.ndarray, scores: np.ndarray, num_thresholds: int) -> np.ndarray:
+    """(6, T) array [TP, FP, TN, FN, precision, recall] at thresholds i/(T-1), as the plugin expects."""
+    bins = np.clip(np.floor(np.clip(scores, 0, 1) * (num_thresholds - 1)).astype(np.int64),
+                   0, num_thresholds - 1)
+    tp_hist = np.bincount(bins[relevance], minlength=num_thresholds)
+    fp_hist = np.bincount(bins[~relevance], minlength=num_thresholds)
+    tp = np.cumsum(tp_hist[::-1])[::-1].astype(np.float64)  # scores >= threshold i
+    fp = np.cumsum(fp_hist[::-1])[::-1].astype(np.float64)
+    tn = fp[0] - fp
+    fn = tp[0] - tp
+    precision = tp / np.maximum(tp + fp, 1e-12)
+    recall = tp / np.maximum(tp + fn, 1e-12)
+    return np.stack([tp, fp, tn, fn, precision, recall])
+
+
+class Progress:
+    """Progress for long loops: a live line on a terminal, a line every `interval` s otherwise."""
+
+    def __init__(self, total: int, desc: str = "", interval: float = 10.0, stream=None):
+        self.total, self.desc, self.interval = int(total), desc, interval
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = self.last = time.time()
+        self.count = 0
+
+    def update(self, n: int = 1, **info) -> None:
+        self.count += n
+        now = time.time()
+        if self.tty or now - self.last >= self.interval or self.count >= self.total:
+            self.last = now
+            self._write(now, info)
+
+    def _write(self, now, info):
+        elapsed = now - self.start
+        rate = self.count / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.count) / rate if rate > 0 else float("nan")
+        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+        line = (f"{self.desc} {self.count}/{self.total} [{elapsed:.0f}s elapsed, "
+                f"{rate:.2f}/s, eta {eta:.0f}s] {extra}").strip()
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if self.count >= self.total else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def ensure_dir(path: str) -> str:
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def optional_int(value) -> Optional[int]:
+    return None if value is None else int(value)

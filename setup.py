@@ -1,0 +1,25 @@
+"""cmr-tf: TensorFlow 2 / Keras 3 ports of cross-modal retrieval methods (ACMR, JFSE/CFSA, ZSCRGAN, CMHash)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cmr-tf",
+    version="0.1.0",
+    description="TF2/Keras ports of cross-modal retrieval research with one data and metric layer",
+    python_requires=">=3.11",
+    packages=find_packages(include=["common", "common.*", "acmr_tf", "acmr_tf.*", "jfse_tf", "jfse_tf.*",
+                                    "zscrgan_tf", "zscrgan_tf.*", "cmhash_tf", "cmhash_tf.*",
+                                    "tools", "tools.*"]),
+    install_requires=[
+        "tensorflow>=2.21,<2.22",  # brings Keras 3
+        "keras>=3.10",
+        "tensorflow-datasets>=4.9.9",
+        "importlib_resources",  # needed by tensorflow-datasets 4.9.x builders, not declared by it
+        "numpy",
+        "h5py",
+        "absl-py",
+        "tensorboard",
+        "scipy",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)

@@ -1,0 +1,133 @@
+"""Tiny fixtures written in each release's exact file format (protocol-2 pickles like cPickle)."""
+
+import os
+import pickle
+
+import numpy as np
+
+
+def dump(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def write_wikipedia(folder, n_train=6, n_test=4, as_lists=True, rng=None):
+    rng = rng or np.random.default_rng(0)
+    os.makedirs(folder, exist_ok=True)
+    data = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        img = rng.random((n, 4096)).astype(np.float32)
+        txt = rng.integers(0, 3, (n, 5000)).astype(np.float64)
+        labels = [int(x) for x in (np.arange(n) % 10) + 1]  # 1-based
+        dump(os.path.join(folder, f"{split}_img_feats.pkl"), list(img) if as_lists else img)
+        dump(os.path.join(folder, f"{split}_txt_vecs.pkl"), list(txt) if as_lists else txt)
+        dump(os.path.join(folder, f"{split}_labels.pkl"), labels)
+        dump(os.path.join(folder, f"{split}_img_files.pkl"), [f"img{i}" for i in range(n)])
+        dump(os.path.join(folder, f"{split}_txt_files.pkl"), [f"txt{i}" for i in range(n)])
+        data[split] = (img, txt, np.asarray(labels) - 1)
+    return data
+
+
+def write_nuswide(folder, n_train=5, n_test=3, base=1):
+    rng = np.random.default_rng(1)
+    os.makedirs(folder, exist_ok=True)
+    data = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        ids = [f"{split}_{i:04d}" for i in range(n)]
+        single = (np.arange(n) * 3) % 10
+        img = {i: rng.random(4096).astype(np.float32) for i in ids}
+        bow = {i: rng.integers(0, 2, 1000).astype(np.float32) for i in ids}
+        onehot = {i: np.eye(10)[c] for i, c in zip(ids, single)}
+        dump(os.path.join(folder, f"img_{split}_id_feats.pkl"), img)
+        dump(os.path.join(folder, f"{split}_id_bow.pkl"), bow)
+        dump(os.path.join(folder, f"{split}_id_label_map.pkl"), onehot)
+        dump(os.path.join(folder, f"{split}_id_label_single.pkl"),
+             {i: int(c) + base for i, c in zip(ids, single)})
+        dump(os.path.join(folder, f"{split}_ids.pkl"), ids)
+        data[split] = (ids, np.stack([img[i] for i in ids]), single)
+    return data
+
+
+def write_xmn(folder, with_attribute=True, with_class_emb=False, n_train=8, n_test=4):
+    """XMediaNet layout: seen classes 1..4 in train, unseen 5..6 in test (1-based)."""
+    rng = np.random.default_rng(2)
+    os.makedirs(folder, exist_ok=True)
+    class_emb = rng.random((200, 300)).astype(np.float32)
+    tr_lab = [1 + (i % 4) for i in range(n_train)]
+    te_lab = [5 + (i % 2) for i in range(n_test)]
+    for split, labels in (("train", tr_lab), ("test", te_lab)):
+        n = len(labels)
+        dump(os.path.join(folder, f"{split}_img_files.pkl"), rng.random((n, 4096)).astype(np.float32))
+        dump(os.path.join(folder, f"{split}_txt_files.pkl"), rng.random((n, 300)).astype(np.float32))
+        dump(os.path.join(folder, f"{split}_labels.pkl"), labels)
+    if with_attribute:
+        dump(os.path.join(folder, "train_attribute.pkl"), class_emb[np.asarray(tr_lab) - 1])
+    if with_class_emb:
+        np.save(os.path.join(folder, "class_emb.npy"), class_emb)
+    return class_emb, np.asarray(tr_lab) - 1, np.asarray(te_lab) - 1
+
+
+def write_zscrgan(folder, t_dim=6, i_dim=5):
+    rng = np.random.default_rng(3)
+    os.makedirs(folder, exist_ok=True)
+    train, test = [4, 0, 2], [1, 3]
+    txt = {c: [rng.random(t_dim) for _ in range(1 + c % 2)] for c in train + test}
+    img = {c: np.stack([rng.random(i_dim) for _ in range(2 + c % 3)]) for c in train + test}
+    dump(os.path.join(folder, "txt_embed_dict.pkl"), txt)
+    dump(os.path.join(folder, "image_embed_dict.pkl"), img)
+    dump(os.path.join(folder, "trainids.pkl"), train)
+    dump(os.path.join(folder, "testids.pkl"), test)
+    return txt, img, train, test
+
+
+def iapr_line(path, bow, labels):
+    return " ".join([path] + [str(int(v)) for v in bow] + [str(int(v)) for v in labels])
+
+
+def write_iapr(folder, sizes=(("iapr_train", 4), ("iapr_test", 2), ("iapr_retrieval", 5)), img_dim=8):
+    rng = np.random.default_rng(4)
+    os.makedirs(folder, exist_ok=True)
+    paths_all, data = [], {}
+    for name, n in sizes:
+        paths = [f"{i % 40:02d}/{name[5:]}{i}.jpg" for i in range(n)]
+        bow = (rng.random((n, 2912)) < 0.01).astype(np.uint8)
+        labels = (rng.random((n, 255)) < 0.02).astype(np.uint8)
+        labels[:, 0] = 1
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("\n".join(iapr_line(p, b, l) for p, b, l in zip(paths, bow, labels)) + "\n")
+        paths_all += paths
+        data[name] = (paths, bow, labels)
+    img = rng.random((len(paths_all), img_dim)).astype(np.float32)
+    order = rng.permutation(len(paths_all))  # features stored in another order than the lists
+    np.savez(os.path.join(folder, "features.npz"), path=np.asarray(paths_all)[order], img=img[order])
+    return data, dict(zip(paths_all, img))
+
+
+def write_feature_folder(folder, fmt="npy", one_based=True, multilabel=False, with_val=False, rng=None):
+    rng = rng or np.random.default_rng(5)
+    os.makedirs(folder, exist_ok=True)
+    data = {}
+    for split, n in (("train", 12), ("test", 6)) + ((("val", 4),) if with_val else ()):
+        img = rng.random((n, 7)).astype(np.float32)
+        txt = rng.random((n, 3)).astype(np.float32)
+        if multilabel:
+            lab = (rng.random((n, 5)) < 0.4).astype(np.uint8)
+        else:
+            lab = (np.arange(n) % 4 + (1 if one_based else 0)).reshape(-1, 1)
+        for part, arr in (("img", img), ("txt", txt), ("lab", lab)):
+            write_array(os.path.join(folder, f"{split}_{part}"), arr, fmt)
+        data[split] = (img, txt, lab)
+    return data
+
+
+def write_array(stem_path, arr, fmt):
+    name = os.path.basename(stem_path)
+    if fmt == "npy":
+        np.save(stem_path + ".npy", arr)
+    elif fmt == "mat":
+        import scipy.io
+        scipy.io.savemat(stem_path + ".mat", {name: arr})
+    elif fmt == "h5":
+        import h5py
+        with h5py.File(stem_path + ".h5", "w") as f:
+            f.create_dataset(name, data=arr)

@@ -1,0 +1,215 @@
+"""Every release-format reader on a tiny fixture, plus the clear-error contract."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from common import readers
+from common.datasets import load_dataset
+from common.errors import DataError
+from tests.common import fixtures
+
+
+@pytest.mark.parametrize("as_lists", [True, False])
+def test_wikipedia_lists_or_arrays_latin1_pickles(tmp_path, as_lists):
+    data = fixtures.write_wikipedia(tmp_path, as_lists=as_lists)
+    ds = readers.read_acmr_wikipedia(str(tmp_path))
+    assert ds.num_classes == 10 and ds.class_names[0] == "art"
+    np.testing.assert_array_equal(ds.train.image, data["train"][0])
+    np.testing.assert_array_equal(ds.test.text, data["test"][1].astype(np.float32))
+    np.testing.assert_array_equal(ds.train.labels, data["train"][2])  # 1-based -> 0-based
+    assert ds.train.image.dtype == np.float32 and ds.test.ids[0] == "img0"
+
+
+def test_wikipedia_python2_str_pickle_decodes(tmp_path):
+    fixtures.write_wikipedia(tmp_path)
+    # a Python-2 cPickle of a str list: protocol 2 with SHORT_BINSTRING opcodes (bytes in py3)
+    py2 = b"\x80\x02]q\x00(U\x04img0q\x01U\x04img\xe9q\x02U\x04img2U\x04img3e."
+    (tmp_path / "test_img_files.pkl").write_bytes(py2)
+    ds = readers.read_acmr_wikipedia(str(tmp_path))
+    assert ds.test.ids.tolist() == ["img0", "img\u00e9", "img2", "img3"]
+
+
+def test_wikipedia_missing_file_message_names_it(tmp_path):
+    fixtures.write_wikipedia(tmp_path)
+    os.remove(tmp_path / "test_txt_vecs.pkl")
+    with pytest.raises(DataError, match=r"missing test_txt_vecs\.pkl in .*wikipedia_dataset\.zip"):
+        readers.read_acmr_wikipedia(str(tmp_path))
+
+
+def test_wikipedia_corrupt_and_zero_based_labels(tmp_path):
+    fixtures.write_wikipedia(tmp_path)
+    (tmp_path / "train_img_feats.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="train_img_feats.pkl: not a readable pickle"):
+        readers.read_acmr_wikipedia(str(tmp_path))
+    fixtures.write_wikipedia(tmp_path)
+    fixtures.dump(tmp_path / "train_labels.pkl", [0, 1, 2, 3, 4, 5])
+    with pytest.raises(DataError, match="1-based"):
+        readers.read_acmr_wikipedia(str(tmp_path))
+
+
+@pytest.mark.parametrize("base", [0, 1])
+def test_nuswide_dict_keyed_files_and_label_base(tmp_path, base):
+    data = fixtures.write_nuswide(tmp_path, base=base)
+    ds = readers.read_acmr_nuswide(str(tmp_path))
+    assert ds.extras["nuswide_label_base"] == base
+    ids, img, single = data["train"]
+    assert ds.train.ids.tolist() == ids
+    np.testing.assert_array_equal(ds.train.image, img)
+    np.testing.assert_array_equal(ds.train.labels, single)
+    assert ds.text_dim == 1000
+
+
+def test_nuswide_wrapped_dict_and_missing_id(tmp_path):
+    fixtures.write_nuswide(tmp_path)
+    with open(tmp_path / "train_id_bow.pkl", "rb") as f:
+        bow = pickle.load(f)
+    fixtures.dump(tmp_path / "train_id_bow.pkl", np.array(bow, dtype=object))  # 0-d object array
+    assert len(readers.read_acmr_nuswide(str(tmp_path)).train) == 5
+    bow.pop("train_0002")
+    fixtures.dump(tmp_path / "train_id_bow.pkl", bow)
+    with pytest.raises(DataError, match="train_id_bow.pkl: 1 ids of train_ids.pkl are missing"):
+        readers.read_acmr_nuswide(str(tmp_path))
+
+
+def test_xmn_attribute_builds_class_embeddings_and_unseen(tmp_path):
+    class_emb, tr, te = fixtures.write_xmn(tmp_path)
+    ds = readers.read_jfse_xmn(str(tmp_path))
+    assert ds.num_classes == 200 and ds.image_dim == 4096 and ds.text_dim == 300
+    np.testing.assert_array_equal(ds.train.labels, tr)
+    np.testing.assert_allclose(ds.class_embedding_rows(tr), class_emb[tr])
+    assert ds.unseen_classes.tolist() == [4, 5]
+    with pytest.raises(DataError, match=r"no class embedding for classes \[4, 5\]"):
+        ds.class_embedding_rows(te)
+    zs = ds.zero_shot()
+    assert set(zs.train.labels) == {0, 1, 2, 3} and len(zs.test_unseen) == 4 and len(zs.test_seen) == 0
+
+
+def test_xmn_class_emb_without_attribute_and_missing_both(tmp_path):
+    class_emb, _, te = fixtures.write_xmn(tmp_path / "a", with_attribute=False, with_class_emb=True)
+    ds = readers.read_jfse_xmn(str(tmp_path / "a"))
+    np.testing.assert_allclose(ds.class_embedding_rows(te), class_emb[te])
+    fixtures.write_xmn(tmp_path / "b", with_attribute=False)
+    with pytest.raises(DataError, match="neither train_attribute.pkl nor class_emb.npy"):
+        readers.read_jfse_xmn(str(tmp_path / "b"))
+    os.remove(tmp_path / "a" / "test_labels.pkl")
+    with pytest.raises(DataError, match=r"missing test_labels\.pkl \(or test_labels\.npy\)"):
+        readers.read_jfse_xmn(str(tmp_path / "a"))
+
+
+def test_zscrgan_four_pickles(tmp_path):
+    txt, img, train, test = fixtures.write_zscrgan(tmp_path)
+    ds = readers.read_zscrgan(str(tmp_path))
+    assert not ds.train.paired and ds.extras["trainids"] == train
+    assert ds.seen_classes.tolist() == [0, 2, 4] and ds.unseen_classes.tolist() == [1, 3]
+    # ascending class id, stored order within a class
+    assert ds.train.labels.tolist() == [0] * 2 + [2] * 4 + [4] * 3
+    np.testing.assert_allclose(ds.train.image[2], img[2][0])
+    assert ds.test.txt_labels.tolist() == [1, 1, 3, 3] and ds.test.text_ids.tolist() == [0, 1, 0, 1]
+    assert set(ds.test.labels) == {1, 3}
+
+
+def test_zscrgan_missing_and_malformed(tmp_path):
+    fixtures.write_zscrgan(tmp_path)
+    os.remove(tmp_path / "testids.pkl")
+    with pytest.raises(DataError, match=r"missing testids\.pkl .*datasets/<NAME>/"):
+        readers.read_zscrgan(str(tmp_path))
+    fixtures.write_zscrgan(tmp_path)
+    fixtures.dump(tmp_path / "txt_embed_dict.pkl", [1, 2, 3])
+    with pytest.raises(DataError, match="txt_embed_dict.pkl: expected a non-empty dict"):
+        readers.read_zscrgan(str(tmp_path))
+
+
+def test_iapr_split_files(tmp_path):
+    data, img = fixtures.write_iapr(tmp_path)
+    ds = readers.read_iapr(str(tmp_path))
+    assert ds.multilabel and ds.num_classes == 255 and ds.text_dim == 2912
+    paths, bow, labels = data["iapr_retrieval"]
+    assert ds.database.ids.tolist() == paths
+    np.testing.assert_array_equal(ds.database.text, bow.astype(np.float32))
+    np.testing.assert_array_equal(ds.database.labels, labels)
+    np.testing.assert_array_equal(ds.test.image[1], img[data["iapr_test"][0][1]])
+
+
+def test_iapr_token_count_is_validated(tmp_path):
+    fixtures.write_iapr(tmp_path)
+    line = fixtures.iapr_line("01/123.jpg", np.zeros(2912), np.zeros(254))
+    with open(tmp_path / "iapr_test", "a") as f:
+        f.write(line + "\n")
+    with pytest.raises(DataError, match=r"iapr_test:3: expected 3168 tokens .* got 3167"):
+        readers.read_iapr(str(tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["npy", "mat", "h5"])
+def test_feature_folder_formats_and_label_base(tmp_path, fmt):
+    data = fixtures.write_feature_folder(tmp_path, fmt=fmt, with_val=True)
+    ds = readers.read_feature_folder(str(tmp_path))
+    assert ds.val is not None and ds.num_classes == 4
+    np.testing.assert_allclose(ds.train.image, data["train"][0])
+    assert ds.train.labels.tolist() == (data["train"][2][:, 0] - 1).tolist()
+
+
+def test_feature_folder_zero_based_multilabel_and_extras(tmp_path):
+    fixtures.write_feature_folder(tmp_path / "z", one_based=False)
+    (tmp_path / "z" / "unseen_classes.txt").write_text("1\n3\n")
+    (tmp_path / "z" / "class_names.txt").write_text("a\nb\nc\nd\n")
+    np.save(tmp_path / "z" / "class_emb.npy", np.eye(4, dtype=np.float32))
+    ds = readers.read_feature_folder(str(tmp_path / "z"))
+    assert ds.train.labels.min() == 0 and ds.unseen_classes.tolist() == [1, 3]
+    assert ds.class_names == ["a", "b", "c", "d"] and ds.class_embeddings.shape == (4, 4)
+    zs = ds.zero_shot()
+    assert not np.isin(zs.train.labels, [1, 3]).any() and set(zs.test_unseen.labels) <= {1, 3}
+    data = fixtures.write_feature_folder(tmp_path / "m", multilabel=True)
+    ds = readers.read_feature_folder(str(tmp_path / "m"))
+    assert ds.multilabel and ds.num_classes == 5
+    np.testing.assert_array_equal(ds.test.labels, data["test"][2])
+
+
+def test_feature_folder_errors(tmp_path):
+    fixtures.write_feature_folder(tmp_path)
+    np.save(tmp_path / "train_img.npy", np.zeros((11, 7), np.float32))
+    with pytest.raises(DataError, match="train_img.npy: 11 image rows but train_lab.npy has 12 labels"):
+        readers.read_feature_folder(str(tmp_path))
+    fixtures.write_feature_folder(tmp_path)
+    bad = np.ones((6, 3), np.float32)
+    bad[2, 1] = np.nan
+    np.save(tmp_path / "test_txt.npy", bad)
+    with pytest.raises(DataError, match=r"test text features contain NaN/inf \(first at row 2, column 1\)"):
+        readers.read_feature_folder(str(tmp_path))
+    fixtures.write_feature_folder(tmp_path)
+    fixtures.write_array(str(tmp_path / "test_txt"), np.ones((6, 3)), "mat")
+    with pytest.raises(DataError, match="both test_txt.npy and test_txt.mat exist"):
+        readers.read_feature_folder(str(tmp_path))
+    with pytest.raises(DataError, match="does not exist"):
+        readers.read_feature_folder(str(tmp_path / "nowhere"))
+
+
+def test_pascal_dscmr_reports_the_missing_file(shared_data):
+    with pytest.raises(DataError) as err:
+        load_dataset("features", os.path.join(shared_data, "pascal_dscmr"))
+    assert "missing train_img (.npy/.mat/.h5)" in str(err.value)
+    assert "train_txt" not in str(err.value).split(" in ")[0]
+
+
+def test_uci_written_into_feature_folder_loads(shared_data, tmp_path):
+    import scipy.io
+
+    m = scipy.io.loadmat(os.path.join(shared_data, "uci_mfeat", "uci_all.mat"))
+    for split, suffix in (("train", "tr"), ("test", "te")):
+        np.save(tmp_path / f"{split}_img.npy", m[f"I_{suffix}"])
+        np.save(tmp_path / f"{split}_txt.npy", m[f"T_{suffix}"])
+        scipy.io.savemat(tmp_path / f"{split}_lab.mat", {f"{split}_lab": m[f"L_{suffix}"]})
+    ds = load_dataset("features", str(tmp_path))
+    assert (len(ds.train), len(ds.test), ds.image_dim, ds.text_dim) == (1500, 500, 76, 64)
+    assert ds.num_classes == 10 and ds.train.labels.min() == 0
+
+
+def test_load_dataset_messages():
+    with pytest.raises(DataError, match="unknown dataset 'wiki'"):
+        load_dataset("wiki")
+    with pytest.raises(DataError, match="pass --data_dir"):
+        load_dataset("xmn")
+    with pytest.raises(DataError, match="unknown synthetic size"):
+        load_dataset("synthetic:huge")

@@ -1,0 +1,121 @@
+"""Gradient reversal, checkpoint resume with optimizer state, summaries, atomic writes."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import io, training
+from common.layers import GradientReversal, gradient_reversal, grl_schedule
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.46212, 1.0])
+def test_gradient_reversal_identity_forward_negated_backward(scale):
+    x = tf.constant([[1.0, -2.0], [3.0, 0.5]])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = gradient_reversal(x, tf.constant(scale))
+        loss = tf.reduce_sum(y * tf.constant([[1.0, 2.0], [3.0, 4.0]]))
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), -scale * np.array([[1, 2], [3, 4]]), atol=1e-7)
+
+
+def test_grl_scale_changes_without_retracing():
+    layer = GradientReversal()
+    scale = tf.Variable(0.0)
+    x = tf.ones((2, 3))
+
+    @tf.function
+    def grad():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, scale))
+        return tape.gradient(loss, x)
+
+    for value in (0.0, 0.5, 1.0):
+        scale.assign(value)
+        np.testing.assert_allclose(grad().numpy(), -value)
+    assert grad.experimental_get_tracing_count() == 1
+    assert float(grl_schedule(0, 200)) == 0.0
+    np.testing.assert_allclose([float(grl_schedule(e, 200)) for e in (1, 20, 50, 100, 199)],
+                               [0.02499, 0.46212, 0.84828, 0.98661, 0.99990], atol=1e-5)
+
+
+def make_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    return model, keras.optimizers.Adam(1e-2, beta_1=0.5, epsilon=1e-8)
+
+
+def train_steps(model, opt, steps, start=0):
+    for s in range(start, start + steps):
+        x = tf.constant(np.random.default_rng(s).normal(size=(4, 3)), tf.float32)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x)))
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+
+
+def test_checkpoint_resume_restores_optimizer_moments(tmp_path):
+    model, opt = make_model()
+    ckpt = training.Checkpointer(str(tmp_path), model=model, optimizer=(opt, model.trainable_variables))
+    train_steps(model, opt, 3)
+    ckpt.step.assign(3)
+    ckpt.save()
+    train_steps(model, opt, 2, start=3)
+    expected = [v.numpy() for v in model.trainable_variables]
+
+    model2, opt2 = make_model(seed=99)  # different init: everything must come from the checkpoint
+    ckpt2 = training.Checkpointer(str(tmp_path), model=model2, optimizer=(opt2, model2.trainable_variables))
+    assert ckpt2.restore_or_initialize() and int(ckpt2.step.numpy()) == 3
+    train_steps(model2, opt2, 2, start=3)
+    for a, b in zip(expected, model2.trainable_variables):
+        np.testing.assert_allclose(b.numpy(), a, rtol=1e-6)
+
+
+def test_fresh_directory_initializes(tmp_path):
+    model, opt = make_model()
+    assert not training.Checkpointer(str(tmp_path / "new"), model=model).restore_or_initialize()
+
+
+def test_seeded_runs_are_identical():
+    outs = []
+    for _ in range(2):
+        training.set_seed(7)
+        outs.append(keras.layers.Dense(3)(tf.ones((1, 4))).numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_atomic_json_never_corrupts_existing_file(tmp_path):
+    path = str(tmp_path / "results.json")
+    io.write_json(path, {"a": 1})
+    with pytest.raises(TypeError):
+        io.write_json(path, {"a": object()})
+    assert json.load(open(path)) == {"a": 1}
+    assert os.listdir(tmp_path) == ["results.json"]  # no temporary left behind
+
+
+def test_pr_curve_data_and_summary(tmp_path):
+    rel = np.array([True, False, True, False])
+    scores = np.array([0.9, 0.8, 0.3, 0.1])
+    data = training.pr_curve_data(rel, scores, num_thresholds=11)
+    # threshold 0.5: TP 1 (0.9), FP 1 (0.8), TN 1, FN 1
+    np.testing.assert_array_equal(data[:4, 5], [1, 1, 1, 1])
+    assert data[4, 5] == 0.5 and data[5, 0] == 1.0
+    writer = training.SummaryWriter(str(tmp_path))
+    writer.scalars({"loss": 1.0}, 0)
+    writer.pr_curve("i2t_pr", rel, scores, 0)
+    writer.flush()
+    assert any(f.startswith("events.out") for f in os.listdir(tmp_path))
+
+
+def test_progress_prints_lines_when_not_a_terminal(capsys):
+    import sys
+
+    p = training.Progress(3, desc="epoch", interval=0.0, stream=sys.stdout)
+    for _ in range(3):
+        p.update(loss=0.5)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 3 and out[-1].startswith("epoch 3/3") and "loss=0.5" in out[-1]

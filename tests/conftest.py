@@ -1,0 +1,23 @@
+"""Shared fixtures: the optional real-data folder and quiet, isolated TF/TFDS state."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _tfds_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMR_TFDS_DIR", str(tmp_path / "tfds_cache"))
+
+
+@pytest.fixture
+def shared_data():
+    """`$CMR_SHARED_DATA` (CI: ../shared/data); tests using it skip cleanly without it."""
+    path = os.environ.get("CMR_SHARED_DATA")
+    if not path or not os.path.isdir(path):
+        pytest.skip("CMR_SHARED_DATA is not set or missing: real-data test skipped")
+    return path
