@@ -23,7 +23,8 @@ flags.DEFINE_integer("pairs", 2173, "Training pairs.")
 flags.DEFINE_integer("image_dim", 4096, "Image feature dim.")
 flags.DEFINE_integer("text_dim", 5000, "Text feature dim.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_integer("epochs", 5, "Timed epochs per variant (after one warm-up epoch).")
+flags.DEFINE_integer("epochs", 3, "Timed epochs per variant and round (after one warm-up epoch).")
+flags.DEFINE_integer("rounds", 4, "Rounds; the variant order rotates each round to cancel drift.")
 flags.DEFINE_string("json_out", None, "Also write the results here.")
 FLAGS = flags.FLAGS
 
@@ -58,16 +59,7 @@ def main(argv):
                   rng.random((FLAGS.pairs, FLAGS.text_dim), np.float32),
                   rng.integers(0, 10, FLAGS.pairs))
     steps_per_epoch = -(-FLAGS.pairs // FLAGS.batch_size)
-    results = {}
-
-    def time_epochs(run_epoch):
-        run_epoch()  # warm-up (tracing)
-        times = []
-        for _ in range(FLAGS.epochs):
-            t = time.perf_counter()
-            run_epoch()
-            times.append(time.perf_counter() - t)
-        return float(np.median(times))
+    variants = {}
 
     for name, prefetch in (("tfdata", 0), ("tfdata_prefetch", tf.data.AUTOTUNE)):
         step = tf.function(build())
@@ -80,7 +72,7 @@ def main(argv):
                 loss = step(b["image"], b["text"])
             loss.numpy()
 
-        results[name] = time_epochs(run_epoch)
+        variants[name] = run_epoch
 
     step_fn = build()
     tensors = pipelines.split_tensors(split)
@@ -97,7 +89,7 @@ def main(argv):
         epoch_var.assign_add(1)
         return loss
 
-    results["in_graph"] = time_epochs(lambda: in_graph_epoch().numpy())
+    variants["in_graph"] = lambda: in_graph_epoch().numpy()
 
     floor_step = tf.function(build())
     batch = next(iter(pipelines.paired_batches(split, FLAGS.batch_size)))
@@ -107,7 +99,18 @@ def main(argv):
             loss = floor_step(batch["image"], batch["text"])
         loss.numpy()
 
-    results["floor"] = time_epochs(floor_epoch)
+    variants["floor"] = floor_epoch
+    names = list(variants)
+    times = {n: [] for n in names}
+    for n in names:
+        variants[n]()  # warm-up: tracing
+    for r in range(FLAGS.rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            for _ in range(FLAGS.epochs):
+                t = time.perf_counter()
+                variants[n]()
+                times[n].append(time.perf_counter() - t)
+    results = {n: float(np.median(times[n])) for n in names}
     print(f"{os.cpu_count()} CPUs, {FLAGS.pairs} pairs, batch {FLAGS.batch_size}, {steps_per_epoch} steps/epoch")
     for name, sec in results.items():
         print(f"{name:>16}: {sec:.3f} s/epoch  {FLAGS.pairs / sec:8.0f} pairs/s  "

@@ -119,3 +119,22 @@ def test_progress_prints_lines_when_not_a_terminal(capsys):
         p.update(loss=0.5)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 3 and out[-1].startswith("epoch 3/3") and "loss=0.5" in out[-1]
+
+
+def test_checkpointer_saves_data_position_with_the_model(tmp_path):
+    from common import pipelines
+    from common.dataset import Split
+
+    split = Split(np.arange(20, dtype=np.float32)[:, None], np.zeros((20, 1), np.float32), np.arange(20) % 2)
+    model, opt = make_model()
+    it = iter(pipelines.paired_batches(split, 6, shuffle=True, seed=3))
+    ckpt = training.Checkpointer(str(tmp_path), model=model, iterator=it)
+    for _ in range(5):
+        next(it)
+    ckpt.step.assign(5)
+    ckpt.save()
+    expected = next(it)["index"].numpy()
+    it2 = iter(pipelines.paired_batches(split, 6, shuffle=True, seed=3))
+    ckpt2 = training.Checkpointer(str(tmp_path), model=make_model(1)[0], iterator=it2)
+    assert ckpt2.restore_or_initialize() and int(ckpt2.step.numpy()) == 5
+    np.testing.assert_array_equal(next(it2)["index"].numpy(), expected)
