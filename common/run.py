@@ -35,18 +35,17 @@ def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optiona
     flags.DEFINE_integer("epochs", default_epochs, "Training epochs (default: the release's).")
 
 
-def flag_values(names=None) -> dict:
-    """Flags of this program as a plain dict (for flags.json / results.json)."""
-    fv = flags.FLAGS
-    module_flags = {}
-    for module, flag_list in fv.flags_by_module_dict().items():
-        if "absl" in module:
-            continue
-        for f in flag_list:
-            module_flags[f.name] = f.value
-    if names:
-        module_flags = {k: v for k, v in module_flags.items() if k in names}
-    return module_flags
+PROJECT_MODULES = ("__main__", "common", "tools", "acmr_tf", "jfse_tf", "zscrgan_tf", "cmhash_tf")
+
+
+def flag_values() -> dict:
+    """This project's flags as a plain dict (for flags.json); TF's and absl's own are left out."""
+    values = {}
+    for module, flag_list in flags.FLAGS.flags_by_module_dict().items():
+        # the running script is keyed by its path ("tools/baseline.py" under `python -m`)
+        if module.endswith(".py") or module.split(".")[0] in PROJECT_MODULES:
+            values.update({f.name: f.value for f in flag_list})
+    return values
 
 
 def tensorboard_dir(output_dir: str) -> str:

@@ -43,7 +43,6 @@ def _generate(split: Split, modality: Optional[str] = None):
     n = split.num_texts if modality == "text" else len(split)
     labels = split.txt_labels if modality == "text" else split.labels
     ids = split.text_ids if modality == "text" else split.ids
-    dim_i, dim_t = split.image.shape[1], split.text.shape[1]
     for i in range(n):
         yield i, {
             "image": split.image[i] if modality != "text" else np.zeros((0,), np.float32),
@@ -52,7 +51,6 @@ def _generate(split: Split, modality: Optional[str] = None):
             "row": i,
             "id": "" if ids is None else str(ids[i]),
         }
-    del dim_i, dim_t
 
 
 def _metadata(ds: CrossModalDataset) -> dict:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable
 
 import keras
 import numpy as np
@@ -141,12 +140,3 @@ class Progress:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
-
-
-def ensure_dir(path: str) -> str:
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-def optional_int(value) -> Optional[int]:
-    return None if value is None else int(value)

@@ -213,3 +213,12 @@ def test_load_dataset_messages():
         load_dataset("xmn")
     with pytest.raises(DataError, match="unknown synthetic size"):
         load_dataset("synthetic:huge")
+
+
+def test_empty_split_is_a_clear_error(tmp_path):
+    fixtures.write_feature_folder(tmp_path)
+    for part, dim in (("img", 7), ("txt", 3)):
+        np.save(tmp_path / f"test_{part}.npy", np.zeros((0, dim), np.float32))
+    np.save(tmp_path / "test_lab.npy", np.zeros((0,), np.int64))
+    with pytest.raises(DataError, match="the test split has no image rows"):
+        readers.read_feature_folder(str(tmp_path))

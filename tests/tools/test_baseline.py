@@ -38,7 +38,9 @@ def test_cli_synthetic_writes_contract_results(tmp_path):
     assert results["method"] == "cca" and results["dataset"] == "synthetic-small" and results["seed"] == 0
     for key in ("i2t_map_all", "t2i_map_all"):
         assert results[key] > results["chance_map_all"] + 0.1
-    assert json.loads((out / "flags.json").read_text())["dataset"] == "synthetic"
+    recorded = json.loads((out / "flags.json").read_text())
+    assert recorded["dataset"] == "synthetic" and recorded["cca_reg"] == 1e-3
+    assert "hbm_oom_exit" not in recorded  # TensorFlow's own flags are not ours
 
 
 def test_cli_zero_shot_reports_seen_unseen_and_pooled(tmp_path):
