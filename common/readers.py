@@ -374,8 +374,8 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
         for v in loaded.values():
             v[2] = v[2].astype(np.uint8)
     splits = {s: Split(*v) for s, v in loaded.items()}
-    num_classes = max(int(s.labels.max()) + 1 if s.labels.ndim == 1 else s.labels.shape[1]
-                      for s in splits.values())
+    num_classes = max((int(s.labels.max()) + 1 if s.labels.size else 0) if s.labels.ndim == 1
+                      else s.labels.shape[1] for s in splits.values())
     class_emb = _optional_class_embeddings(folder, None)
     names = _optional_names(folder)
     num_classes = max(num_classes, 0 if class_emb is None else class_emb.shape[0],
