@@ -1,0 +1,225 @@
+"""JFSE training step and loop (spec jfse.md §4) and the release's evaluation (§6).
+
+One compiled step per batch holds the n_critic critic updates (same batch, same noise, fresh
+alpha each) and the joint generator / regressor / modality-classifier update, whose three
+gradient sets come from one forward pass on pre-update weights; a final forward pass only
+computes the 14 logged losses (with a fresh alpha, as the release).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from common import metrics, pipelines
+from common.dataset import Split
+from common.layers import grl_schedule
+from jfse_tf import losses
+from jfse_tf.config import JFSEConfig
+from jfse_tf.model import JFSENetworks
+
+LOSS_NAMES = ("loss_D", "loss_G", "loss_Re", "loss_corr", "loss_adv", "loss_cyc", "loss_ori_cyc_img",
+              "loss_ori_cyc_txt", "loss_cyc_img", "loss_cyc_txt", "loss_ori_corr", "loss_sys_corr",
+              "loss_ori_adv", "loss_sys_adv")
+VARIANTS = ("raw", "softmax", "minmax", "minmax_softmax")
+
+
+class JFSETrainer:
+    """Owns the networks, the four Adam optimisers, the noise generator and the GRL scale."""
+
+    def __init__(self, cfg: JFSEConfig, image_dim: int, text_dim: int, emb_dim: int, num_classes: int):
+        self.cfg, self.num_classes = cfg, num_classes
+        self.nets = JFSENetworks(image_dim, text_dim, emb_dim, cfg.noise_dim, cfg.hidden)
+        self.optimizers = {}
+        for group in self.nets.groups:
+            opt = keras.optimizers.Adam(cfg.lr, beta_1=cfg.beta1, beta_2=cfg.beta2, epsilon=cfg.epsilon)
+            opt.build(self.nets.variables(group))
+            self.optimizers[group] = opt
+        self.rng = tf.random.Generator.from_seed(cfg.seed)
+        self.grl_scale = tf.Variable(0.0, trainable=False, name="grl_scale")
+        self.weights = {k: tf.constant(float(v)) for k, v in cfg.weights.items()}
+        self.align = losses.ALIGNMENTS[cfg.align]
+        self.train_step = tf.function(self._train_step, reduce_retracing=True)
+        self._embed = tf.function(self._embed_fn, reduce_retracing=True)
+
+    # ------------------------------------------------------------------ step
+
+    def _critic_terms(self, v, t, c, fake_v, fake_t):
+        n = self.nets
+        batch = tf.shape(v)[0]
+        gp_v = losses.gradient_penalty(n.image_critic, v, fake_v, c, self.rng.uniform([batch, 1]), self.cfg.gp_lambda)
+        gp_t = losses.gradient_penalty(n.text_critic, t, fake_t, c, self.rng.uniform([batch, 1]), self.cfg.gp_lambda)
+        return (losses.critic_loss(n.image_critic(v, c), n.image_critic(fake_v, c), gp_v)
+                + losses.critic_loss(n.text_critic(t, c), n.text_critic(fake_t, c), gp_t))
+
+    def _joint_terms(self, v, t, c, y, z_v, z_t):
+        n, scale = self.nets, self.grl_scale
+        fake_v, fake_t = n.image_generator(c, z_v), n.text_generator(c, z_t)
+        e_v, e_t = n.image_regressor(v), n.text_regressor(t)
+        s_v, s_t = n.image_regressor(fake_v), n.text_regressor(fake_t)
+        terms = {
+            "g_adv_img": losses.generator_adversarial_loss(n.image_critic(fake_v, c)),
+            "g_adv_txt": losses.generator_adversarial_loss(n.text_critic(fake_t, c)),
+            "cyc_img": losses.regression_loss(s_v, c), "cyc_txt": losses.regression_loss(s_t, c),
+            "reg_img": losses.regression_loss(e_v, c), "reg_txt": losses.regression_loss(e_t, c),
+            "adv_syn": losses.modality_loss(n.modality_classifier(s_v, scale), n.modality_classifier(s_t, scale)),
+            "adv_real": losses.modality_loss(n.modality_classifier(e_v, scale), n.modality_classifier(e_t, scale)),
+            "align_real": self.align(e_v, e_t, y), "align_syn": self.align(s_v, s_t, y),
+        }
+        return terms, fake_v, fake_t
+
+    def _normalise(self, v, t, c):
+        if self.cfg.norm == "batch_minmax":
+            return losses.batch_minmax(v), losses.batch_minmax(t), losses.batch_minmax(c)
+        return v, t, c
+
+    def _train_step(self, image, text, class_emb, labels):
+        v, t, c = self._normalise(image, text, class_emb)
+        y = tf.one_hot(labels, self.num_classes)
+        batch = tf.shape(v)[0]
+        z_v = self.rng.normal([batch, self.cfg.noise_dim])  # drawn once per batch (release)
+        z_t = self.rng.normal([batch, self.cfg.noise_dim])
+        n, w = self.nets, self.weights
+        critic_vars = self.nets.variables("critics")
+        for _ in range(self.cfg.n_critic):
+            with tf.GradientTape() as tape:
+                fake_v, fake_t = n.image_generator(c, z_v), n.text_generator(c, z_t)
+                loss_d = self._critic_terms(v, t, c, fake_v, fake_t)
+            self.optimizers["critics"].apply_gradients(zip(tape.gradient(loss_d, critic_vars), critic_vars))
+        with tf.GradientTape(persistent=True) as tape:
+            terms, _, _ = self._joint_terms(v, t, c, y, z_v, z_t)
+            loss_g = losses.generator_objective(terms, w)
+            loss_r = losses.regressor_objective(terms, w)
+            loss_mc = terms["adv_syn"] + terms["adv_real"]
+        updates = [("generators", loss_g), ("regressors", loss_r)]
+        if self.cfg.train_modality_classifier:
+            updates.append(("modality_classifier", loss_mc))
+        grads = [(g, tape.gradient(loss, self.nets.variables(g))) for g, loss in updates]
+        del tape
+        for group, g in grads:  # all gradients taken before any update (simultaneous)
+            self.optimizers[group].apply_gradients(zip(g, self.nets.variables(group)))
+        # logging pass (release: post-update values, fresh alpha for loss_D)
+        terms, fake_v, fake_t = self._joint_terms(v, t, c, y, z_v, z_t)
+        return {
+            "loss_D": self._critic_terms(v, t, c, fake_v, fake_t),
+            "loss_G": losses.generator_objective(terms, w), "loss_Re": losses.regressor_objective(terms, w),
+            "loss_corr": w["w_align_real"] * terms["align_real"] + w["w_align_syn"] * terms["align_syn"],
+            "loss_adv": terms["adv_syn"] + terms["adv_real"],
+            "loss_cyc": terms["reg_img"] + terms["reg_txt"] + terms["cyc_img"] + terms["cyc_txt"],
+            "loss_ori_cyc_img": terms["reg_img"], "loss_ori_cyc_txt": terms["reg_txt"],
+            "loss_cyc_img": terms["cyc_img"], "loss_cyc_txt": terms["cyc_txt"],
+            "loss_ori_corr": terms["align_real"], "loss_sys_corr": terms["align_syn"],
+            "loss_ori_adv": terms["adv_real"], "loss_sys_adv": terms["adv_syn"],
+        }
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _embed_fn(self, image, text):
+        return self.nets.image_regressor(image), self.nets.text_regressor(text)
+
+    def embed(self, image: np.ndarray, text: np.ndarray, batch: int = 1024):
+        outs_i, outs_t = [], []
+        for s in range(0, max(len(image), len(text)), batch):
+            i = image[s:s + batch] if s < len(image) else image[:1]
+            t = text[s:s + batch] if s < len(text) else text[:1]
+            ei, et = self._embed(tf.constant(i), tf.constant(t))
+            if s < len(image):
+                outs_i.append(ei.numpy())
+            if s < len(text):
+                outs_t.append(et.numpy())
+        return np.concatenate(outs_i), np.concatenate(outs_t)
+
+    def evaluate(self, split: Split) -> Dict[str, dict]:
+        """The release's four test-time variants, each scored with `metrics.jfse_map`."""
+        wanted = VARIANTS if self.cfg.eval_variants == "all" else ("minmax",)
+        out = {}
+        raw = self.embed(split.image, split.text)
+        scaled = self.embed(_minmax_np(split.image), _minmax_np(split.text))
+        for name in wanted:
+            emb = scaled if name.startswith("minmax") else raw
+            if name.endswith("softmax"):
+                emb = tuple(_softmax_np(e) for e in emb)
+            out[name] = metrics.jfse_map(emb[0], emb[1], split.labels, split.txt_labels)
+        out["_contract"] = metrics.cross_modal_map_all(scaled[0], scaled[1], split.labels, split.txt_labels)
+        return out
+
+    # ------------------------------------------------------------------ loop
+
+    def make_iterator(self, train: Split, class_emb_rows: np.ndarray):
+        """Endless batches in file order (or reshuffled per epoch); checkpointable position."""
+        tensors = {"image": tf.constant(train.image), "text": tf.constant(train.text),
+                   "class_emb": tf.constant(class_emb_rows, tf.float32), "label": tf.constant(train.labels)}
+        ds = pipelines.epoch_indices(len(train), self.cfg.batch_size, self.cfg.shuffle, self.cfg.seed)
+        return iter(ds.map(pipelines.gather_rows(tensors)))
+
+    def fit(self, train: Split, iterator, eval_sets: Dict[str, Split], val: Optional[Split] = None,
+            epochs: Optional[int] = None, start_epoch: int = 0, writer=None,
+            on_eval: Callable[[dict], None] = lambda record: None, log=print) -> list:
+        """Train to `epochs`, evaluating every `eval_every` epochs and after the last one.
+
+        The GRL scale follows p = epoch / epochs. Returns the evaluation records; `on_eval`
+        sees each one as it is made (the entry point saves history and checkpoints there).
+        """
+        cfg = self.cfg
+        epochs = cfg.epochs if epochs is None else epochs
+        steps = -(-len(train) // cfg.batch_size)
+        history = []
+        for epoch in range(start_epoch, epochs):
+            self.grl_scale.assign(float(grl_schedule(epoch, epochs)))
+            for _ in range(steps):
+                b = next(iterator)
+                logs = self.train_step(b["image"], b["text"], b["class_emb"], b["label"])
+            logs = {k: float(v) for k, v in logs.items()}
+            if not all(np.isfinite(v) for v in logs.values()):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}: {logs}")
+            if writer is not None:
+                writer.scalars(logs, epoch)
+            if epoch % cfg.eval_every == 0 or epoch == epochs - 1:
+                record = {"epoch": epoch, "losses": logs,
+                          "test": {name: self.evaluate(s) for name, s in eval_sets.items()}}
+                if val is not None:
+                    record["val"] = self.evaluate(val)
+                history.append(record)
+                log(_format_eval(record))
+                on_eval(record)
+        return history
+
+
+def _minmax_np(x: np.ndarray) -> np.ndarray:
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    span = hi - lo
+    return np.where(span > 0, (x - lo) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+
+
+def _softmax_np(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _format_eval(record: dict) -> str:
+    lines = [f"epoch {record['epoch']}: " + " ".join(f"{k}={v:.4f}" for k, v in list(record["losses"].items())[:3])]
+    for name, variants in record["test"].items():
+        for variant, r in variants.items():
+            if not variant.startswith("_"):
+                lines.append(f"  {name:>8} {variant:<15} i2t {r['i2t']:.4f}  t2i {r['t2i']:.4f}  avg {r['avg']:.4f}")
+    return "\n".join(lines)
+
+
+def summarise(history: list, set_name: str) -> dict:
+    """Release's MAX / MAX2 (test-selected), the final epoch, and the validation-selected point."""
+    points = [(rec["epoch"], v, r) for rec in history for v, r in rec["test"][set_name].items() if not v.startswith("_")]
+    best_avg = max(points, key=lambda p: p[2]["avg"])
+    best_i2t = max(points, key=lambda p: p[2]["i2t"])
+    last = history[-1]
+    out = {"test_selected_max": dict(best_avg[2], epoch=best_avg[0], variant=best_avg[1]),
+           "test_selected_max2": dict(best_i2t[2], epoch=best_i2t[0], variant=best_i2t[1]),
+           "final": {v: r for v, r in last["test"][set_name].items() if not v.startswith("_")},
+           "contract": last["test"][set_name]["_contract"]}
+    if "val" in last:
+        vals = [(i, v, r) for i, rec in enumerate(history) for v, r in rec["val"].items() if not v.startswith("_")]
+        i, variant, _ = max(vals, key=lambda p: p[2]["avg"])
+        out["val_selected"] = dict(history[i]["test"][set_name][variant], epoch=history[i]["epoch"], variant=variant)
+    return out
