@@ -1,0 +1,66 @@
+"""`python -m jfse_tf.demo`: run contract, CFSA preset, resume, clear errors (spec §10 test 17)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.common import fixtures
+from tests.conftest import REPO
+
+TINY = ["--hidden", "64", "--noise_dim", "8", "--eval_every", "1"]
+
+
+def demo(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "jfse_tf.demo", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_all_scenarios_write_contract_results_and_resume(tmp_path):
+    res = demo("--epochs", "2", "--output_dir", str(tmp_path), *TINY)
+    assert res.returncode == 0, res.stderr[-2000:]
+    std = json.loads((tmp_path / "standard" / "results.json").read_text())
+    zs = json.loads((tmp_path / "zs" / "results.json").read_text())
+    gzs = json.loads((tmp_path / "gzs" / "results.json").read_text())
+    assert {"i2t_map_all", "t2i_map_all", "release_max", "final_epoch", "val_selected"} <= set(std)
+    assert {"i2t_map_all", "seen_i2t_map_all", "seen_t2i_map_all"} <= set(zs)
+    assert {"gzs_i2t_map_all", "gzs_t2i_map_all"} <= set(gzs)
+    assert set(zs["final_epoch"]) == {"raw", "softmax", "minmax", "minmax_softmax"}
+    assert "TEST set" in zs["note"] and zs["flags"]["method"] == "jfse"
+    assert "zs unseen" in res.stdout and os.listdir(tmp_path / "zs" / "tb")
+    # same command with more epochs resumes from the checkpoint instead of starting over
+    res = demo("--epochs", "3", "--output_dir", str(tmp_path), "--scenario", "zs", *TINY)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "[zs] resumed after epoch 1" in res.stdout
+    history = json.loads((tmp_path / "zs" / "history.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [0, 1, 2]
+
+
+def test_cfsa_runs_zero_shot_only(tmp_path):
+    res = demo("--method", "cfsa", "--epochs", "1", "--output_dir", str(tmp_path), *TINY)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path)) == ["zs"]
+    cfg = json.loads((tmp_path / "zs" / "results.json").read_text())["config"]
+    assert cfg["align"] == "cmpm" and not cfg["train_modality_classifier"] and cfg["weights"]["w_adv_real"] == 0
+
+
+def test_missing_data_and_missing_class_embeddings_are_clear(tmp_path):
+    res = demo("--dataset", "xmn", "--data_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o"))
+    assert res.returncode == 2 and "error: data folder" in res.stderr.splitlines()[-1]
+    fixtures.write_feature_folder(str(tmp_path / "f"))
+    res = demo("--dataset", "features", "--data_dir", str(tmp_path / "f"), "--output_dir", str(tmp_path / "o"))
+    assert res.returncode == 2 and "needs class embeddings (class_emb.npy" in res.stderr.splitlines()[-1]
+
+
+def test_feature_folder_with_class_embeddings(tmp_path):
+    folder = tmp_path / "f"
+    fixtures.write_feature_folder(str(folder), one_based=False)
+    np.save(folder / "class_emb.npy", np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32))
+    (folder / "unseen_classes.txt").write_text("3\n")
+    res = demo("--dataset", "features", "--data_dir", str(folder), "--epochs", "1", "--batch_size", "4",
+               "--output_dir", str(tmp_path / "o"), *TINY)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "o" / "zs" / "results.json").read_text())["dataset"] == "f"
