@@ -43,7 +43,8 @@ class JFSETrainer:
         self.weights = {k: tf.constant(float(v)) for k, v in cfg.weights.items()}
         self.align = losses.ALIGNMENTS[cfg.align]
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
-        self._embed = tf.function(self._embed_fn, reduce_retracing=True)
+        self._embed_image = tf.function(self.nets.image_regressor, reduce_retracing=True)
+        self._embed_text = tf.function(self.nets.text_regressor, reduce_retracing=True)
 
     # ------------------------------------------------------------------ step
 
@@ -117,20 +118,13 @@ class JFSETrainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    def _embed_fn(self, image, text):
-        return self.nets.image_regressor(image), self.nets.text_regressor(text)
+    def embed(self, image: np.ndarray, text: np.ndarray, batch: int = 4096):
+        """Regressor outputs of both modalities (the common space), in batches."""
 
-    def embed(self, image: np.ndarray, text: np.ndarray, batch: int = 1024):
-        outs_i, outs_t = [], []
-        for s in range(0, max(len(image), len(text)), batch):
-            i = image[s:s + batch] if s < len(image) else image[:1]
-            t = text[s:s + batch] if s < len(text) else text[:1]
-            ei, et = self._embed(tf.constant(i), tf.constant(t))
-            if s < len(image):
-                outs_i.append(ei.numpy())
-            if s < len(text):
-                outs_t.append(et.numpy())
-        return np.concatenate(outs_i), np.concatenate(outs_t)
+        def run(fn, x):
+            return np.concatenate([fn(tf.constant(x[s:s + batch])).numpy() for s in range(0, len(x), batch)])
+
+        return run(self._embed_image, image), run(self._embed_text, text)
 
     def evaluate(self, split: Split) -> Dict[str, dict]:
         """The release's four test-time variants, each scored with `metrics.jfse_map`."""
