@@ -17,11 +17,13 @@ import json
 import os
 import time
 
+import numpy as np
+
 from absl import flags
 
 from common import io, metrics, run, training
 from common.datasets import load_dataset
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError
 from jfse_tf.config import JFSEConfig
 from jfse_tf.train import JFSETrainer, summarise
 
@@ -42,6 +44,9 @@ flags.DEFINE_enum("norm", "batch_minmax", ["batch_minmax", "none"],
 flags.DEFINE_bool("shuffle", False, "release: file order every epoch; --shuffle: reshuffle per epoch.")
 flags.DEFINE_enum("eval_variants", "all", ["all", "minmax"],
                   "release: four test-time variants; minmax: only the one matching training.")
+flags.DEFINE_bool("synthesize_unseen", False,
+                  "Not in the release: in zs/gzs training the regressors also learn from features the "
+                  "generators make for unseen classes from their class embeddings.")
 for _key, _value in JFSEConfig().weights.items():
     flags.DEFINE_float(_key, _value, f"Loss weight {_key} (spec jfse.md §3.5; release {_value}).")
 FLAGS = flags.FLAGS
@@ -54,14 +59,24 @@ def make_config() -> JFSEConfig:
                      n_critic=FLAGS.n_critic, lr=FLAGS.lr, beta1=FLAGS.beta1, gp_lambda=FLAGS.gp_lambda,
                      noise_dim=FLAGS.noise_dim, hidden=FLAGS.hidden, eval_every=FLAGS.eval_every,
                      norm=FLAGS.norm, shuffle=FLAGS.shuffle, eval_variants=FLAGS.eval_variants,
-                     seed=FLAGS.seed, weights=weights)
+                     synthesize_unseen=FLAGS.synthesize_unseen, seed=FLAGS.seed, weights=weights)
     cfg.epochs = FLAGS.epochs or (SYNTHETIC_EPOCHS if FLAGS.dataset.startswith("synthetic") else 500)
     return cfg.for_method()
 
 
-def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir):
+def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir, unseen=None):
     """Train (or resume) one model; returns (summary per evaluation set, seconds per epoch)."""
-    trainer = JFSETrainer(cfg, ds.image_dim, ds.text_dim, ds.class_embeddings.shape[1], ds.num_classes)
+    if unseen is None:
+        cfg = dataclasses.replace(cfg, synthesize_unseen=False)  # nothing unseen in the standard scenario
+    unseen_emb = None
+    if cfg.synthesize_unseen:
+        try:
+            unseen_emb = ds.class_embedding_rows(unseen)
+        except DataError as e:
+            raise DataError(f"--synthesize_unseen needs the unseen classes' embeddings (class_emb.npy "
+                            f"with a row per class): {e}") from None
+    trainer = JFSETrainer(cfg, ds.image_dim, ds.text_dim, ds.class_embeddings.shape[1], ds.num_classes,
+                          unseen_class_emb=unseen_emb, unseen_classes=unseen)
     iterator = trainer.make_iterator(train, ds.class_embedding_rows(train.labels))
     objects = {m.name: m for group in trainer.nets.groups.values() for m in group}
     objects.update({f"opt_{g}": (o, trainer.nets.variables(g)) for g, o in trainer.optimizers.items()})
@@ -116,6 +131,23 @@ def write(out_dir, ds, method, scenario, summary, seen=None, prefix="", seconds_
                             "final_epoch and val_selected are the clean numbers"))
 
 
+def _feasible(ds, scenarios):
+    """Drop scenarios the split cannot support (the xmn release: its test set is unseen classes only)."""
+    train_classes, test_classes = set(np.unique(ds.train.labels)), set(np.unique(ds.test.labels))
+    drop = {}
+    if not test_classes <= train_classes:
+        drop["standard"] = "the test split holds classes absent from training (a zero-shot split)"
+    if not test_classes & train_classes:
+        drop["gzs"] = "the test split holds no seen class to pool with the unseen ones"
+    kept = [s for s in scenarios if s not in drop]
+    for s in scenarios:
+        if s in drop:
+            print(f"skipping {s}: {drop[s]}")
+    if not kept:
+        raise ConfigError(f"{ds.source or ds.name}: cannot run {scenarios}: " + "; ".join(drop.values()))
+    return kept
+
+
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}")
@@ -126,6 +158,7 @@ def main(argv):
     scenarios = ["standard", "zs", "gzs"] if FLAGS.scenario == "all" else [FLAGS.scenario]
     if cfg.method == "cfsa":
         scenarios = ["zs"]
+    scenarios = _feasible(ds, scenarios)
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"class embeddings {ds.class_embeddings.shape}; method {cfg.method}, align {cfg.align}, "
           f"{cfg.epochs} epochs, scenarios {scenarios}")
@@ -138,11 +171,15 @@ def main(argv):
     if {"zs", "gzs"} & set(scenarios):
         zs = ds.zero_shot()
         out = os.path.join(FLAGS.output_dir, "zs")
-        sets = {"unseen": zs.test_unseen, "seen": zs.test_seen, "pooled": zs.test_all}
-        summ, spe = train_scenario("zs", cfg, ds, zs.train, sets, zs.val, out)
+        sets = {"unseen": zs.test_unseen}
+        if len(zs.test_seen):
+            sets.update(seen=zs.test_seen, pooled=zs.test_all)
+        summ, spe = train_scenario("zs", cfg, ds, zs.train, sets, zs.val, out, unseen=zs.unseen_classes)
         if "zs" in scenarios:
-            write(out, ds, cfg.method, "zs", summ["unseen"], seen=summ["seen"], seconds_per_epoch=spe, cfg=cfg)
-            table += [("zs unseen", summ["unseen"]["contract"]), ("zs seen", summ["seen"]["contract"])]
+            write(out, ds, cfg.method, "zs", summ["unseen"], seen=summ.get("seen"), seconds_per_epoch=spe, cfg=cfg)
+            table.append(("zs unseen", summ["unseen"]["contract"]))
+            if "seen" in summ:
+                table.append(("zs seen", summ["seen"]["contract"]))
             chance = metrics.expected_random_map(zs.test_unseen.labels, zs.test_unseen.labels)
             table.append(("chance (unseen)", {"i2t_map_all": chance, "t2i_map_all": chance}))
         if "gzs" in scenarios:

@@ -30,8 +30,14 @@ VARIANTS = ("raw", "softmax", "minmax", "minmax_softmax")
 class JFSETrainer:
     """Owns the networks, the four Adam optimisers, the noise generator and the GRL scale."""
 
-    def __init__(self, cfg: JFSEConfig, image_dim: int, text_dim: int, emb_dim: int, num_classes: int):
+    def __init__(self, cfg: JFSEConfig, image_dim: int, text_dim: int, emb_dim: int, num_classes: int,
+                 unseen_class_emb: Optional[np.ndarray] = None, unseen_classes: Optional[np.ndarray] = None):
         self.cfg, self.num_classes = cfg, num_classes
+        self.unseen = None
+        if cfg.synthesize_unseen:
+            if unseen_class_emb is None or len(unseen_class_emb) == 0:
+                raise ValueError("synthesize_unseen needs the unseen classes' embeddings (a zero-shot scenario)")
+            self.unseen = (tf.constant(unseen_class_emb, tf.float32), tf.constant(unseen_classes, tf.int64))
         self.nets = JFSENetworks(image_dim, text_dim, emb_dim, cfg.noise_dim, cfg.hidden)
         self.optimizers = {}
         for group in self.nets.groups:
@@ -72,6 +78,26 @@ class JFSETrainer:
         }
         return terms, fake_v, fake_t
 
+    def _unseen_synthesis_term(self, batch):
+        """--synthesize_unseen (not in the release): the regressors also learn from generated
+        features of unseen classes, made from their class embeddings alone.
+
+        Same form and weight as the synthetic seen-class terms (cycle regression + alignment);
+        the generators get no gradient from it, so unseen classes never shape the synthesis.
+        """
+        emb, ids = self.unseen
+        pick = self.rng.uniform([batch], 0, tf.shape(emb)[0], dtype=tf.int32)
+        c = tf.gather(emb, pick)
+        if self.cfg.norm == "batch_minmax":
+            c = losses.batch_minmax(c)
+        y = tf.one_hot(tf.gather(ids, pick), self.num_classes)
+        n = self.nets
+        fake_v = tf.stop_gradient(n.image_generator(c, self.rng.normal([batch, self.cfg.noise_dim])))
+        fake_t = tf.stop_gradient(n.text_generator(c, self.rng.normal([batch, self.cfg.noise_dim])))
+        s_v, s_t = n.image_regressor(fake_v), n.text_regressor(fake_t)
+        return (losses.regression_loss(s_v, c) + losses.regression_loss(s_t, c)
+                + self.weights["w_align_syn"] * self.align(s_v, s_t, y))
+
     def _normalise(self, v, t, c):
         if self.cfg.norm == "batch_minmax":
             return losses.batch_minmax(v), losses.batch_minmax(t), losses.batch_minmax(c)
@@ -95,6 +121,9 @@ class JFSETrainer:
             loss_g = losses.generator_objective(terms, w)
             loss_r = losses.regressor_objective(terms, w)
             loss_mc = terms["adv_syn"] + terms["adv_real"]
+            if self.unseen is not None:
+                unseen_term = self._unseen_synthesis_term(batch)
+                loss_r += w["w_syn_r"] * unseen_term
         updates = [("generators", loss_g), ("regressors", loss_r)]
         if self.cfg.train_modality_classifier:
             updates.append(("modality_classifier", loss_mc))
@@ -104,7 +133,8 @@ class JFSETrainer:
             self.optimizers[group].apply_gradients(zip(g, self.nets.variables(group)))
         # logging pass (release: post-update values, fresh alpha for loss_D)
         terms, fake_v, fake_t = self._joint_terms(v, t, c, y, z_v, z_t)
-        return {
+        extra = {"loss_unseen_syn": unseen_term} if self.unseen is not None else {}
+        return {**extra,
             "loss_D": self._critic_terms(v, t, c, fake_v, fake_t),
             "loss_G": losses.generator_objective(terms, w), "loss_Re": losses.regressor_objective(terms, w),
             "loss_corr": w["w_align_real"] * terms["align_real"] + w["w_align_syn"] * terms["align_syn"],

@@ -194,16 +194,16 @@ def test_pascal_dscmr_reports_the_missing_file(shared_data):
 
 
 def test_uci_written_into_feature_folder_loads(shared_data, tmp_path):
-    import scipy.io
+    from tools import convert_uci
 
-    m = scipy.io.loadmat(os.path.join(shared_data, "uci_mfeat", "uci_all.mat"))
-    for split, suffix in (("train", "tr"), ("test", "te")):
-        np.save(tmp_path / f"{split}_img.npy", m[f"I_{suffix}"])
-        np.save(tmp_path / f"{split}_txt.npy", m[f"T_{suffix}"])
-        scipy.io.savemat(tmp_path / f"{split}_lab.mat", {f"{split}_lab": m[f"L_{suffix}"]})
+    uci = os.path.join(shared_data, "uci_mfeat")
+    convert_uci.write_folder(convert_uci.read_uci(os.path.join(uci, "uci_all.mat"),
+                                                  os.path.join(uci, "uci_mfeat_6views.npz")), str(tmp_path), "5,9")
     ds = load_dataset("features", str(tmp_path))
     assert (len(ds.train), len(ds.test), ds.image_dim, ds.text_dim) == (1500, 500, 76, 64)
-    assert ds.num_classes == 10 and ds.train.labels.min() == 0
+    assert ds.num_classes == 10 and ds.train.labels.min() == 0 and ds.class_names[3] == "three"
+    assert ds.class_embeddings.shape == (10, 50) and list(ds.unseen_classes) == [5, 9]
+    assert len(np.bincount(ds.test.labels)) == 10 and np.bincount(ds.test.labels).min() > 30
 
 
 def test_load_dataset_messages():

@@ -96,3 +96,25 @@ def test_summary_labels_test_selected_numbers():
     s = summarise([rec(0, 0.5, 0.9), rec(2, 0.7, 0.1), rec(4, 0.6, 0.2)], "s")
     assert s["test_selected_max"]["epoch"] == 2 and s["final"]["raw"]["avg"] == 0.6
     assert s["val_selected"]["epoch"] == 0 and s["val_selected"]["avg"] == 0.5
+
+
+def test_synthesize_unseen_trains_only_the_regressors_on_unseen_classes(data):
+    """--synthesize_unseen: same critic/generator/classifier update as the release, regressors differ."""
+    ds, zs = data
+    rows = ds.class_embedding_rows(zs.unseen_classes)
+    b = next(trainer_for(ds).make_iterator(zs.train, ds.class_embedding_rows(zs.train.labels)))
+    weights, logs = {}, {}
+    for on in (False, True):
+        training.set_seed(0)
+        cfg = JFSEConfig(**SMALL, synthesize_unseen=on)
+        t = JFSETrainer(cfg, ds.image_dim, ds.text_dim, ds.class_embeddings.shape[1], ds.num_classes,
+                        unseen_class_emb=rows, unseen_classes=zs.unseen_classes)
+        logs[on] = t.train_step(b["image"], b["text"], b["class_emb"], b["label"])
+        weights[on] = {g: [v.numpy() for v in t.nets.variables(g)] for g in t.nets.groups}
+    assert "loss_unseen_syn" in logs[True] and "loss_unseen_syn" not in logs[False]
+    assert float(logs[True]["loss_unseen_syn"]) > 0
+    for group in weights[False]:
+        same = all(np.allclose(a, c, atol=1e-6) for a, c in zip(weights[False][group], weights[True][group]))
+        assert same == (group != "regressors"), group
+    with pytest.raises(ValueError, match="unseen"):
+        JFSETrainer(JFSEConfig(**SMALL, synthesize_unseen=True), ds.image_dim, ds.text_dim, 32, 10)

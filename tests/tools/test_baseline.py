@@ -62,15 +62,10 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
 
 def test_uci_reference_values(shared_data, tmp_path):
     """Known reference: CCA on (fou76, kar64) of uci_all.mat gives about 0.58 / 0.57 mAP@all."""
-    import scipy.io
+    from tools import convert_uci
 
-    m = scipy.io.loadmat(os.path.join(shared_data, "uci_mfeat", "uci_all.mat"))
     folder = tmp_path / "uci"
-    folder.mkdir()
-    for split, s in (("train", "tr"), ("test", "te")):
-        np.save(folder / f"{split}_img.npy", m[f"I_{s}"])
-        np.save(folder / f"{split}_txt.npy", m[f"T_{s}"])
-        np.save(folder / f"{split}_lab.npy", m[f"L_{s}"])
+    convert_uci.write_folder(convert_uci.read_uci(os.path.join(shared_data, "uci_mfeat", "uci_all.mat")), str(folder))
     res = run_cli("--dataset", "features", "--data_dir", str(folder), "--output_dir", str(tmp_path / "out"))
     assert res.returncode == 0, res.stderr
     r = json.loads((tmp_path / "out" / "results.json").read_text())

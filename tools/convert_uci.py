@@ -1,0 +1,91 @@
+"""UCI Multiple Features (`uci_all.mat` + `uci_mfeat_6views.npz`) -> the generic feature folder.
+
+    python -m tools.convert_uci --mat ../shared/data/uci_mfeat/uci_all.mat \
+        --views ../shared/data/uci_mfeat/uci_mfeat_6views.npz --out data/uci --unseen 5,6,7,8,9
+
+The fixed 1500/500 split of `uci_all.mat` (fou76 as "image", kar64 as "text", labels 1..10 for
+the digits 0..9) becomes train/test `.npy` files with 0-based labels; the optional six-view
+archive adds `class_emb.npy` (GloVe-50 of the digit names) and `class_names.txt`, which JFSE
+and the zero-shot methods need. Files are written atomically; an existing folder is replaced
+file by file only after every input has been read.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import flags
+
+from common import io, run
+from common.errors import ConfigError, DataError
+
+flags.DEFINE_string("mat", None, "Path of uci_all.mat.")
+flags.DEFINE_string("views", None, "Optional uci_mfeat_6views.npz (class names and GloVe vectors).")
+flags.DEFINE_string("out", None, "Feature folder to write.")
+flags.DEFINE_string("unseen", "5,6,7,8,9", "Unseen class ids (0-based) for unseen_classes.txt; '' for none.")
+FLAGS = flags.FLAGS
+
+
+def read_uci(mat_path: str, views_path: str | None = None) -> dict:
+    """Arrays of the feature folder, keyed by file name."""
+    import scipy.io
+
+    if not os.path.isfile(mat_path):
+        raise DataError(f"{mat_path}: not found (uci_all.mat of BMC-SDNU/Cross-Modal-Retrieval, FSH folder)")
+    try:
+        m = scipy.io.loadmat(mat_path)
+    except Exception as e:  # scipy raises several types for a damaged file
+        raise DataError(f"{mat_path}: not a readable MATLAB file ({e})") from None
+    missing = [k for k in ("I_tr", "I_te", "T_tr", "T_te", "L_tr", "L_te") if k not in m]
+    if missing:
+        raise DataError(f"{mat_path}: lacks the variables {missing}")
+    out = {}
+    for split, s in (("train", "tr"), ("test", "te")):
+        out[f"{split}_img.npy"] = io.as_matrix(m[f"I_{s}"], mat_path).astype(np.float32)
+        out[f"{split}_txt.npy"] = io.as_matrix(m[f"T_{s}"], mat_path).astype(np.float32)
+        labels = io.as_int_labels(m[f"L_{s}"], mat_path)
+        if labels.min() < 1 or labels.max() > 10:
+            raise DataError(f"{mat_path}: L_{s} must hold labels 1..10, found {labels.min()}..{labels.max()}")
+        out[f"{split}_lab.npy"] = labels - 1
+    if views_path:
+        try:
+            views = np.load(views_path, allow_pickle=False)
+            out["class_emb.npy"] = np.asarray(views["class_glove50"], np.float32)
+            out["class_names.txt"] = [str(n) for n in views["class_names"]]
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f"{views_path}: expected an .npz with class_glove50 and class_names ({e})") from None
+        if out["class_emb.npy"].shape[0] != 10:
+            raise DataError(f"{views_path}: class_glove50 has {out['class_emb.npy'].shape[0]} rows, expected 10")
+    return out
+
+
+def write_folder(arrays: dict, out: str, unseen: str = "") -> None:
+    ids = sorted({int(tok) for tok in unseen.replace(",", " ").split()}) if unseen.strip() else []
+    if ids and (ids[0] < 0 or ids[-1] > 9):
+        raise ConfigError(f"--unseen: class ids must be in 0..9, got {ids}")
+    os.makedirs(out, exist_ok=True)
+    for name, value in arrays.items():
+        path = os.path.join(out, name)
+        if name.endswith(".npy"):
+            with io.atomic_open(path, "wb") as f:
+                np.save(f, value)
+        else:
+            with io.atomic_open(path, "w") as f:
+                f.write("\n".join(value) + "\n")
+    if ids:
+        with io.atomic_open(os.path.join(out, "unseen_classes.txt"), "w") as f:
+            f.write(",".join(map(str, ids)) + "\n")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    if not FLAGS.mat or not FLAGS.out:
+        raise ConfigError("--mat and --out are required")
+    write_folder(read_uci(FLAGS.mat, FLAGS.views), FLAGS.out, FLAGS.unseen)
+    print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    run.run_main(main)
