@@ -28,6 +28,25 @@ class GradientReversal(keras.layers.Layer):
         return gradient_reversal(x, scale)
 
 
+class ModalityClassifier(keras.Model):
+    """GRL -> Dense hidden[0] -> ... -> Dense 2 with no activation anywhere (ACMR, JFSE).
+
+    A product of affine maps, i.e. a linear classifier, as both releases built it.
+    """
+
+    def __init__(self, hidden=(150, 75), **kwargs):
+        super().__init__(**kwargs)
+        widths = list(hidden) + [2]
+        self.layers_ = [keras.layers.Dense(w, name=f"fc_{i}") for i, w in enumerate(widths)]
+
+    def call(self, embeddings, grl_scale):
+        """`grl_scale` must be a tensor (or a keyword argument) so changing it never retraces."""
+        h = gradient_reversal(embeddings, grl_scale)
+        for layer in self.layers_:
+            h = layer(h)
+        return h
+
+
 def grl_schedule(epoch, num_epochs):
     """DANN's lambda = 2 / (1 + exp(-10 p)) - 1 with p = epoch / num_epochs (ACMR, JFSE)."""
     p = tf.cast(epoch, tf.float32) / tf.cast(num_epochs, tf.float32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from typing import Dict, Iterable
@@ -9,6 +11,8 @@ from typing import Dict, Iterable
 import keras
 import numpy as np
 import tensorflow as tf
+
+from common import io, run
 
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
@@ -56,8 +60,37 @@ class Checkpointer:
         self.checkpoint.restore(latest).assert_existing_objects_matched()
         return True
 
-    def save(self) -> str:
-        return self.manager.save(checkpoint_number=int(self.step.numpy()))
+    def save(self, number: int | None = None) -> str:
+        return self.manager.save(checkpoint_number=int(self.step.numpy()) if number is None else number)
+
+
+class RunState:
+    """One run's evaluation history (`history.json`) and checkpoints under an output folder.
+
+    Every entry point resumes the same way: re-running the command restores the latest
+    checkpoint and the history written before it. `record` writes the history first, then the
+    checkpoint that refers to it, so a crash between the two never loses a recorded epoch.
+    """
+
+    def __init__(self, out_dir: str, **objects):
+        self.ckpt = Checkpointer(run.checkpoint_dir(out_dir), **objects)
+        self.history_path = os.path.join(out_dir, "history.json")
+        self.history: list = []
+        self.resumed = self.ckpt.restore_or_initialize()
+        if self.resumed and os.path.exists(self.history_path):
+            with open(self.history_path) as f:
+                self.history = json.load(f)["history"]
+
+    @property
+    def start_epoch(self) -> int:
+        return int(self.ckpt.epoch.numpy())
+
+    def record(self, record: dict) -> None:
+        """Append an evaluation record for `record["epoch"]` and checkpoint the state after it."""
+        self.history.append(record)
+        io.write_json(self.history_path, {"history": self.history})
+        self.ckpt.epoch.assign(record["epoch"] + 1)
+        self.ckpt.save(number=record["epoch"] + 1)
 
 
 class SummaryWriter:

@@ -13,7 +13,6 @@ Re-running the same command resumes from the last checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from absl import flags
 
-from common import io, metrics, run, training
+from common import metrics, run, training
 from common.datasets import load_dataset
 from common.errors import ConfigError, DataError
 from jfse_tf.config import JFSEConfig
@@ -80,26 +79,14 @@ def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir, unseen=None):
     iterator = trainer.make_iterator(train, ds.class_embedding_rows(train.labels))
     objects = {m.name: m for group in trainer.nets.groups.values() for m in group}
     objects.update({f"opt_{g}": (o, trainer.nets.variables(g)) for g, o in trainer.optimizers.items()})
-    ckpt = training.Checkpointer(run.checkpoint_dir(out_dir), rng=trainer.rng, grl=trainer.grl_scale,
-                                 iterator=iterator, **objects)
-    history_path = os.path.join(out_dir, "history.json")
-    history = []
-    if ckpt.restore_or_initialize():
-        if os.path.exists(history_path):
-            with open(history_path) as f:
-                history = json.load(f)["history"]
-        print(f"[{name}] resumed after epoch {int(ckpt.epoch.numpy()) - 1}")
-
-    def on_eval(record):  # history first, then the checkpoint that refers to it
-        history.append(record)
-        io.write_json(history_path, {"history": history})
-        ckpt.epoch.assign(record["epoch"] + 1)
-        ckpt.save()
-
-    start_epoch = int(ckpt.epoch.numpy())
+    state = training.RunState(out_dir, rng=trainer.rng, grl=trainer.grl_scale, iterator=iterator, **objects)
+    if state.resumed:
+        print(f"[{name}] resumed after epoch {state.start_epoch - 1}")
+    history = state.history
+    start_epoch = state.start_epoch
     start = time.time()
     trainer.fit(train, iterator, eval_sets, val=val, epochs=cfg.epochs, start_epoch=start_epoch,
-                writer=training.SummaryWriter(run.tensorboard_dir(out_dir)), on_eval=on_eval,
+                writer=training.SummaryWriter(run.tensorboard_dir(out_dir)), on_eval=state.record,
                 log=lambda text: print(f"[{name}] {text}", flush=True))
     if not history:
         raise ConfigError(f"{out_dir} already holds a finished run of {cfg.epochs} epochs with no history")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from common.losses import modality_loss  # noqa: F401  (re-exported: spec §3.3)
+
 # 19 kernel widths of the release's `gaussian_kernel_matrix` (s acts as a variance: exp(-d/(2s)))
 CMMD_SIGMAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 5, 10, 15, 20, 25, 30, 35, 100, 1e3, 1e4, 1e5, 1e6)
 
@@ -40,15 +42,6 @@ def generator_adversarial_loss(fake_score):
 def regression_loss(embedding, class_emb):
     """mean over B x d of (class embedding - embedding)^2 (real: L_reg, synthetic: L_cyc)."""
     return tf.reduce_mean(tf.square(class_emb - embedding))
-
-
-def modality_loss(image_logits, text_logits):
-    """mean_i [CE(image_i, [0, 1]) + CE(text_i, [1, 0])] (§3.3)."""
-    ce_img = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.ones(tf.shape(image_logits)[:1], tf.int32), logits=image_logits)
-    ce_txt = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.zeros(tf.shape(text_logits)[:1], tf.int32), logits=text_logits)
-    return tf.reduce_mean(ce_img + ce_txt)
 
 
 def cmpm_loss(image_emb, text_emb, labels_onehot):

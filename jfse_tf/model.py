@@ -1,5 +1,6 @@
 """JFSE networks (spec jfse.md §2): two conditional generators, two critics, two regressors
-into the class-embedding space and the linear modality classifier behind gradient reversal.
+into the class-embedding space and the linear modality classifier behind gradient reversal
+(150 -> 75 -> 2, `common.layers.ModalityClassifier`).
 
 All layers are Dense with Keras defaults (Glorot-uniform kernels, zero biases = slim's
 defaults in the release). Concatenation orders follow the release for weight compatibility:
@@ -11,7 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from common.layers import gradient_reversal
+from common.layers import ModalityClassifier
 
 HIDDEN = 4096  # every hidden layer of G, D and R in the release
 
@@ -53,22 +54,6 @@ class Regressor(keras.Model):
         return self.out(self.hidden(features))
 
 
-class ModalityClassifier(keras.Model):
-    """GRL -> Dense 150 -> Dense 75 -> Dense 2 with no activations (a linear classifier)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.layers_ = [keras.layers.Dense(150, name="fc_0"), keras.layers.Dense(75, name="fc_1"),
-                        keras.layers.Dense(2, name="fc_2")]
-
-    def call(self, embeddings, grl_scale):
-        """`grl_scale` must be a tensor (or a keyword argument) so changing it never retraces."""
-        h = gradient_reversal(embeddings, grl_scale)
-        for layer in self.layers_:
-            h = layer(h)
-        return h
-
-
 class JFSENetworks:
     """The seven networks, built for given feature / class-embedding / noise widths."""
 
@@ -81,7 +66,7 @@ class JFSENetworks:
         self.text_critic = Critic(hidden, name="text_critic")
         self.image_regressor = Regressor(emb_dim, hidden, name="image_regressor")
         self.text_regressor = Regressor(emb_dim, hidden, name="text_regressor")
-        self.modality_classifier = ModalityClassifier(name="modality_classifier")
+        self.modality_classifier = ModalityClassifier((150, 75), name="modality_classifier")
         self.build()
 
     def build(self):

@@ -69,8 +69,13 @@ class CCA:
 
 
 def evaluate(model: CCA, split) -> dict:
+    """Cosine mAP@all (the contract) and, for paired splits, ACMR's Euclidean mAP@50 on every pair."""
     img, txt = model.transform(split.image, split.text)
-    return metrics.cross_modal_map_all(img, txt, split.labels, split.txt_labels)
+    out = metrics.cross_modal_map_all(img, txt, split.labels, split.txt_labels)
+    if split.paired:
+        at50 = metrics.acmr_map(img, txt, split.labels, k=50)
+        out.update(i2t_map_at_50=at50["i2t"], t2i_map_at_50=at50["t2i"])
+    return out
 
 
 def main(argv):

@@ -11,7 +11,6 @@ an ACMR-sized two-tower MLP step with Adam):
 Medians of several epochs; the result decides `paired_batches`' default (`prefetch=0`).
 """
 
-import json
 import os
 import time
 

@@ -1,0 +1,187 @@
+"""ACMR training semantics, learning, determinism and CLI: spec acmr.md §10 tests 7-12."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from acmr_tf.config import ACMRConfig
+from acmr_tf.train import ACMRTrainer
+from common import metrics, training
+from common.dataset import Split
+from common.synthetic import make_synthetic
+from tests.common import fixtures
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return make_synthetic("small")
+
+
+def trainer(ds, **kw):
+    training.set_seed(0)
+    return ACMRTrainer(ACMRConfig(**kw), ds.image_dim, ds.text_dim, ds.num_classes)
+
+
+def weights(t, group):
+    return [v.numpy().copy() for v in t.nets.variables(group)]
+
+
+def first_batch(t, ds):
+    b = next(t.make_iterator(ds.train))
+    return b["image"], b["text"], b["label"]
+
+
+def test_three_independent_adam_settings(ds):
+    for preset, names in (("release", {"emb", "domain"}), ("paper", {"total"})):
+        t = trainer(ds, preset=preset)
+        assert set(t.optimizers) == names
+        for opt in t.optimizers.values():
+            assert (float(opt.learning_rate), opt.beta_1, opt.beta_2, opt.epsilon) == pytest.approx((1e-4, 0.5, 0.999, 1e-8))
+    t = trainer(ds)
+    slots = [id(v) for o in t.optimizers.values() for v in o.variables]
+    assert len(slots) == len(set(slots))
+
+
+def test_release_preset_update_semantics(ds):
+    """Label classifier frozen; lambda and the modality head never touch the projector update."""
+    out = {}
+    for scale in (0.0, 1.0):
+        t = trainer(ds)
+        t.grl_scale.assign(scale)
+        lc, dc = weights(t, "label_classifier"), weights(t, "modality_classifier")
+        t.train_step(*first_batch(t, ds))
+        assert all(np.array_equal(a, b) for a, b in zip(lc, weights(t, "label_classifier")))
+        assert any(not np.array_equal(a, b) for a, b in zip(dc, weights(t, "modality_classifier")))
+        out[scale] = weights(t, "projectors")
+    assert all(np.array_equal(a, b) for a, b in zip(out[0.0], out[1.0]))
+
+
+def test_paper_preset_gradient_is_emb_minus_lambda_adv(ds):
+    t = trainer(ds, preset="paper", shuffle=False)
+    x_v, x_t, y = first_batch(t, ds)
+    proj = t.nets.variables("projectors")
+
+    def grads(scale, key):
+        t.grl_scale.assign(scale)
+        with tf.GradientTape() as tape:
+            terms = t.losses(x_v, x_t, y)
+            loss = terms["emb_loss"] + terms["domain_loss"] if key == "total" else terms[key]
+        return tape.gradient(loss, proj)
+
+    lam = 0.46212
+    total, emb = grads(lam, "total"), grads(lam, "emb_loss")
+    adv_plain = grads(-1.0, "domain_loss")  # reversal by -1 = the plain gradient of L_adv
+    for g, e, a in zip(total, emb, adv_plain):
+        np.testing.assert_allclose(g.numpy(), (e - lam * a).numpy(), rtol=1e-4, atol=1e-6)
+    # lambda = 0: the first projector update equals the release preset's; the label classifier moves
+    release = trainer(ds)
+    paper = trainer(ds, preset="paper", shuffle=False)
+    lc = weights(paper, "label_classifier")
+    for tr in (release, paper):
+        tr.train_step(*first_batch(tr, ds))
+    for a, b in zip(weights(release, "projectors"), weights(paper, "projectors")):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert any(not np.array_equal(a, b) for a, b in zip(lc, weights(paper, "label_classifier")))
+
+
+def test_release_batching_and_evaluated_pairs():
+    """Wikipedia sizes: 33 train batches at B = 64, evaluation on 640 of 693 test pairs."""
+    rng = np.random.default_rng(0)
+    test = Split(rng.normal(size=(693, 6)).astype(np.float32), rng.normal(size=(693, 5)).astype(np.float32),
+                 np.arange(693) % 10)
+    training.set_seed(0)
+    t = ACMRTrainer(ACMRConfig(), 6, 5, 10)
+    assert t.steps_per_epoch(2173) == 33
+    assert t.evaluate(test)["evaluated_pairs"] == 640
+    t = ACMRTrainer(ACMRConfig(eval_full_test=True), 6, 5, 10)
+    assert t.evaluate(test)["evaluated_pairs"] == 693
+
+
+def run_epochs(t, ds, epochs):
+    it = t.make_iterator(ds.train)
+    lines = []
+    for e in range(epochs):
+        t.grl_scale.assign(2 / (1 + np.exp(-10 * e / epochs)) - 1)
+        for _ in range(t.steps_per_epoch(len(ds.train))):
+            b = next(it)
+            logs = t.train_step(b["image"], b["text"], b["label"])
+            lines.append({k: float(v) for k, v in logs.items()})
+    return lines
+
+
+def test_synthetic_learns_far_above_random_embeddings(ds):
+    """§10.10 at CI size: 30 epochs of the release preset >= random baseline + 0.3 in both directions."""
+    rng = np.random.default_rng(0)
+    n = len(ds.test) - len(ds.test) % 64
+    base = metrics.acmr_map(rng.normal(size=(n, 40)), rng.normal(size=(n, 40)), ds.test.labels[:n])
+    results = {}
+    for preset, variant in (("release", "simple"), ("release", "triplet"), ("paper", "simple")):
+        t = trainer(ds, preset=preset, variant=variant, epochs=30)
+        if preset == "release" and variant == "simple":
+            untrained = t.evaluate(ds.test)
+            assert abs(untrained["i2t_map_at_50"] - base["i2t"]) < 0.1
+        lines = run_epochs(t, ds, 30)
+        assert all(np.isfinite(list(line.values())).all() for line in lines)
+        r = t.evaluate(ds.test)
+        results[preset, variant] = r
+        assert r["i2t_map_at_50"] >= base["i2t"] + 0.3 and r["t2i_map_at_50"] >= base["t2i"] + 0.3, (preset, variant, r)
+    rel, pap = results["release", "simple"], results["paper", "simple"]
+    assert pap["i2t_map_at_50"] + pap["t2i_map_at_50"] >= rel["i2t_map_at_50"] + rel["t2i_map_at_50"] - 0.1
+
+
+def test_same_seed_same_loss_lines(ds):
+    a = run_epochs(trainer(ds, variant="triplet"), ds, 1)
+    b = run_epochs(trainer(ds, variant="triplet"), ds, 1)
+    assert a == b and "triplet_loss" in a[0]
+
+
+# ---------------------------------------------------------------------- CLI
+
+def cli(*args, cwd=REPO):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "acmr_tf.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_simple_and_triplet_contract(tmp_path):
+    res = cli("--variant", "simple", "--dataset", "synthetic", "--epochs", "2", "--output_dir", str(tmp_path / "s"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    for field in ("Epoch: [ 1][   5/   6] time:", "emb_loss:", "domain_loss:", "label_loss:", "similar_loss:",
+                  "dissimilar_loss:", "[Eval] transformed test features", "[Eval - txt2img] mAP:", "[Eval - img2txt] mAP:"):
+        assert field in res.stdout, field
+    r = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert {"i2t_map_at_50", "t2i_map_at_50", "i2t_map_all", "t2i_map_all", "seconds_per_epoch"} <= set(r)
+    assert r["preset"] == "release" and r["config"]["w_dis"] == 0.02 and os.listdir(tmp_path / "s" / "tb")
+    res = cli("--variant", "triplet", "--epochs", "1", "--output_dir", str(tmp_path / "t"))
+    assert res.returncode == 0 and "triplet_loss:" in res.stdout and "similar_loss" not in res.stdout
+
+
+def test_cli_resume_continues_and_matches(tmp_path):
+    straight = cli("--epochs", "2", "--output_dir", str(tmp_path / "a"), "--preset", "paper")
+    cli("--epochs", "1", "--output_dir", str(tmp_path / "b"), "--preset", "paper")
+    resumed = cli("--epochs", "2", "--output_dir", str(tmp_path / "b"), "--preset", "paper")
+    assert straight.returncode == 0 and resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed after epoch 0" in resumed.stdout
+    ra, rb = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    assert ra["i2t_map_at_50"] == rb["i2t_map_at_50"] and ra["t2i_map_all"] == rb["t2i_map_all"]
+
+
+def test_cli_nuswide_widths_and_errors(tmp_path):
+    fixtures.write_nuswide(str(tmp_path / "nus"), n_train=70, n_test=66)
+    res = cli("--dataset", "nuswide", "--data_dir", str(tmp_path / "nus"), "--epochs", "1", "--output_dir", str(tmp_path / "n"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    cfg = json.loads((tmp_path / "n" / "results.json").read_text())["config"]
+    assert cfg["arch"] == "nuswide" and (cfg["w_label"], cfg["w_sim"], cfg["w_dis"]) == (50, 1, 0.2)
+    res = cli("--dataset", "wikipedia", "--data_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "w"))
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: data folder")
+    assert "Traceback" not in res.stderr and not (tmp_path / "w").exists()
+    res = cli("--variant", "triplet", "--dataset", "nuswide", "--data_dir", str(tmp_path / "nus"))
+    assert res.returncode == 2 and "no triplet variant" in res.stderr
+    res = cli("--epochs", "0")
+    assert res.returncode == 2 and "--epochs must be positive" in res.stderr
