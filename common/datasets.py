@@ -14,7 +14,7 @@ from typing import Optional
 from common import readers
 from common.dataset import CrossModalDataset
 from common.errors import DataError
-from common.synthetic import SIZES, make_synthetic
+from common.synthetic import SIZES, make_hashing_synthetic, make_synthetic
 
 FILE_READERS = {
     "features": readers.read_feature_folder,
@@ -24,13 +24,15 @@ FILE_READERS = {
     "zscrgan": readers.read_zscrgan,
     "iapr": readers.read_iapr,
 }
-NAMES = ("synthetic", "synthetic-multilabel") + tuple(FILE_READERS)
+NAMES = ("synthetic", "synthetic-multilabel", "synthetic-hashing") + tuple(FILE_READERS)
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0,
                  via_tfds: bool = False, **kwargs) -> CrossModalDataset:
     """Load `name`; raises `DataError` with a clear message on any data problem."""
     base, _, size = name.partition(":")
+    if base == "synthetic-hashing":
+        return make_hashing_synthetic(seed=seed, **kwargs)
     if base in ("synthetic", "synthetic-multilabel"):
         size = size or "small"
         if size not in SIZES:

@@ -93,3 +93,25 @@ def make_synthetic(size: str = "small", seed: int = 0, multilabel: bool = False,
     ds.extras["generator"] = dict(cfg, seed=seed, latent_noise=latent_noise,
                                   feature_noise=feature_noise, multilabel=multilabel)
     return ds.validate()
+
+
+def make_hashing_synthetic(seed: int = 0, num_labels: int = 24, image_dim: int = 64, text_dim: int = 96,
+                           sizes=(("train", 1000), ("val", 200), ("test", 200), ("database", 2000)),
+                           noise: float = 0.5) -> CrossModalDataset:
+    """The hashing spec's multi-label set (cmhash.md §8a, §10.9): 1-3 labels per sample,
+    features = labels @ W_m + noise * N(0, 1) with an independent W_m per modality; test
+    items are the queries, `database` the retrieval gallery (train is drawn apart from it)."""
+    rng = np.random.default_rng(seed)
+    maps = {m: rng.standard_normal((num_labels, d)) for m, d in (("image", image_dim), ("text", text_dim))}
+    splits = {}
+    for name, n in sizes:
+        labels = np.zeros((n, num_labels), np.uint8)
+        for i, k in enumerate(rng.integers(1, 4, size=n)):
+            labels[i, rng.choice(num_labels, size=k, replace=False)] = 1
+        feats = [(labels @ maps[m] + noise * rng.standard_normal((n, maps[m].shape[1]))).astype(np.float32)
+                 for m in ("image", "text")]
+        splits[name] = Split(feats[0], feats[1], labels)
+    ds = CrossModalDataset(name="synthetic-hashing", num_classes=num_labels,
+                           class_names=[f"label_{k}" for k in range(num_labels)],
+                           source=f"synthetic-hashing(seed={seed})", **splits)
+    return ds.validate()

@@ -1,0 +1,46 @@
+"""Hash heads of the triplet-ranking hashing method (spec cmhash.md §2, feature-level mode §8a).
+
+Each modality: Dense(K) + tanh on a precomputed backbone feature (ResNet-18 512-d, BERT [CLS]
+768-d, or the 2912-d bag of words), optionally behind one ReLU hidden layer (a documented
+deviation for bag-of-words input). Keras Dense defaults (Glorot-uniform, zero bias) are the
+first release commit's initialisation.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+
+class HashHead(keras.Model):
+    def __init__(self, bits: int, hidden: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(hidden, activation="relu", name="hidden") if hidden else None
+        self.out = keras.layers.Dense(bits, name="hash")
+
+    def call(self, x):
+        if self.hidden is not None:
+            x = self.hidden(x)
+        return tf.tanh(self.out(x))  # relaxed codes in (-1, 1)
+
+
+def binarize(relaxed):
+    """Test-time codes: sign with sign(0) -> +1 (torch.sign(0) = 0 would match neither bit)."""
+    return tf.where(relaxed >= 0, 1.0, -1.0)
+
+
+class CMHashNetworks:
+    def __init__(self, image_dim: int, text_dim: int, bits: int = 32, hidden: Optional[int] = None):
+        self.image_head = HashHead(bits, hidden, name="image_head")
+        self.text_head = HashHead(bits, hidden, name="text_head")
+        self.image_head(tf.zeros((1, image_dim)))
+        self.text_head(tf.zeros((1, text_dim)))
+
+    @property
+    def groups(self) -> dict:
+        return {"image": [self.image_head], "text": [self.text_head]}
+
+    def variables(self, *groups: str) -> list:
+        return [v for g in groups for m in self.groups[g] for v in m.trainable_variables]

@@ -1,0 +1,181 @@
+"""Triplet-ranking hashing, feature mode: spec cmhash.md §10 tests 1-5 and 9, CLI contract."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cmhash_tf import losses
+from cmhash_tf.model import CMHashNetworks, binarize
+from cmhash_tf.train import CMHashConfig, CMHashTrainer, random_codes_map
+from common import training
+from common.datasets import load_dataset
+from tests.conftest import REPO
+
+Y = tf.constant([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1]])
+
+
+def listed_triplets(labels, mining):
+    """The release's Python loops, as a reference for the einsum form."""
+    y = np.asarray(labels)
+    s = (y @ y.T) > 0
+    out = []
+    if mining == "pivot":
+        for r in range(len(y)):
+            pos, neg = np.flatnonzero(s[r]), np.flatnonzero(~s[r])
+            if len(pos) < 2 or len(neg) < 1:
+                continue
+            out += [(a, p, n) for a, p in itertools.combinations(pos, 2) for n in neg]
+    else:
+        out = [(a, p, n) for a in range(len(y)) for p in range(len(y)) for n in range(len(y))
+               if a != p and s[a, p] and not s[a, n]]
+    return out
+
+
+def test_mining_hand_example():
+    w = losses.triplet_weights(Y).numpy()
+    want = {(0, 1, 2): 1, (0, 1, 3): 2, (0, 2, 3): 1, (1, 2, 0): 1, (1, 2, 3): 2}
+    assert {tuple(int(i) for i in k): int(w[tuple(k)]) for k in np.argwhere(w)} == want and w.sum() == 7
+    wa = losses.triplet_weights(Y, "anchor").numpy()
+    assert sorted(tuple(int(i) for i in k) for k in np.argwhere(wa)) == [
+        (0, 1, 2), (0, 1, 3), (1, 0, 3), (1, 2, 3), (2, 1, 0), (2, 1, 3)]
+
+
+def test_loss_hand_values_and_list_equivalence():
+    u, v = tf.constant([[1.0], [0], [0], [-1]]), tf.constant([[1.0], [1], [-1], [-1]])
+    p = losses.triplet_ranking_loss(u, v, Y, 1.0)
+    assert [float(p[k]) for k in ("loss_ii", "loss_tt", "loss_it", "loss_ti", "loss")] == pytest.approx(
+        [1 / 7, 8 / 7, 4 / 7, 3 / 7, 16 / 7], abs=1e-6)
+    a = losses.triplet_ranking_loss(u, v, Y, 1.0, "anchor")
+    assert [float(a[k]) for k in ("loss_ii", "loss_tt", "loss_it", "loss_ti")] == pytest.approx(
+        [1 / 3, 7 / 6, 2 / 3, 1 / 2], abs=1e-6)
+    rng = np.random.default_rng(0)
+    labels = (rng.random((10, 4)) < 0.3).astype(np.uint8)
+    u, v = np.tanh(rng.normal(size=(10, 5))), np.tanh(rng.normal(size=(10, 5)))
+    for mining in ("pivot", "anchor"):
+        got = losses.triplet_ranking_loss(tf.constant(u), tf.constant(v), labels, 3.0, mining)
+        trip = listed_triplets(labels, mining)
+        d = lambda x, y: ((x - y) ** 2).sum()  # noqa: E731
+        ref = np.mean([max(0, 3 + d(u[a], v[p]) - d(u[a], v[n])) for a, p, n in trip])
+        assert float(got["loss_it"]) == pytest.approx(ref, abs=1e-6) and float(got["triplets"]) == len(trip)
+
+
+@pytest.mark.parametrize("labels", [np.ones((4, 2)), np.eye(4)])
+def test_degenerate_batches_give_zero_loss_and_gradient(labels):
+    u = tf.Variable(np.tanh(np.random.default_rng(1).normal(size=(4, 3))))
+    with tf.GradientTape() as tape:
+        out = losses.triplet_ranking_loss(u, u * 0.5, labels, 2.0)
+    assert float(out["loss"]) == 0 and float(out["triplets"]) == 0
+    assert not np.any(tape.gradient(out["loss"], u).numpy())
+
+
+def test_gradient_matches_finite_differences():
+    rng = np.random.default_rng(2)
+    labels = (rng.random((8, 3)) < 0.4).astype(np.uint8)
+    u0, v = rng.uniform(-0.9, 0.9, (8, 4)), tf.constant(rng.uniform(-0.9, 0.9, (8, 4)))
+    f = lambda u: losses.triplet_ranking_loss(u, v, labels, 2.0)["loss"]  # noqa: E731
+    u = tf.Variable(u0)
+    with tf.GradientTape() as tape:
+        loss = f(u)
+    grad = tape.gradient(loss, u).numpy()
+    eps, num = 1e-6, np.zeros_like(u0)
+    for idx in np.ndindex(*u0.shape):
+        up, dn = u0.copy(), u0.copy()
+        up[idx] += eps
+        dn[idx] -= eps
+        num[idx] = (float(f(tf.constant(up))) - float(f(tf.constant(dn)))) / (2 * eps)
+    np.testing.assert_allclose(grad, num, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [16, 32, 64])
+def test_codes(bits):
+    n = CMHashNetworks(7, 5, bits)
+    relaxed = n.image_head(tf.constant(np.random.default_rng(0).normal(size=(6, 7)) * 50, tf.float32))
+    assert relaxed.shape == (6, bits) and float(tf.reduce_max(tf.abs(relaxed))) <= 1
+    codes = binarize(relaxed).numpy()
+    assert set(np.unique(codes)) <= {-1.0, 1.0}
+    assert binarize(tf.zeros((1, 3))).numpy().tolist() == [[1.0, 1.0, 1.0]]
+    b1, b2 = codes[0], codes[1]
+    assert ((b1 - b2) ** 2).sum() == 4 * (b1 != b2).sum()
+
+
+def test_coupled_weight_decay_and_skipped_batches():
+    training.set_seed(0)
+    t = CMHashTrainer(CMHashConfig(bits=4, lr=0.1, weight_decay=0.5), 3, 2)
+    before = [v.numpy().copy() for v in t.nets.variables("image", "text")]
+    x, y = tf.ones((3, 3)), tf.ones((3, 2))
+    out = t.train_step(x, y, tf.constant(np.ones((3, 2), np.uint8)))  # every pair shares a label
+    assert not bool(out["applied"]) and int(t.optimizers["joint"].iterations) == 0
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, t.nets.variables("image", "text")))
+    labels = tf.constant(np.eye(3, dtype=np.uint8)[[0, 0, 1]])
+    x = tf.constant(np.random.default_rng(3).normal(size=(3, 3)), tf.float32)
+    variables = t.nets.variables("image", "text")
+    theta = [v.numpy().copy() for v in variables]
+    with tf.GradientTape() as tape:
+        loss = losses.triplet_ranking_loss(t.nets.image_head(x), t.nets.text_head(y), labels, 12 * 4 / 32)["loss"]
+    grads = [g.numpy() for g in tape.gradient(loss, variables)]
+    assert bool(t.train_step(x, y, labels)["applied"])
+    for th, g, v in zip(theta, grads, variables):  # Adam's first step on g + wd * theta (coupled decay)
+        gc = g + 0.5 * th
+        m, vv = 0.1 * gc, 0.001 * gc ** 2
+        want = th - 0.1 * np.sqrt(1 - 0.999) / (1 - 0.9) * m / (np.sqrt(vv) + 1e-8)
+        np.testing.assert_allclose(v.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_learns_on_the_spec_synthetic_set():
+    """§10.9: K 16, m 6, Adam 1e-2, batch 32, 5 epochs: both directions above chance + 0.20."""
+    ds = load_dataset("synthetic-hashing")
+    training.set_seed(0)
+    cfg = CMHashConfig(bits=16, margin=6.0, lr=1e-2, weight_decay=0.0, epochs=5)
+    t = CMHashTrainer(cfg, ds.image_dim, ds.text_dim)
+    rng = np.random.default_rng(0)
+    for _ in range(cfg.epochs):
+        order = rng.permutation(len(ds.train))
+        for s in range(0, len(order), 32):
+            rows = order[s:s + 32]
+            t.train_step(ds.train.image[rows], ds.train.text[rows], ds.train.labels[rows])
+    chance = random_codes_map(ds.test, ds.database, 16)
+    r = t.evaluate(ds.test, ds.database)
+    assert 0.14 < chance < 0.19
+    assert r["i2t_map"] > chance + 0.2 and r["t2i_map"] > chance + 0.2, (r, chance)
+
+
+def cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "cmhash_tf.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_contract_resume_and_errors(tmp_path):
+    args = ["--bits", "8,16", "--eval_every", "1", "--output_dir", str(tmp_path / "a")]
+    res = cli("--epochs", "1", *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = cli("--epochs", "2", *args)
+    assert res.returncode == 0 and "[8 bits] resumed after epoch 0" in res.stdout
+    r = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert set(r["i2t_map"]) == {"8", "16"} and r["i2t_map_all"] == r["i2t_map"]["8"]
+    assert r["per_bits"]["16"]["selected"]["selected_on"] == "val" and "validation" in r["note"]
+    straight = cli("--epochs", "2", "--bits", "8,16", "--eval_every", "1", "--output_dir", str(tmp_path / "b"))
+    assert straight.returncode == 0
+    rb = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert rb["per_bits"]["16"]["final"] == r["per_bits"]["16"]["final"]
+    res = cli("--bits", "x", "--output_dir", str(tmp_path / "c"))
+    assert res.returncode == 2 and "--bits must be integers" in res.stderr
+    res = cli("--dataset", "iapr", "--data_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "c"))
+    assert res.returncode == 2 and "error:" in res.stderr.splitlines()[-1]
+
+
+def test_single_label_features_get_a_saved_validation_split(tmp_path):
+    from tests.common import fixtures
+
+    fixtures.write_feature_folder(str(tmp_path / "f"), one_based=False)
+    res = cli("--dataset", "features", "--data_dir", str(tmp_path / "f"), "--epochs", "1", "--batch_size", "4",
+              "--output_dir", str(tmp_path / "o"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    split = np.load(tmp_path / "o" / "splits.npz")
+    assert len(np.intersect1d(split["train_idx"], split["val_idx"])) == 0 and len(split["val_idx"]) >= 1
