@@ -126,27 +126,31 @@ class ACMRTrainer:
 
 # ---------------------------------------------------------------------- entry point
 
-run.define_run_flags(default_output_dir="runs/acmr")
-flags.DEFINE_enum("variant", "simple", ["simple", "triplet"], "simple (contrastive) or triplet release file.")
-flags.DEFINE_enum("preset", "release", ["release", "paper"], "release: what the demo code trains; paper: the published method.")
-flags.DEFINE_enum("arch", None, ["wiki", "nuswide"], "Hidden widths and loss weights (default: nuswide for --dataset nuswide, else wiki).")
-flags.DEFINE_integer("batch_size", 64, "Batch size (release 64).")
-flags.DEFINE_float("lr", 1e-4, "Adam learning rate (release 1e-4).")
-flags.DEFINE_float("beta1", 0.5, "Adam beta_1 (release 0.5).")
-flags.DEFINE_integer("emb_dim", 40, "Common-space width (release 40).")
-flags.DEFINE_float("w_label", None, "Label-loss weight (release: 100 wiki, 50 nuswide).")
-flags.DEFINE_float("w_sim", None, "Similar-loss (simple) or triplet-loss (triplet) weight (release 1).")
-flags.DEFINE_float("w_dis", None, "Dissimilar-loss weight (release: 0.02 wiki, 0.2 nuswide).")
-flags.DEFINE_float("margin", 0.1, "Triplet margin mu (release 0.1).")
-flags.DEFINE_float("alpha", 5.0, "Triplet weight alpha of the positive term (release 5).")
-flags.DEFINE_integer("top_k", 50, "K of the release's mAP@K (release 50).")
-flags.DEFINE_bool("adv_to_projectors", None, "Train with L_emb + L_adv through the GRL (preset: release off, paper on).")
-flags.DEFINE_bool("train_label_classifier", None, "Train the label classifier (preset: release off, paper on).")
-flags.DEFINE_bool("shuffle", None, "Reshuffle train pairs each epoch (preset: release off, paper on).")
-flags.DEFINE_bool("eval_full_test", None, "Evaluate all test pairs, not only full batches (preset: release off, paper on).")
-flags.DEFINE_bool("drop_remainder", True, "Drop the last partial train batch (release: on).")
-flags.DEFINE_bool("neg_tie_fix", False, "Triplet: mine negatives among different-class items only (release: off).")
-flags.DEFINE_integer("log_every", 1, "Print the loss line every N batches (release: every batch).")
+def define_flags():
+    """Entry-point flags; defined only when run as a program, so tests can import the trainer."""
+    run.define_run_flags(default_output_dir="runs/acmr")
+    flags.DEFINE_enum("variant", "simple", ["simple", "triplet"], "simple (contrastive) or triplet release file.")
+    flags.DEFINE_enum("preset", "release", ["release", "paper"], "release: what the demo code trains; paper: the published method.")
+    flags.DEFINE_enum("arch", None, ["wiki", "nuswide"], "Hidden widths and loss weights (default: nuswide for --dataset nuswide, else wiki).")
+    flags.DEFINE_integer("batch_size", 64, "Batch size (release 64).")
+    flags.DEFINE_float("lr", 1e-4, "Adam learning rate (release 1e-4).")
+    flags.DEFINE_float("beta1", 0.5, "Adam beta_1 (release 0.5).")
+    flags.DEFINE_integer("emb_dim", 40, "Common-space width (release 40).")
+    flags.DEFINE_float("w_label", None, "Label-loss weight (release: 100 wiki, 50 nuswide).")
+    flags.DEFINE_float("w_sim", None, "Similar-loss (simple) or triplet-loss (triplet) weight (release 1).")
+    flags.DEFINE_float("w_dis", None, "Dissimilar-loss weight (release: 0.02 wiki, 0.2 nuswide).")
+    flags.DEFINE_float("margin", 0.1, "Triplet margin mu (release 0.1).")
+    flags.DEFINE_float("alpha", 5.0, "Triplet weight alpha of the positive term (release 5).")
+    flags.DEFINE_integer("top_k", 50, "K of the release's mAP@K (release 50).")
+    flags.DEFINE_bool("adv_to_projectors", None, "Train with L_emb + L_adv through the GRL (preset: release off, paper on).")
+    flags.DEFINE_bool("train_label_classifier", None, "Train the label classifier (preset: release off, paper on).")
+    flags.DEFINE_bool("shuffle", None, "Reshuffle train pairs each epoch (preset: release off, paper on).")
+    flags.DEFINE_bool("eval_full_test", None, "Evaluate all test pairs, not only full batches (preset: release off, paper on).")
+    flags.DEFINE_bool("drop_remainder", True, "Drop the last partial train batch (release: on).")
+    flags.DEFINE_bool("neg_tie_fix", False, "Triplet: mine negatives among different-class items only (release: off).")
+    flags.DEFINE_integer("log_every", 1, "Print the loss line every N batches (release: every batch).")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -232,4 +236,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     run.run_main(main)

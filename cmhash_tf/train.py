@@ -118,19 +118,23 @@ def random_codes_map(queries: Split, database: Split, bits: int, seed: int = 0) 
 
 # ---------------------------------------------------------------------- entry point
 
-run.define_run_flags(default_dataset="synthetic", default_output_dir="runs/cmhash")
-flags.DEFINE_list("bits", ["32"], "Code lengths, e.g. 16,32,64 (release: 32).")
-flags.DEFINE_float("margin", None, "Triplet margin on squared distances (default 12 * bits / 32; release 12 at 32 bits).")
-flags.DEFINE_enum("mining", "pivot", ["pivot", "anchor"], "pivot: the release's triplets; anchor: anchor-defined, no duplicates.")
-flags.DEFINE_integer("batch_size", 32, "Batch size (release 32).")
-flags.DEFINE_float("lr", 1e-3, "Adam learning rate (feature mode; the release's end-to-end rate is 1e-5).")
-flags.DEFINE_float("image_lr", None, "Separate image optimiser rate (the first commit's two-optimiser variant).")
-flags.DEFINE_float("text_lr", None, "Separate text optimiser rate.")
-flags.DEFINE_float("weight_decay", 5e-4, "Coupled L2 decay added to the gradient (release 5e-4).")
-flags.DEFINE_integer("hidden", None, "Optional ReLU hidden layer before each hash layer (deviation, e.g. for BoW input).")
-flags.DEFINE_integer("eval_every", 10, "Evaluate every N epochs (release 10) and after the last.")
-flags.DEFINE_integer("val_size", 500, "Validation queries held out of train when the dataset has no val split.")
-flags.DEFINE_bool("select_on_test", False, "Release behaviour: pick the epoch by TEST mAP (labelled in results).")
+def define_flags():
+    """Entry-point flags; defined only when run as a program, so tests can import the trainer."""
+    run.define_run_flags(default_dataset="synthetic", default_output_dir="runs/cmhash")
+    flags.DEFINE_list("bits", ["32"], "Code lengths, e.g. 16,32,64 (release: 32).")
+    flags.DEFINE_float("margin", None, "Triplet margin on squared distances (default 12 * bits / 32; release 12 at 32 bits).")
+    flags.DEFINE_enum("mining", "pivot", ["pivot", "anchor"], "pivot: the release's triplets; anchor: anchor-defined, no duplicates.")
+    flags.DEFINE_integer("batch_size", 32, "Batch size (release 32).")
+    flags.DEFINE_float("lr", 1e-3, "Adam learning rate (feature mode; the release's end-to-end rate is 1e-5).")
+    flags.DEFINE_float("image_lr", None, "Separate image optimiser rate (the first commit's two-optimiser variant).")
+    flags.DEFINE_float("text_lr", None, "Separate text optimiser rate.")
+    flags.DEFINE_float("weight_decay", 5e-4, "Coupled L2 decay added to the gradient (release 5e-4).")
+    flags.DEFINE_integer("hidden", None, "Optional ReLU hidden layer before each hash layer (deviation, e.g. for BoW input).")
+    flags.DEFINE_integer("eval_every", 10, "Evaluate every N epochs (release 10) and after the last.")
+    flags.DEFINE_integer("val_size", 500, "Validation queries held out of train when the dataset has no val split.")
+    flags.DEFINE_bool("select_on_test", False, "Release behaviour: pick the epoch by TEST mAP (labelled in results).")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -244,4 +248,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     run.run_main(main)

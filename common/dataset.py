@@ -142,7 +142,8 @@ class CrossModalDataset:
         if self.class_embeddings is None:
             raise DataError(
                 f"{where}: this method needs class embeddings (class_emb.npy, C x E). Make them "
-                "from class names with word vectors (python -m tools.class_vectors) or provide them.")
+                "from class names with word vectors: one row per class, e.g. the mean GloVe vector of "
+                "the words of each class name, saved with numpy.save (tools.convert_uci shows it for UCI).")
         rows = self.class_embeddings[np.asarray(labels)]
         if not np.all(np.isfinite(rows)):
             missing = sorted(set(np.asarray(labels)[~np.isfinite(rows).all(axis=1)].tolist()))
