@@ -19,7 +19,7 @@ def demo(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_all_scenarios_write_contract_results_and_resume(tmp_path):
+def test_all_scenarios_write_contract_results(tmp_path):
     res = demo("--epochs", "2", "--output_dir", str(tmp_path), *TINY)
     assert res.returncode == 0, res.stderr[-2000:]
     std = json.loads((tmp_path / "standard" / "results.json").read_text())
@@ -31,7 +31,6 @@ def test_all_scenarios_write_contract_results_and_resume(tmp_path):
     assert set(zs["final_epoch"]) == {"raw", "softmax", "minmax", "minmax_softmax"}
     assert "TEST set" in zs["note"] and zs["flags"]["method"] == "jfse"
     assert "zs unseen" in res.stdout and os.listdir(tmp_path / "zs" / "tb")
-    # resume: test_resumed_run_equals_uninterrupted_run
 
 
 def test_cfsa_runs_zero_shot_only(tmp_path):
@@ -81,7 +80,7 @@ def test_xmn_release_pickles_end_to_end(tmp_path):
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    """Stop after epoch 0, resume to epoch 1: same losses, metrics and weights as one straight run."""
+    """Stop after epoch 0, resume to epoch 1: the same losses and test metrics as one straight run."""
     args = ["--scenario", "zs", "--synthesize_unseen", *TINY]
     straight = demo("--epochs", "2", "--output_dir", str(tmp_path / "a"), *args)
     first = demo("--epochs", "1", "--output_dir", str(tmp_path / "b"), *args)
