@@ -65,6 +65,7 @@ def make_config() -> JFSEConfig:
 
 def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir, unseen=None):
     """Train (or resume) one model; returns (summary per evaluation set, seconds per epoch)."""
+    training.set_seed(cfg.seed)  # each scenario's result is independent of the ones run before it
     if unseen is None:
         cfg = dataclasses.replace(cfg, synthesize_unseen=False)  # nothing unseen in the standard scenario
     unseen_emb = None
