@@ -28,6 +28,7 @@ from acmr_tf.model import ACMRNetworks
 from common import metrics, pipelines, run, training
 from common.dataset import Split
 from common.errors import ConfigError
+from common.layers import grl_schedule
 
 LOG_FIELDS = {"simple": ("emb_loss", "domain_loss", "label_loss", "similar_loss", "dissimilar_loss"),
               "triplet": ("emb_loss", "domain_loss", "label_loss", "triplet_loss")}
@@ -90,10 +91,7 @@ class ACMRTrainer:
     # ------------------------------------------------------------------ evaluation
 
     def embed(self, image: np.ndarray, text: np.ndarray, batch: int = 4096):
-        def run_(fn, x):
-            return np.concatenate([fn(tf.constant(x[s:s + batch])).numpy() for s in range(0, len(x), batch)])
-
-        return run_(self._embed_image, image), run_(self._embed_text, text)
+        return training.batched(self._embed_image, image, batch), training.batched(self._embed_text, text, batch)
 
     def evaluate(self, split: Split) -> dict:
         """The release's Euclidean mAP@top_k on the evaluated pairs (640 of 693 on Wikipedia unless
@@ -195,8 +193,7 @@ def main(argv):
     fields = LOG_FIELDS[cfg.variant]
     start, first_epoch = time.time(), state.start_epoch
     for epoch in range(first_epoch, cfg.epochs):
-        trainer.grl_scale.assign(2.0 / (1.0 + np.exp(-10.0 * epoch / cfg.epochs)) - 1.0)
-        sums = dict.fromkeys(fields, 0.0)
+        trainer.grl_scale.assign(grl_schedule(epoch, cfg.epochs))
         for i in range(steps):
             b = next(iterator)
             logs = trainer.train_step(b["image"], b["text"], b["label"])
@@ -206,8 +203,6 @@ def main(argv):
                     raise FloatingPointError(f"non-finite loss at epoch {epoch} batch {i}: {logs}")
                 print(f"Epoch: [{epoch:2d}][{i:4d}/{steps:4d}] time: {time.time() - start:.4f}, "
                       + ", ".join(f"{k}: {logs[k]:.8f}" for k in fields), flush=True)
-                for k in fields:
-                    sums[k] += logs[k]
         record = {"epoch": epoch, "grl_lambda": float(trainer.grl_scale.numpy()), "test": trainer.evaluate(test)}
         writer.scalars({**{f"loss/{k}": v for k, v in logs.items()},
                         **{f"test/{k}": v for k, v in record["test"].items()}}, epoch)

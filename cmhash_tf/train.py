@@ -89,11 +89,8 @@ class CMHashTrainer:
         return terms
 
     def codes(self, image: np.ndarray, text: np.ndarray, batch: int = 8192):
-        def run_(fn, x):
-            return np.concatenate([binarize(fn(tf.constant(x[s:s + batch]))).numpy()
-                                   for s in range(0, len(x), batch)])
-
-        return run_(self._image, image), run_(self._text, text)
+        return (training.batched(lambda x: binarize(self._image(x)), image, batch),
+                training.batched(lambda x: binarize(self._text(x)), text, batch))
 
     def evaluate(self, queries: Split, database: Split) -> dict:
         qi, qt = self.codes(queries.image, queries.text)
@@ -175,13 +172,14 @@ def train_bits(cfg, train, val, queries, database, out_dir, select_on_test):
     progress = training.Progress(cfg.epochs - state.start_epoch, desc=f"[{cfg.bits} bits] epochs")
     start, first = time.time(), state.start_epoch
     for epoch in range(first, cfg.epochs):
-        sums, skipped = 0.0, 0
+        outs = []  # kept as tensors: no host round trip between steps
         for _ in range(steps):
             b = next(it)
             t = trainer.train_step(b["image"], b["text"], b["label"])
-            sums += float(t["loss"])
-            skipped += int(not bool(t["applied"]))
-        logs = {"loss": sums / steps, "skipped_batches": skipped}
+            outs.append((t["loss"], t["applied"]))
+        losses_, applied = (tf.stack(x) for x in zip(*outs))
+        logs = {"loss": float(tf.reduce_mean(losses_)),
+                "skipped_batches": int(tf.reduce_sum(tf.cast(tf.logical_not(applied), tf.int32)))}
         if not np.isfinite(logs["loss"]):
             raise FloatingPointError(f"non-finite loss at epoch {epoch}")
         writer.scalars(logs, epoch)

@@ -32,6 +32,11 @@ def build_optimizer(optimizer: keras.optimizers.Optimizer, variables: Iterable[t
         optimizer.build(list(variables))
 
 
+def batched(fn, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Apply a (compiled) model function to `x` in row batches; bounded memory for large splits."""
+    return np.concatenate([np.asarray(fn(tf.constant(x[s:s + batch]))) for s in range(0, len(x), batch)])
+
+
 class Checkpointer:
     """`tf.train.Checkpoint` + `CheckpointManager` with resume of step and data position.
 

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import metrics, pipelines
+from common import metrics, pipelines, training
 from common.dataset import Split
 from common.layers import grl_schedule
 from jfse_tf import losses
@@ -150,11 +150,7 @@ class JFSETrainer:
 
     def embed(self, image: np.ndarray, text: np.ndarray, batch: int = 4096):
         """Regressor outputs of both modalities (the common space), in batches."""
-
-        def run(fn, x):
-            return np.concatenate([fn(tf.constant(x[s:s + batch])).numpy() for s in range(0, len(x), batch)])
-
-        return run(self._embed_image, image), run(self._embed_text, text)
+        return training.batched(self._embed_image, image, batch), training.batched(self._embed_text, text, batch)
 
     def evaluate(self, split: Split) -> Dict[str, dict]:
         """The release's four test-time variants, each scored with `metrics.jfse_map`."""
