@@ -21,5 +21,9 @@ setup(
         "tensorboard",
         "scipy",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "test": ["pytest>=8"],
+        # end-to-end hashing (ResNet-18 + BERT backbones, WordPiece tokenizer); brings tensorflow-text
+        "e2e": ["keras-hub>=0.32,<0.33"],
+    },
 )

@@ -52,3 +52,10 @@ def triplet_ranking_loss(u, v, labels, margin: float, mining: str = "pivot") -> 
     terms["loss"] = tf.add_n(list(terms.values()))
     terms["triplets"] = total
     return terms
+
+
+def single_modality_loss(v, labels, margin: float, mining: str = "pivot") -> dict:
+    """The T->T term alone: hashing one modality (e.g. tags when no image features exist)."""
+    w = tf.cast(triplet_weights(labels, mining), v.dtype)
+    total = tf.reduce_sum(w)
+    return {"loss": _term(w, total, v, v, margin), "triplets": total}

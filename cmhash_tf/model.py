@@ -32,15 +32,22 @@ def binarize(relaxed):
 
 
 class CMHashNetworks:
-    def __init__(self, image_dim: int, text_dim: int, bits: int = 32, hidden: Optional[int] = None):
-        self.image_head = HashHead(bits, hidden, name="image_head")
-        self.text_head = HashHead(bits, hidden, name="text_head")
-        self.image_head(tf.zeros((1, image_dim)))
-        self.text_head(tf.zeros((1, text_dim)))
+    """Both heads; `image_dim=None` builds the text head only (single-modality hashing)."""
+
+    def __init__(self, image_dim: Optional[int], text_dim: Optional[int], bits: int = 32,
+                 hidden: Optional[int] = None, image_model=None, text_model=None):
+        """Feature heads of the given widths, or the given (end-to-end) image and text models."""
+        self.image_head = image_model or (HashHead(bits, hidden, name="image_head") if image_dim else None)
+        self.text_head = text_model or HashHead(bits, hidden, name="text_head")
+        if image_model is None and self.image_head is not None:
+            self.image_head(tf.zeros((1, image_dim)))
+        if text_model is None:
+            self.text_head(tf.zeros((1, text_dim)))
 
     @property
     def groups(self) -> dict:
-        return {"image": [self.image_head], "text": [self.text_head]}
+        heads = {"image": [self.image_head], "text": [self.text_head]}
+        return {k: v for k, v in heads.items() if v[0] is not None}
 
     def variables(self, *groups: str) -> list:
         return [v for g in groups for m in self.groups[g] for v in m.trainable_variables]

@@ -44,6 +44,7 @@ class CMHashConfig:
     hidden: int | None = None
     eval_every: int = 10
     seed: int = 0
+    text_only: bool = False          # tag -> tag hashing: the T->T term, text head only
 
     @property
     def margin_value(self) -> float:
@@ -51,10 +52,14 @@ class CMHashConfig:
 
 
 class CMHashTrainer:
-    def __init__(self, cfg: CMHashConfig, image_dim: int, text_dim: int):
+    def __init__(self, cfg: CMHashConfig, image_dim: int, text_dim: int, nets: CMHashNetworks | None = None):
+        """Heads on features of the given widths, or prebuilt `nets` (the end-to-end backbones)."""
         self.cfg = cfg
-        self.nets = CMHashNetworks(image_dim, text_dim, cfg.bits, cfg.hidden)
-        if cfg.image_lr is None and cfg.text_lr is None:
+        self.nets = nets or CMHashNetworks(None if cfg.text_only else image_dim, text_dim, cfg.bits, cfg.hidden)
+        if cfg.text_only:
+            self.var_groups = {"text": ("text",)}
+            rates = {"text": cfg.text_lr or cfg.lr}
+        elif cfg.image_lr is None and cfg.text_lr is None:
             self.var_groups = {"joint": ("image", "text")}
             rates = {"joint": cfg.lr}
         else:
@@ -66,38 +71,60 @@ class CMHashTrainer:
             opt.build(self.nets.variables(*groups))
             self.optimizers[name] = opt
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
-        self._image = tf.function(self.nets.image_head, reduce_retracing=True)
+        self._image = None if cfg.text_only else tf.function(self.nets.image_head, reduce_retracing=True)
         self._text = tf.function(self.nets.text_head, reduce_retracing=True)
 
     def _train_step(self, image, text, labels):
         cfg = self.cfg
         with tf.GradientTape() as tape:
-            u, v = self.nets.image_head(image), self.nets.text_head(text)
-            terms = losses.triplet_ranking_loss(u, v, labels, cfg.margin_value, cfg.mining)
-        variables = {k: self.nets.variables(*g) for k, g in self.var_groups.items()}
-        grads = tape.gradient(terms["loss"], variables)
-
-        def apply():
-            for name, vs in variables.items():
-                # PyTorch's coupled weight decay: the decay term joins the gradient before Adam
-                g = [gi + cfg.weight_decay * vi for gi, vi in zip(grads[name], vs)]
-                self.optimizers[name].apply_gradients(zip(g, vs))
-            return tf.constant(True)
-
+            if cfg.text_only:
+                terms = losses.single_modality_loss(self.nets.text_head(text, training=True), labels,
+                                                    cfg.margin_value, cfg.mining)
+            else:  # training=True: BERT dropout and batch-norm statistics, as the release's train()
+                u, v = self.nets.image_head(image, training=True), self.nets.text_head(text, training=True)
+                terms = losses.triplet_ranking_loss(u, v, labels, cfg.margin_value, cfg.mining)
+        grads = tape.gradient(terms["loss"], self.group_variables())
         # a batch without any triplet is skipped (the release crashed on it)
-        terms["applied"] = tf.cond(terms["triplets"] > 0, apply, lambda: tf.constant(False))
+        terms["applied"] = tf.cond(terms["triplets"] > 0, lambda: self.apply_gradients(grads),
+                                   lambda: tf.constant(False))
         return terms
 
-    def codes(self, image: np.ndarray, text: np.ndarray, batch: int = 8192):
-        return (training.batched(lambda x: binarize(self._image(x)), image, batch),
-                training.batched(lambda x: binarize(self._text(x)), text, batch))
+    def group_variables(self) -> dict:
+        return {k: self.nets.variables(*g) for k, g in self.var_groups.items()}
 
-    def evaluate(self, queries: Split, database: Split) -> dict:
-        qi, qt = self.codes(queries.image, queries.text)
-        di, dt = self.codes(database.image, database.text)
+    def apply_gradients(self, grads: dict):
+        """One update per optimiser with PyTorch's coupled weight decay: wd * theta joins the
+        gradient before Adam (dense, also for embedding tables whose gradient is IndexedSlices)."""
+        for name, vs in self.group_variables().items():
+            g = [tf.convert_to_tensor(gi) + self.cfg.weight_decay * vi for gi, vi in zip(grads[name], vs)]
+            self.optimizers[name].apply_gradients(zip(g, vs))
+        return tf.constant(True)
+
+    def split_codes(self, split) -> tuple:
+        """(image codes or None, text codes) of every item of a split."""
+        if hasattr(split, "eval_batches"):  # end to end: images decoded and texts fed batch by batch
+            parts = [(binarize(self._image(b["image"])), binarize(self._text(b["text"])))
+                     for b in split.eval_batches()]
+            return tuple(np.concatenate([np.asarray(p[i]) for p in parts]) for i in (0, 1))
+        code = lambda fn: (lambda x: binarize(fn(x)))  # noqa: E731
+        text = training.batched(code(self._text), split.text, 8192)
+        if self.cfg.text_only:
+            return None, text
+        return training.batched(code(self._image), split.image, 8192), text
+
+    def evaluate(self, queries, database) -> dict:
+        qi, qt = self.split_codes(queries)
+        di, dt = self.split_codes(database)
+        if self.cfg.text_only:
+            t2t, excl = metrics.hashing_map(qt, dt, queries.labels, database.labels)
+            return {"t2t_map": t2t, "excluded_queries": excl}
         i2t, excl = metrics.hashing_map(qi, dt, queries.labels, database.labels)
         t2i, _ = metrics.hashing_map(qt, di, queries.labels, database.labels)
         return {"i2t_map": i2t, "t2i_map": t2i, "excluded_queries": excl}
+
+
+def map_keys(cfg: CMHashConfig) -> tuple:
+    return ("t2t_map",) if cfg.text_only else ("i2t_map", "t2i_map")
 
 
 def multi_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -130,6 +157,21 @@ def define_flags():
     flags.DEFINE_integer("eval_every", 10, "Evaluate every N epochs (release 10) and after the last.")
     flags.DEFINE_integer("val_size", 500, "Validation queries held out of train when the dataset has no val split.")
     flags.DEFINE_bool("select_on_test", False, "Release behaviour: pick the epoch by TEST mAP (labelled in results).")
+    flags.DEFINE_integer("num_queries", 2000, "mirflickr: queries drawn (seeded); the rest is the database.")
+    flags.DEFINE_integer("num_train", 10000, "mirflickr: training items taken from the database.")
+    flags.DEFINE_enum("mode", "features", ["features", "e2e"], "features: heads on precomputed features; e2e: "
+                      "ResNet-18 + BERT trained end to end from local weights (needs the [e2e] extra).")
+    flags.DEFINE_string("image_dir", None, "e2e: folder of the IAPR images (DD/NNNNN.jpg).")
+    flags.DEFINE_string("text_dir", None, "e2e: folder of the annotation texts (DD/NNNNN.txt; the last line is used).")
+    flags.DEFINE_string("image_preset", None, "e2e: local keras-hub ResNet-18 preset folder or .weights.h5.")
+    flags.DEFINE_string("text_preset", None, "e2e: local keras-hub BERT preset folder or .weights.h5.")
+    flags.DEFINE_string("vocab", None, "e2e: WordPiece vocab.txt (default: the text preset's own).")
+    flags.DEFINE_integer("max_len", 128, "e2e: tokens per text incl. [CLS]/[SEP]; longer texts are cut and counted.")
+    flags.DEFINE_integer("image_size", 224, "e2e: images are resized to this square (release 224).")
+    flags.DEFINE_bool("allow_random_init", False, "e2e: build untrained backbones when no preset is given (tests only).")
+    flags.DEFINE_bool("tiny_text", False, "e2e: a 2-layer, width-32 BERT (tests only).")
+    flags.DEFINE_bool("text_only", False, "Hash the text side alone (T->T term, tag -> tag mAP); for data without "
+                      "image features such as mirflickr's .mat files.")
 
 
 FLAGS = flags.FLAGS
@@ -144,24 +186,34 @@ def prepare_splits(ds, out_dir: str, seed: int, val_size: int):
     if ds.val is not None:
         val = ds.val
     else:
-        n = len(train)
-        k = min(val_size, n // 5)
-        if k < 1:
-            raise ConfigError(f"{ds.name}: the train split ({n} pairs) is too small to hold out a validation set")
-        order = np.random.default_rng(seed).permutation(n)
-        val_idx, train_idx = np.sort(order[:k]), np.sort(order[k:])
-        os.makedirs(out_dir, exist_ok=True)
-        with io.atomic_open(os.path.join(out_dir, "splits.npz"), "wb") as f:
-            np.savez(f, train_idx=train_idx, val_idx=val_idx)
-        val, train = train.subset(val_idx), train.subset(train_idx)
+        train, val = hold_out(train, out_dir, seed, val_size, ds.name)
     return as_mh(train), as_mh(val), as_mh(queries), as_mh(database)
 
 
-def train_bits(cfg, train, val, queries, database, out_dir, select_on_test):
-    trainer = CMHashTrainer(cfg, train.image.shape[1], train.text.shape[1])
+def hold_out(train, out_dir: str, seed: int, val_size: int, name: str):
+    """(train, val): a seeded hold-out of `val_size` (at most a fifth) items, saved to splits.npz."""
+    n = len(train)
+    k = min(val_size, n // 5)
+    if k < 1:
+        raise ConfigError(f"{name}: the train split ({n} pairs) is too small to hold out a validation set")
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx, train_idx = np.sort(order[:k]), np.sort(order[k:])
+    os.makedirs(out_dir, exist_ok=True)
+    with io.atomic_open(os.path.join(out_dir, "splits.npz"), "wb") as f:
+        np.savez(f, train_idx=train_idx, val_idx=val_idx)
+    return train.subset(train_idx), train.subset(val_idx)
+
+
+def feature_batches(train: Split, cfg: CMHashConfig) -> tf.data.Dataset:
     tensors = {"image": tf.constant(train.image), "text": tf.constant(train.text), "label": tf.constant(train.labels)}
-    it = iter(pipelines.epoch_indices(len(train), cfg.batch_size, shuffle=True, seed=cfg.seed)
-              .map(pipelines.gather_rows(tensors)))
+    return pipelines.epoch_indices(len(train), cfg.batch_size, shuffle=True, seed=cfg.seed).map(
+        pipelines.gather_rows(tensors))
+
+
+def train_bits(cfg, train, val, queries, database, out_dir, select_on_test, trainer=None, batches=None):
+    """Train one bit length (feature heads by default; `trainer` + `batches` for end to end)."""
+    trainer = trainer or CMHashTrainer(cfg, train.image.shape[1], train.text.shape[1])
+    it = iter(batches if batches is not None else feature_batches(train, cfg))
     objects = {m.name: m for g in trainer.nets.groups.values() for m in g}
     objects.update({f"opt_{k}": (o, trainer.nets.variables(*trainer.var_groups[k])) for k, o in trainer.optimizers.items()})
     state = training.RunState(out_dir, iterator=it, **objects)
@@ -188,15 +240,14 @@ def train_bits(cfg, train, val, queries, database, out_dir, select_on_test):
             record = {"epoch": epoch, "losses": logs, "val": trainer.evaluate(val, database),
                       "test": trainer.evaluate(queries, database)}
             writer.scalars({f"{s}/{k}": v for s in ("val", "test") for k, v in record[s].items()}, epoch)
-            print(f"[{cfg.bits} bits] epoch {epoch}: loss {logs['loss']:.4f}  val i2t {record['val']['i2t_map']:.4f} "
-                  f"t2i {record['val']['t2i_map']:.4f}  test i2t {record['test']['i2t_map']:.4f} "
-                  f"t2i {record['test']['t2i_map']:.4f}", flush=True)
+            shown = "  ".join(f"{s} {k[:3]} {record[s][k]:.4f}" for s in ("val", "test") for k in map_keys(cfg))
+            print(f"[{cfg.bits} bits] epoch {epoch}: loss {logs['loss']:.4f}  {shown}", flush=True)
             state.record(record)
     history = state.history
     if not history:
         raise ConfigError(f"{out_dir} already holds a finished run with no history")
     key = "test" if select_on_test else "val"
-    best = max(history, key=lambda r: r[key]["i2t_map"] + r[key]["t2i_map"])
+    best = max(history, key=lambda r: sum(r[key][k] for k in map_keys(cfg)))
     return {"selected": dict(best["test"], epoch=best["epoch"], selected_on=key), "final": history[-1]["test"],
             "seconds_per_epoch": (time.time() - start) / max(cfg.epochs - first, 1)}
 
@@ -213,36 +264,92 @@ def main(argv):
     if any(b < 1 for b in bits) or (FLAGS.epochs is not None and FLAGS.epochs < 1) or FLAGS.batch_size < 2:
         raise ConfigError("--bits and --epochs must be positive and --batch_size at least 2")
     training.set_seed(FLAGS.seed)
+    if FLAGS.mode == "e2e":
+        return main_e2e(bits)
     # `synthetic` here is the spec's multi-label hashing set (§8a), not the single-label default
     name = "synthetic-hashing" if FLAGS.dataset == "synthetic" else FLAGS.dataset
-    ds = load_dataset(name, FLAGS.data_dir, seed=FLAGS.seed)
+    extra = {"num_queries": FLAGS.num_queries, "num_train": FLAGS.num_train} if name == "mirflickr" else {}
+    ds = load_dataset(name, FLAGS.data_dir, seed=FLAGS.seed, **extra)
+    if ds.image_dim == 0 and not FLAGS.text_only:
+        raise ConfigError(f"{ds.source or ds.name} has no image features; pass --text_only for tag -> tag hashing")
     train, val, queries, database = prepare_splits(ds, FLAGS.output_dir, FLAGS.seed, FLAGS.val_size)
     print(f"{ds.name}: train {len(train)}, validation {len(val)}, queries {len(queries)}, database {len(database)}; "
           f"dims {ds.image_dim}/{ds.text_dim}, {ds.num_classes} labels; bits {bits}")
     per_bits = {}
     for k in bits:
-        cfg = CMHashConfig(bits=k, margin=FLAGS.margin, mining=FLAGS.mining, epochs=FLAGS.epochs or 50,
-                           batch_size=FLAGS.batch_size, lr=FLAGS.lr, image_lr=FLAGS.image_lr, text_lr=FLAGS.text_lr,
-                           weight_decay=FLAGS.weight_decay, hidden=FLAGS.hidden, eval_every=FLAGS.eval_every,
-                           seed=FLAGS.seed)
+        cfg = config_for(k, e2e_mode=False)
         result = train_bits(cfg, train, val, queries, database, os.path.join(FLAGS.output_dir, f"bits_{k}"),
                             FLAGS.select_on_test)
         result["random_codes_map"] = random_codes_map(queries, database, k, FLAGS.seed)
         per_bits[str(k)] = result
+    report(per_bits, bits, ds.name, map_keys(cfg))
+
+
+def report(per_bits: dict, bits: list, dataset: str, keys: tuple) -> None:
     first = per_bits[str(bits[0])]["selected"]
-    m = {"i2t_map": {k: r["selected"]["i2t_map"] for k, r in per_bits.items()},
-         "t2i_map": {k: r["selected"]["t2i_map"] for k, r in per_bits.items()},
-         "i2t_map_all": first["i2t_map"], "t2i_map_all": first["t2i_map"], "per_bits": per_bits}
-    run.write_results(FLAGS.output_dir, dataset=ds.name, method="cmhash", seed=FLAGS.seed,
-                      flag_dict=run.flag_values(), metrics=m,
+    m = {k: {b: r["selected"][k] for b, r in per_bits.items()} for k in keys}
+    m["per_bits"] = per_bits
+    if FLAGS.text_only:
+        contract = ("t2t_map",)
+        what = "Text (tag) queries against the text side of the database only: no image side was trained."
+    else:
+        contract = None
+        m.update(i2t_map_all=first["i2t_map"], t2i_map_all=first["t2i_map"])
+        what = f"i2t_map_all/t2i_map_all are the {bits[0]}-bit values."
+    run.write_results(FLAGS.output_dir, dataset=dataset, method="cmhash", seed=FLAGS.seed,
+                      flag_dict=run.flag_values(), metrics=m, required=contract,
                       note=("Hamming-ranking mAP over the whole database (queries without a relevant item excluded). "
-                            + ("Epoch selected on the TEST queries (the release's practice)."
-                               if FLAGS.select_on_test else "Epoch selected on the validation queries.")
-                            + f" i2t_map_all/t2i_map_all are the {bits[0]}-bit values."))
-    print(f"\n{'bits':>5} {'i2t':>7} {'t2i':>7} {'random':>7} (epoch selected on {'TEST' if FLAGS.select_on_test else 'validation'})")
-    for k, r in per_bits.items():
-        print(f"{k:>5} {r['selected']['i2t_map']:7.4f} {r['selected']['t2i_map']:7.4f} {r['random_codes_map']:7.4f}")
+                            + ("Epoch selected on the TEST queries (the release's practice). "
+                               if FLAGS.select_on_test else "Epoch selected on the validation queries. ") + what))
+    print(f"\n{'bits':>5} " + " ".join(f"{k:>8}" for k in keys) + f" {'random':>8} (epoch selected on "
+          f"{'TEST' if FLAGS.select_on_test else 'validation'})")
+    for b, r in per_bits.items():
+        print(f"{b:>5} " + " ".join(f"{r['selected'][k]:8.4f}" for k in keys) + f" {r['random_codes_map']:8.4f}")
     print(f"results in {os.path.join(FLAGS.output_dir, 'results.json')}")
+
+
+def config_for(k: int, e2e_mode: bool) -> CMHashConfig:
+    """Flags -> config; end to end, unset --lr / --epochs take the release's 1e-5 / 301."""
+    lr = FLAGS.lr if (FLAGS["lr"].present or not e2e_mode) else 1e-5
+    epochs = FLAGS.epochs or (301 if e2e_mode else 50)
+    return CMHashConfig(bits=k, margin=FLAGS.margin, mining=FLAGS.mining, epochs=epochs, batch_size=FLAGS.batch_size,
+                        lr=lr, image_lr=FLAGS.image_lr, text_lr=FLAGS.text_lr, weight_decay=FLAGS.weight_decay,
+                        hidden=FLAGS.hidden, eval_every=FLAGS.eval_every, seed=FLAGS.seed, text_only=FLAGS.text_only)
+
+
+def main_e2e(bits: list) -> None:
+    """ResNet-18 + BERT on the IAPR images and texts, one model per bit length."""
+    from cmhash_tf import e2e
+
+    if FLAGS.dataset != "iapr" or not (FLAGS.data_dir and FLAGS.image_dir and FLAGS.text_dir):
+        raise ConfigError("--mode e2e reads the IAPR split files: --dataset iapr --data_dir DIR --image_dir DIR "
+                          "--text_dir DIR")
+    if FLAGS.text_only:
+        raise ConfigError("--text_only is a feature-mode option")
+    tok = e2e.load_tokenizer(FLAGS.vocab, FLAGS.text_preset)
+    splits, cut = e2e.load_iapr_e2e(FLAGS.data_dir, FLAGS.image_dir, FLAGS.text_dir, tok, FLAGS.max_len,
+                                    FLAGS.image_size)
+    n_texts = sum(len(s) for s in splits.values())
+    print(f"iapr (end to end): {cut} of {n_texts} texts cut at --max_len {FLAGS.max_len}")
+    train, val = hold_out(splits["train"], FLAGS.output_dir, FLAGS.seed, FLAGS.val_size, "iapr")
+    queries, database = splits["test"], splits["database"]
+    per_bits = {}
+    for k in bits:
+        cfg = config_for(k, e2e_mode=True)
+        image_bb = e2e.build_backbone("image", FLAGS.image_preset, FLAGS.allow_random_init)
+        text_bb = e2e.build_backbone("text", FLAGS.text_preset, FLAGS.allow_random_init, tiny=FLAGS.tiny_text,
+                                     vocabulary_size=tok.vocabulary_size())
+        nets = CMHashNetworks(None, None, image_model=e2e.ImageNet(image_bb, k, name="image_net"),
+                              text_model=e2e.TextNet(text_bb, k, name="text_net"))
+        first = next(iter(train.eval_batches(2)))
+        nets.image_head(first["image"])
+        nets.text_head(first["text"])
+        trainer = CMHashTrainer(cfg, 0, 0, nets=nets)
+        result = train_bits(cfg, train, val, queries, database, os.path.join(FLAGS.output_dir, f"bits_{k}"),
+                            FLAGS.select_on_test, trainer=trainer, batches=train.train_batches(cfg.batch_size, cfg.seed))
+        result["random_codes_map"] = random_codes_map(queries, database, k, FLAGS.seed)
+        per_bits[str(k)] = result
+    report(per_bits, bits, "iapr-e2e", ("i2t_map", "t2i_map"))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Names: `synthetic` (embedded default; `synthetic:SIZE`, `synthetic-multilabel:SIZE`),
 `features` (generic folder), `wikipedia` / `nuswide` (ACMR pickles), `xmn` (JFSE pickles),
-`zscrgan` (ZSCRGAN's datasets/<NAME>/), `iapr` (hashing split files).
+`zscrgan` (ZSCRGAN's datasets/<NAME>/), `iapr` (hashing split files), `mirflickr`
+(MIRFlickr-25K .mat files, seeded 2000-query protocol).
 With `via_tfds=True` the files go through the TFDS builder of `common.tfds_builders`
 (prepared once into a cache keyed by the folder's path and file stamps).
 """
@@ -23,6 +24,7 @@ FILE_READERS = {
     "xmn": readers.read_jfse_xmn,
     "zscrgan": readers.read_zscrgan,
     "iapr": readers.read_iapr,
+    "mirflickr": readers.read_mirflickr,
 }
 NAMES = ("synthetic", "synthetic-multilabel", "synthetic-hashing") + tuple(FILE_READERS)
 
@@ -46,4 +48,6 @@ def load_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0,
         from common import tfds_builders
 
         return tfds_builders.load_via_tfds(base, data_dir, **kwargs)
+    if base == "mirflickr":  # its query/database draw is seeded
+        kwargs.setdefault("seed", seed)
     return FILE_READERS[base](data_dir, **kwargs)

@@ -112,6 +112,38 @@ def load_array(path: str) -> np.ndarray:
     raise DataError(f"{path}: unsupported extension (use one of {', '.join(ARRAY_EXTENSIONS)})")
 
 
+def load_mat(path: str, names: Sequence[str], optional: Sequence[str] = ()) -> dict:
+    """Named variables of a MATLAB file (v5 via scipy, v7.3/HDF5 via h5py, transposed to MATLAB's shape).
+
+    A missing file, an unreadable file or a missing required variable is a `DataError` that
+    names the file and the variables it holds.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"missing file {path}")
+    wanted = list(names) + list(optional)
+    try:
+        import scipy.io
+
+        try:
+            contents = scipy.io.loadmat(path, variable_names=wanted)
+            keys = {w[0] for w in scipy.io.whosmat(path)}
+        except NotImplementedError:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                keys = set(f.keys())
+                contents = {k: np.asarray(f[k]).T for k in wanted if k in f}
+    except DataError:
+        raise
+    except Exception as e:  # scipy/h5py raise many types for damaged files
+        raise DataError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {e})") from None
+    missing = [n for n in names if n not in contents]
+    if missing:
+        have = sorted(k for k in keys if not k.startswith("__") and k != "#refs#")
+        raise DataError(f"{path}: lacks the variable(s) {missing}; it holds {have}")
+    return {k: contents[k] for k in wanted if k in contents}
+
+
 def _pick_variable(keys: Iterable[str], stem: str, path: str) -> str:
     keys = [k for k in keys if not k.startswith("__") and k != "#refs#"]
     if stem in keys:
@@ -173,6 +205,14 @@ def write_json(path: str, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text + "\n")
+
+
+def read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read JSON ({e})") from None
 
 
 def write_pickle(path: str, obj: Any, protocol: int = 2) -> None:

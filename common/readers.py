@@ -438,3 +438,51 @@ def _optional_class_list(folder: str, name: str, num_classes: int) -> Optional[n
 def _optional_names(folder: str) -> Optional[list]:
     path = os.path.join(folder, "class_names.txt")
     return io.read_lines(path) if os.path.exists(path) else None
+
+
+# --------------------------------------------------------------------------- MIRFlickr-25K (hashing)
+
+MIRFLICKR_HOW_TO = (
+    "MIRFlickr-25K in the hashing literature's .mat layout: mirflickr25k-yall.mat (YAll, n x 1386 tag "
+    "bag of words) and mirflickr25k-lall.mat (LAll, n x 24 multi-hot labels), optionally "
+    "mirflickr25k-iall.mat (IAll, n x d image features; without it only the tag side exists).")
+
+
+def read_mirflickr(folder: str, seed: int = 0, num_queries: int = 2000, num_train: int = 10000) -> CrossModalDataset:
+    """The standard hashing protocol: a seeded draw of `num_queries` queries (test), the rest as
+    the database, the first `num_train` of the (shuffled) database for training. `ids` hold
+    the row numbers in the .mat files, so the split can be reproduced elsewhere.
+
+    Without image features the image side is zero-width and `extras["has_images"]` is False;
+    only single-modality (tag -> tag) hashing can run on it.
+    """
+    if not os.path.isdir(folder):
+        raise DataError(f"data folder {folder!r} does not exist. {MIRFLICKR_HOW_TO}")
+    p = lambda n: os.path.join(folder, n)  # noqa: E731
+    tags = io.load_mat(p("mirflickr25k-yall.mat"), ["YAll"])["YAll"]
+    labels = io.load_mat(p("mirflickr25k-lall.mat"), ["LAll"])["LAll"]
+    tags = io.as_matrix(tags, p("mirflickr25k-yall.mat")).astype(np.float32)
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] != tags.shape[0]:
+        raise DataError(f"{p('mirflickr25k-lall.mat')}: LAll has shape {labels.shape}, expected "
+                        f"({tags.shape[0]}, C) to match YAll's {tags.shape[0]} rows")
+    labels = labels.astype(np.uint8)
+    has_images = os.path.exists(p("mirflickr25k-iall.mat"))
+    if has_images:
+        images = io.as_matrix(io.load_mat(p("mirflickr25k-iall.mat"), ["IAll"])["IAll"],
+                              p("mirflickr25k-iall.mat")).astype(np.float32)
+        if images.shape[0] != tags.shape[0]:
+            raise DataError(f"{p('mirflickr25k-iall.mat')}: {images.shape[0]} rows, YAll has {tags.shape[0]}")
+    else:
+        images = np.zeros((tags.shape[0], 0), np.float32)
+    n = tags.shape[0]
+    if not 0 < num_queries < n:
+        raise DataError(f"{folder}: {n} items cannot give {num_queries} queries and a database")
+    order = np.random.default_rng(seed).permutation(n)
+    query, database = order[:num_queries], order[num_queries:]
+    train = database[:min(num_train, len(database))]
+    split = lambda rows: Split(images[rows], tags[rows], labels[rows], ids=rows)  # noqa: E731
+    ds = CrossModalDataset(name="mirflickr25k", train=split(train), test=split(query), database=split(database),
+                           num_classes=labels.shape[1], source=folder)
+    ds.extras["has_images"] = has_images
+    return ds.validate()

@@ -57,13 +57,15 @@ def checkpoint_dir(output_dir: str) -> str:
 
 
 def write_results(output_dir: str, *, dataset: str, method: str, seed: int, flag_dict: dict,
-                  metrics: dict, text_to_image_only: bool = False, **extra) -> dict:
+                  metrics: dict, text_to_image_only: bool = False, required=None, **extra) -> dict:
     """Validate and atomically write results.json and flags.json.
 
     `metrics` holds the method's headline numbers under their true names plus the
-    contract's `i2t_map_all` / `t2i_map_all` (a text->image-only method: `t2i_map_all`).
+    contract's `i2t_map_all` / `t2i_map_all` (a text->image-only method: `t2i_map_all`; a
+    single-modality run names its own `required` metrics).
     """
-    required = ("t2i_map_all",) if text_to_image_only else REQUIRED_METRICS
+    if required is None:
+        required = ("t2i_map_all",) if text_to_image_only else REQUIRED_METRICS
     missing = [k for k in required if k not in metrics]
     if missing:
         raise ConfigError(f"results for {method} lack the contract's metrics {missing}")

@@ -1,1 +1,1 @@
-"""ZSCRGAN (CIKM 2020); spec ../shared/specs/zscrgan.md. Port pending (its own issue)."""
+"""ZSCRGAN (Roy et al., CIKM 2020): zero-shot text -> image retrieval; spec ../shared/specs/zscrgan.md."""

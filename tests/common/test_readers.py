@@ -222,3 +222,33 @@ def test_empty_split_is_a_clear_error(tmp_path):
     np.save(tmp_path / "test_lab.npy", np.zeros((0,), np.int64))
     with pytest.raises(DataError, match="the test split has no image rows"):
         readers.read_feature_folder(str(tmp_path))
+
+
+def test_mirflickr_protocol(tmp_path):
+    import scipy.io
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((50, 5)) < 0.5).astype(np.uint8)
+    tags = (rng.random((50, 7)) < 0.3).astype(np.uint8)
+    scipy.io.savemat(tmp_path / "mirflickr25k-yall.mat", {"YAll": tags})
+    with pytest.raises(DataError, match=r"mirflickr25k-lall\.mat"):
+        readers.read_mirflickr(str(tmp_path))
+    scipy.io.savemat(tmp_path / "mirflickr25k-lall.mat", {"LAll": labels})
+    ds = readers.read_mirflickr(str(tmp_path), seed=3, num_queries=10, num_train=20)
+    assert (len(ds.test), len(ds.database), len(ds.train)) == (10, 40, 20)
+    assert ds.image_dim == 0 and not ds.extras["has_images"]
+    assert sorted(np.concatenate([ds.test.ids, ds.database.ids]).tolist()) == list(range(50))
+    assert set(ds.train.ids) <= set(ds.database.ids)
+    np.testing.assert_array_equal(ds.test.text, tags[ds.test.ids])
+    np.testing.assert_array_equal(ds.database.labels, labels[ds.database.ids])
+    again = readers.read_mirflickr(str(tmp_path), seed=3, num_queries=10, num_train=20)
+    np.testing.assert_array_equal(again.test.ids, ds.test.ids)
+    scipy.io.savemat(tmp_path / "mirflickr25k-lall.mat", {"LAll": labels[:40]})
+    with pytest.raises(DataError, match="expected \\(50, C\\)"):
+        readers.read_mirflickr(str(tmp_path))
+
+
+def test_mirflickr_shared_data(shared_data):
+    ds = readers.read_mirflickr(os.path.join(shared_data, "mirflickr25k"))
+    assert (len(ds.test), len(ds.database), len(ds.train)) == (2000, 18015, 10000)
+    assert ds.text_dim == 1386 and ds.num_classes == 24

@@ -1,0 +1,80 @@
+"""Feature extraction for the feature-level mode: IAPR images and texts -> `features.npz`.
+
+    python -m cmhash_tf.extract --data_dir data/iapr --image_dir data/iapr/images \\
+        --text_dir data/iapr/texts --image_preset presets/resnet_18 --text_preset presets/bert_base_en_uncased
+
+Runs the end-to-end backbones in inference mode with test-time preprocessing (resize to
+224 x 224, CIFAR-10 normalisation as the release) and writes, for every path of the three split
+files, `img` = ResNet-18 global-pool features (512) and `txt` = BERT's last-layer [CLS] state
+(768), next to `path`. `read_iapr` then reads them (`--dataset iapr`; BERT text with
+text_source="txt"). The file is written atomically, after every item has been encoded.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import flags
+
+from common import io, run, training
+from common.errors import ConfigError
+
+
+def extract(data_dir, image_dir, text_dir, image_preset, text_preset, vocab=None, max_len=128, image_size=224,
+            batch_size=64, allow_random_init=False, tiny_text=False) -> dict:
+    from cmhash_tf import e2e
+
+    tok = e2e.load_tokenizer(vocab, text_preset)
+    splits, cut = e2e.load_iapr_e2e(data_dir, image_dir, text_dir, tok, max_len, image_size)
+    image_bb = e2e.build_backbone("image", image_preset, allow_random_init)
+    text_bb = e2e.build_backbone("text", text_preset, allow_random_init, tiny=tiny_text,
+                                 vocabulary_size=tok.vocabulary_size())
+    seen, parts = set(), []
+    for split in splits.values():  # train is usually drawn from the retrieval set: each path once
+        rows = [i for i, p in enumerate(split.paths) if not (p in seen or seen.add(p))]
+        if rows:
+            parts.append(split.subset(rows))
+    total = sum(len(p) for p in parts)
+    progress = training.Progress(total, desc="items")
+    paths, img, txt = [], [], []
+    for part in parts:
+        paths.append(part.paths)
+        for b in part.eval_batches(batch_size):
+            img.append(np.asarray(e2e.pooled(image_bb, b["image"])))
+            txt.append(np.asarray(e2e.cls_state(text_bb, b["text"])))
+            progress.update(int(b["image"].shape[0]))
+    return {"path": np.concatenate(paths), "img": np.concatenate(img).astype(np.float32),
+            "txt": np.concatenate(txt).astype(np.float32), "texts_cut": cut}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    if not (FLAGS.data_dir and FLAGS.image_dir and FLAGS.text_dir):
+        raise ConfigError("--data_dir (the split files), --image_dir and --text_dir are required")
+    out = FLAGS.out or os.path.join(FLAGS.data_dir, "features.npz")
+    result = extract(FLAGS.data_dir, FLAGS.image_dir, FLAGS.text_dir, FLAGS.image_preset, FLAGS.text_preset,
+                     FLAGS.vocab, FLAGS.max_len, FLAGS.image_size, FLAGS.batch_size, FLAGS.allow_random_init,
+                     FLAGS.tiny_text)
+    with io.atomic_open(out, "wb") as f:
+        np.savez(f, path=result["path"], img=result["img"], txt=result["txt"])
+    print(f"{out}: {len(result['path'])} items, img {result['img'].shape[1]}-d, txt {result['txt'].shape[1]}-d; "
+          f"{result['texts_cut']} texts cut at --max_len {FLAGS.max_len}")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("data_dir", None, "Folder with iapr_train, iapr_test, iapr_retrieval.")
+    flags.DEFINE_string("image_dir", None, "Folder of the images (DD/NNNNN.jpg).")
+    flags.DEFINE_string("text_dir", None, "Folder of the annotation texts (DD/NNNNN.txt).")
+    flags.DEFINE_string("image_preset", None, "Local keras-hub ResNet-18 preset folder or .weights.h5.")
+    flags.DEFINE_string("text_preset", None, "Local keras-hub BERT preset folder or .weights.h5.")
+    flags.DEFINE_string("vocab", None, "WordPiece vocab.txt (default: the text preset's own).")
+    flags.DEFINE_string("out", None, "Output .npz (default <data_dir>/features.npz).")
+    flags.DEFINE_integer("max_len", 128, "Tokens per text incl. [CLS]/[SEP].")
+    flags.DEFINE_integer("image_size", 224, "Square input size (release 224).")
+    flags.DEFINE_integer("batch_size", 64, "Items per forward pass.")
+    flags.DEFINE_bool("allow_random_init", False, "Untrained backbones when no preset is given (tests only).")
+    flags.DEFINE_bool("tiny_text", False, "A 2-layer, width-32 BERT (tests only).")
+    FLAGS = flags.FLAGS
+    run.run_main(main)

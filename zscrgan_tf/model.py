@@ -1,0 +1,86 @@
+"""ZSCRGAN networks (spec zscrgan.md §2): conditioning augmentation + generator, matching-aware
+critic, and the Common Space Embedding Mapper (CSEM).
+
+Every layer is a dense layer with N(0, 0.02) kernels (plain normal, as TF1's
+`random_normal_initializer`) and zero biases; "lrelu" is slope 0.2 (TF's default, not
+Keras' 0.3). Three variable groups, each trained by its own optimizer: `GeneratorNet`
+(CA + G, the release's `g_net`), `Critic` (`d_net`) and `CSEM` (`CSEM_net`).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def lrelu(x):
+    return tf.nn.leaky_relu(x, alpha=0.2)
+
+
+def dense(units: int, activation=None, name: str | None = None) -> keras.layers.Dense:
+    return keras.layers.Dense(units, activation=activation, name=name,
+                              kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02),
+                              bias_initializer="zeros")
+
+
+class GeneratorNet(keras.Model):
+    """Conditioning augmentation (text -> Gaussian sample c) and the feature generator [c; z] -> x."""
+
+    def __init__(self, text_dim: int, image_dim: int, embed_dim: int = 1024, z_dim: int = 256,
+                 gf_dim: int = 2048, **kwargs):
+        super().__init__(**kwargs)
+        self.embed_dim, self.z_dim, self.image_dim = embed_dim, z_dim, image_dim
+        self.ca = dense(2 * embed_dim, lrelu, "kl_div_fc1")
+        self.g1 = dense(gf_dim, lrelu, "g_fc1")
+        self.g2 = dense(2 * gf_dim, lrelu, "g_fc3")
+        self.g3 = dense(image_dim, "relu", "g_fc2")  # image features are non-negative
+        self.build_all(text_dim)
+
+    def build_all(self, text_dim: int) -> None:
+        self.ca.build((None, text_dim))
+        self.g1.build((None, self.embed_dim + self.z_dim))
+        self.g2.build((None, self.g1.units))
+        self.g3.build((None, self.g2.units))
+
+    def condition(self, text):
+        """(mu, s): s is used as log sigma; it has passed through the lrelu, as in StackGAN."""
+        h = self.ca(text)
+        return h[:, :self.embed_dim], h[:, self.embed_dim:]
+
+    @staticmethod
+    def sample(mu, s, eps):
+        return mu + tf.exp(s) * eps
+
+    def generate(self, c, z):
+        return self.g3(self.g2(self.g1(tf.concat([c, z], axis=1))))
+
+    def call(self, text, eps, z):
+        mu, s = self.condition(text)
+        c = self.sample(mu, s, eps)
+        return self.generate(c, z), c, mu, s
+
+
+class Critic(keras.Model):
+    """Matching-aware WGAN critic on [image feature; raw text embedding] (no sigmoid)."""
+
+    def __init__(self, image_dim: int, text_dim: int, df_dim: int = 1024, **kwargs):
+        super().__init__(**kwargs)
+        self.d1 = dense(df_dim, lrelu, "d_fc1")
+        self.out = dense(1, None, "d_rf")
+        self.d1.build((None, image_dim + text_dim))
+        self.out.build((None, df_dim))
+
+    def call(self, image, text):
+        return self.out(self.d1(tf.concat([image, text], axis=1)))
+
+
+class CSEM(keras.Model):
+    """One lrelu dense layer from image-feature space to the common space (width = embed_dim)."""
+
+    def __init__(self, image_dim: int, embed_dim: int = 1024, **kwargs):
+        super().__init__(**kwargs)
+        self.fc = dense(embed_dim, lrelu, "embed_fc")
+        self.fc.build((None, image_dim))
+
+    def call(self, x):
+        return self.fc(x)

@@ -1,0 +1,145 @@
+"""ZSCRGAN entry point, with the release's flags and folders (spec zscrgan.md §4-§6).
+
+    python -m zscrgan_tf.run_exp --dataset CUB          # reads datasets/CUB/ (the release's pickles)
+    python -m zscrgan_tf.run_exp --dataset synthetic    # embedded zero-shot data, runs anywhere
+    python -m zscrgan_tf.run_exp --dataset features --data_dir DIR   # generic feature folder
+
+Writes `ckt_logs/<ds>_logs/` (args.txt, flags.json, results.json, history.json, tb/,
+checkpoints/) and `retrieved_res/<ds>_res/acc<P@50>.pkl` on every improvement. The release
+loops until killed; here `--max_cycles` (or `--epochs` x `--cycles_per_epoch`) ends the run,
+and re-running the same command resumes from the last cycle's checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from common import io, run, training
+from common.errors import ConfigError
+from zscrgan_tf import data as zdata
+from zscrgan_tf.train import ZSCRGANConfig, train
+
+RELEASE_NUMBER_EXAMPLE = 531000  # hard-coded in the release: cycles per "epoch" = int(531000 / batch_size)
+SYNTHETIC_MAX_CYCLES = 5
+
+
+def define_flags():
+    run.define_run_flags(default_dataset="CUB", default_epochs=5000, default_output_dir=None)
+    d = ZSCRGANConfig()
+    # the release's argparse flags, with its defaults
+    flags.DEFINE_integer("batch_size", d.batch_size, "Batch size.")
+    flags.DEFINE_integer("gf_dim", d.gf_dim, "Generator hidden width (second layer is twice this).")
+    flags.DEFINE_integer("df_dim", d.df_dim, "Critic hidden width.")
+    flags.DEFINE_integer("embed_dim", d.embed_dim, "Conditioning / common-space width.")
+    flags.DEFINE_float("CSEM_lr", d.CSEM_lr, "CSEM Adam learning rate.")
+    flags.DEFINE_float("generator_lr", d.generator_lr, "Generator (CA + G) RMSProp learning rate.")
+    flags.DEFINE_float("discriminator_lr", d.discriminator_lr, "Critic RMSProp learning rate.")
+    flags.DEFINE_float("kl_div_coefficient", d.kl_div_coefficient, "Weight of the KL term.")
+    flags.DEFINE_float("mm_reg_coeff", d.mm_reg_coeff, "Weight of the L1 'max-margin' term.")
+    flags.DEFINE_integer("z_dim", d.z_dim, "Noise width.")
+    flags.DEFINE_float("clip_val", d.clip_val, "Critic weight clipping bound.")
+    # the release's constants, exposed
+    flags.DEFINE_integer("e_iters", d.e_iters, "E-step iterations per cycle (release 100).")
+    flags.DEFINE_integer("m_iters", d.m_iters, "CSEM steps per cycle (release 100).")
+    flags.DEFINE_integer("n_critic", d.n_critic, "Critic steps per generator step (release 5).")
+    flags.DEFINE_integer("retrieve_k", d.retrieve_k, "K of Precision@K (release 50).")
+    flags.DEFINE_integer("max_cycles", None, "Stop after this many cycles (default: epochs x cycles_per_epoch, "
+                         f"i.e. unbounded in practice; {SYNTHETIC_MAX_CYCLES} for --dataset synthetic).")
+    flags.DEFINE_integer("cycles_per_epoch", None, "Cycles per epoch (default int(531000 / batch_size), the release's).")
+    # switches; defaults keep the release (spec §9)
+    flags.DEFINE_enum("kl_form", d.kl_form, ["zscrgan", "standard"], "KL term: the release's surrogate or the true KL.")
+    flags.DEFINE_bool("mm_hinge", d.mm_hinge, "Clamp the L1 margin term at zero (release: unclamped).")
+    flags.DEFINE_float("mm_margin", d.mm_margin, "Margin of the L1 term (release: hard-coded 2.0).")
+    flags.DEFINE_bool("csem_per_sample", d.csem_per_sample, "Per-sample softplus CSEM loss (release: batch means).")
+    flags.DEFINE_enum("train_text", d.train_text, ["first", "cycle", "random"], "Training text per class (release: first).")
+    flags.DEFINE_bool("pad_partial_batches", d.pad_partial_batches, "Zero-pad the short class block (release) "
+                      "instead of refilling it.")
+    flags.DEFINE_enum("eval_mode", d.eval_mode, ["sample", "mean"], "Queries: fresh noise (release) or the CA mean, z = 0.")
+    flags.DEFINE_enum("rmsprop_init", d.rmsprop_init, ["ones", "zeros"], "RMSProp accumulators: TF1's ones or Keras' zeros.")
+    flags.DEFINE_integer("val_classes", 0, "Hold out this many seen classes as validation (an addition; "
+                         "the release selects on the test set).")
+    flags.DEFINE_string("res_dir", None, "Results pickles (default retrieved_res/<dataset>_res).")
+
+
+FLAGS = flags.FLAGS
+
+
+def load(name: str, data_dir: str | None, seed: int):
+    from common import readers
+    from common.datasets import load_dataset
+
+    if name == "synthetic":  # enough seen classes (10 of 20) for zero-shot transfer
+        return load_dataset("synthetic:medium", None, seed=seed)
+    if name.startswith("synthetic:"):
+        return load_dataset(name, None, seed=seed)
+    if name == "features":
+        return load_dataset(name, data_dir, seed=seed)
+    return readers.read_zscrgan(data_dir or os.path.join("datasets", name), name=name)
+
+
+def args_text(values: dict) -> str:
+    """The release's args.txt: the printed argparse namespace."""
+    return "Namespace(" + ", ".join(f"{k}={v!r}" for k, v in sorted(values.items())) + ")\n"
+
+
+def config_from_flags() -> ZSCRGANConfig:
+    names = [f.name for f in __import__("dataclasses").fields(ZSCRGANConfig)]
+    return ZSCRGANConfig(**{n: FLAGS[n].value for n in names})
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    for name in ("batch_size", "gf_dim", "df_dim", "embed_dim", "z_dim", "e_iters", "m_iters", "n_critic",
+                 "retrieve_k", "epochs"):
+        if FLAGS[name].value is None or FLAGS[name].value < 1:
+            raise ConfigError(f"--{name} must be a positive integer, got {FLAGS[name].value}")
+    if FLAGS.max_cycles is not None and FLAGS.max_cycles < 0:
+        raise ConfigError(f"--max_cycles must be >= 0, got {FLAGS.max_cycles}")
+    ds_name = FLAGS.dataset
+    tag = ds_name.replace(":", "_")
+    out_dir = FLAGS.output_dir or os.path.join("ckt_logs", f"{tag}_logs")
+    res_dir = FLAGS.res_dir or os.path.join("retrieved_res", f"{tag}_res")
+    cfg = config_from_flags()
+    training.set_seed(FLAGS.seed)
+    ds = load(ds_name, FLAGS.data_dir, FLAGS.seed)
+    data = zdata.from_dataset(ds, FLAGS.val_classes, FLAGS.seed)
+    cycles_per_epoch = FLAGS.cycles_per_epoch or int(RELEASE_NUMBER_EXAMPLE / cfg.batch_size)
+    if FLAGS.max_cycles is not None:
+        max_cycles = FLAGS.max_cycles
+    elif ds_name.startswith("synthetic"):
+        max_cycles = SYNTHETIC_MAX_CYCLES
+    else:
+        max_cycles = FLAGS.epochs * cycles_per_epoch
+    n_img = {c: data.image_count[c] for c in data.trainids}
+    print(f"{ds.name}: {len(data.trainids)} seen classes ({sum(n_img.values())} images, {len(data.texts)} texts), "
+          f"{len(set(data.test.query_labels.tolist()))} unseen classes ({len(data.test.gallery)} gallery images, "
+          f"{len(data.test.queries)} query texts); dims image {data.image_dim}, text {data.text_dim}; "
+          f"chance P@{cfg.retrieve_k} ~ {data.test.chance_p_at_k:.4f}; up to {max_cycles} cycles", flush=True)
+    os.makedirs(out_dir, exist_ok=True)
+    flag_dict = run.flag_values()
+    with io.atomic_open(os.path.join(out_dir, "args.txt")) as f:
+        f.write(args_text(flag_dict))
+
+    def write(summary):
+        run.write_results(out_dir, dataset=ds.name, method="zscrgan", seed=FLAGS.seed, flag_dict=flag_dict,
+                          metrics=summary, text_to_image_only=True,
+                          note=("Zero-shot text->image retrieval on the unseen classes. p50_best is the best "
+                                "Precision@50 over all cycles' TEST evaluations (the release's number, selected on "
+                                "the test set); p50_last is the last cycle's; p50_val_selected (with --val_classes) "
+                                "is the test value at the cycle with the best validation P@50. t2i_map_all is the "
+                                "last cycle's mAP over the whole ranking (cosine)."))
+
+    summary = train(cfg, data, out_dir, res_dir, max_cycles, on_record=write)
+    write(summary)
+    print(f"P@{cfg.retrieve_k}: best {summary['p50_best']:.4f} (cycle {summary['p50_best_cycle']}, selected on test, "
+          f"as the release), last {summary['p50_last']:.4f}, chance {summary['p50_chance']:.4f}; "
+          f"t2i mAP@all {summary['t2i_map_all']:.4f}")
+    print(f"results in {os.path.join(out_dir, 'results.json')}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    run.run_main(main)

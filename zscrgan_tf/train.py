@@ -1,0 +1,266 @@
+"""ZSCRGAN training: compiled critic / generator / CSEM steps and the EM cycle (spec zscrgan.md §4, §6).
+
+One cycle = `e_iters` x (`n_critic` critic steps + 1 generator step), then `m_iters` CSEM
+steps, then one zero-shot evaluation; every step draws its own batch from the release's
+sampler. Noise (truncated-normal epsilon of the conditioning augmentation, z) comes from a
+checkpointed `tf.random.Generator`, so a resumed run continues the same random stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import keras
+import numpy as np
+import tensorflow as tf
+
+from common import io, metrics, training
+from common.errors import ConfigError
+from common.optimizers import TF1RMSprop
+from zscrgan_tf import losses
+from zscrgan_tf.data import ClassBlockSampler, RetrievalSet, ZSData
+from zscrgan_tf.model import CSEM, Critic, GeneratorNet
+
+
+@dataclasses.dataclass
+class ZSCRGANConfig:
+    # the release's 13 flags (argparse defaults) ...
+    batch_size: int = 32
+    gf_dim: int = 2048
+    df_dim: int = 1024
+    embed_dim: int = 1024
+    CSEM_lr: float = 2e-3
+    generator_lr: float = 2e-4
+    discriminator_lr: float = 2e-4
+    kl_div_coefficient: float = 1.0
+    mm_reg_coeff: float = 2.0
+    z_dim: int = 256
+    clip_val: float = 0.01
+    # ... its hard-coded constants ...
+    e_iters: int = 100
+    m_iters: int = 100
+    n_critic: int = 5
+    retrieve_k: int = 50
+    # ... and switches whose defaults keep the release (spec §9)
+    kl_form: str = "zscrgan"
+    mm_hinge: bool = False
+    mm_margin: float = 2.0
+    csem_per_sample: bool = False
+    train_text: str = "first"
+    pad_partial_batches: bool = True
+    eval_mode: str = "sample"
+    rmsprop_init: str = "ones"
+    seed: int = 0
+
+
+class ZSCRGANTrainer:
+    def __init__(self, cfg: ZSCRGANConfig, data: ZSData):
+        self.cfg, self.data = cfg, data
+        self.gen = GeneratorNet(data.text_dim, data.image_dim, cfg.embed_dim, cfg.z_dim, cfg.gf_dim, name="g_net")
+        self.critic = Critic(data.image_dim, data.text_dim, cfg.df_dim, name="d_net")
+        self.csem = CSEM(data.image_dim, cfg.embed_dim, name="CSEM_net")
+        self.d_opt = TF1RMSprop(cfg.discriminator_lr, accumulator_init=cfg.rmsprop_init, name="d_opt")
+        self.g_opt = TF1RMSprop(cfg.generator_lr, accumulator_init=cfg.rmsprop_init, name="g_opt")
+        self.c_opt = keras.optimizers.Adam(cfg.CSEM_lr, beta_1=0.5, beta_2=0.999, epsilon=1e-8, name="csem_opt")
+        for opt, model in ((self.d_opt, self.critic), (self.g_opt, self.gen), (self.c_opt, self.csem)):
+            training.build_optimizer(opt, model.trainable_variables)
+        self.rng = tf.random.Generator.from_seed(cfg.seed)
+        # training features live in variables: captured by reference, not copied into each graph
+        self.images = tf.Variable(data.images, trainable=False, name="train_images")
+        self.texts = tf.Variable(data.texts, trainable=False, name="train_texts")
+        self.sampler = ClassBlockSampler(data, cfg.batch_size, cfg.seed, cfg.pad_partial_batches, cfg.train_text)
+        sig = [tf.TensorSpec([cfg.batch_size], tf.int64)] * 2 + [tf.TensorSpec([cfg.batch_size], tf.float32)]
+        self.critic_step = tf.function(self._critic_step, input_signature=sig)
+        self.generator_step = tf.function(self._generator_step, input_signature=sig)
+        self.csem_step = tf.function(self._csem_step, input_signature=sig)
+        self._embed_queries = tf.function(self._queries, reduce_retracing=True)
+        self._embed_gallery = tf.function(self.csem, reduce_retracing=True)
+
+    # ------------------------------------------------------------------ steps
+    def _batch(self, image_rows, text_rows, valid):
+        m = valid[:, None]
+        x_r = tf.gather(self.images, image_rows) * m
+        t = tf.gather(self.texts, text_rows) * m
+        return x_r, tf.roll(x_r, 1, axis=0), t, tf.roll(t, 1, axis=0)
+
+    def _noise(self, b):
+        cfg = self.cfg
+        return (self.rng.truncated_normal([b, cfg.embed_dim]), self.rng.truncated_normal([b, cfg.embed_dim]),
+                self.rng.normal([b, cfg.z_dim]), self.rng.normal([b, cfg.z_dim]))
+
+    def _forward(self, x_r, x_w, t, t_w):
+        """Both branches of the generator and every loss term of the release's graph."""
+        cfg = self.cfg
+        eps, eps_w, z, z_w = self._noise(tf.shape(t)[0])
+        fake, c, mu, s = self.gen(t, eps, z)
+        fake_w, _, mu_w, s_w = self.gen(t_w, eps_w, z_w)
+        fake_logit = self.critic(fake, t)
+        csem = losses.csem_loss(self.csem(fake), self.csem(fake_w), c, cfg.csem_per_sample)
+        mm = losses.max_margin(fake, x_r, x_w, cfg.mm_margin, cfg.mm_hinge)
+        kl = losses.kl_divergence(mu, s, cfg.kl_form)
+        kl_w = losses.kl_divergence(mu_w, s_w, cfg.kl_form)
+        g_loss = (-tf.reduce_mean(fake_logit) + csem + cfg.mm_reg_coeff * mm
+                  + cfg.kl_div_coefficient * 0.5 * (kl + kl_w))
+        return {"fake": fake, "fake_logit": fake_logit, "g_loss": g_loss, "csem_loss": csem, "kl": kl, "mm": mm}
+
+    def _critic_step(self, image_rows, text_rows, valid):
+        x_r, x_w, t, t_w = self._batch(image_rows, text_rows, valid)
+        with tf.GradientTape() as tape:
+            out = self._forward(x_r, x_w, t, t_w)
+            d_loss = losses.critic_loss(self.critic(x_r, t), out["fake_logit"], self.critic(x_w, t))
+        variables = self.critic.trainable_variables
+        self.d_opt.apply_gradients(zip(tape.gradient(d_loss, variables), variables))
+        for v in variables:  # kernels and biases, after every critic update
+            v.assign(tf.clip_by_value(v, -self.cfg.clip_val, self.cfg.clip_val))
+        return {"d_loss": d_loss, "g_loss": out["g_loss"]}
+
+    def _generator_step(self, image_rows, text_rows, valid):
+        x_r, x_w, t, t_w = self._batch(image_rows, text_rows, valid)
+        with tf.GradientTape() as tape:
+            out = self._forward(x_r, x_w, t, t_w)
+        variables = self.gen.trainable_variables
+        self.g_opt.apply_gradients(zip(tape.gradient(out["g_loss"], variables), variables))
+        return {"g_loss": out["g_loss"], "g_loss_kl_loss": out["kl"], "mm": out["mm"]}
+
+    def _csem_step(self, image_rows, text_rows, valid):
+        x_r, x_w, t, t_w = self._batch(image_rows, text_rows, valid)
+        with tf.GradientTape() as tape:
+            out = self._forward(x_r, x_w, t, t_w)
+        variables = self.csem.trainable_variables
+        self.c_opt.apply_gradients(zip(tape.gradient(out["csem_loss"], variables), variables))
+        return {"csem_loss": out["csem_loss"]}
+
+    def step(self, kind: str) -> dict:
+        fn = {"critic": self.critic_step, "generator": self.generator_step, "csem": self.csem_step}[kind]
+        image_rows, text_rows, valid, _ = self.sampler.next_batch()
+        return fn(tf.constant(image_rows), tf.constant(text_rows), tf.constant(valid))
+
+    def cycle(self) -> dict:
+        """One EM cycle; returns the mean of each logged loss (tensors stay on device until the end)."""
+        cfg = self.cfg
+        logs = {"d_loss": [], "g_loss_at_critic": [], "g_loss": [], "g_loss_kl_loss": [], "mm": [], "csem_loss": []}
+        for _ in range(cfg.e_iters):
+            for _ in range(cfg.n_critic):
+                out = self.step("critic")
+                logs["d_loss"].append(out["d_loss"])
+                logs["g_loss_at_critic"].append(out["g_loss"])
+            out = self.step("generator")
+            for k in ("g_loss", "g_loss_kl_loss", "mm"):
+                logs[k].append(out[k])
+        for _ in range(cfg.m_iters):
+            logs["csem_loss"].append(self.step("csem")["csem_loss"])
+        return {k: float(tf.reduce_mean(tf.stack(v))) for k, v in logs.items() if v}
+
+    # ------------------------------------------------------------ evaluation
+    def _queries(self, text):
+        mu, s = self.gen.condition(text)
+        n = tf.shape(text)[0]
+        if self.cfg.eval_mode == "mean":
+            c, z = mu, tf.zeros([n, self.cfg.z_dim])
+        else:  # the release: a fresh epsilon and z for every query, at every evaluation
+            c = self.gen.sample(mu, s, self.rng.truncated_normal([n, self.cfg.embed_dim]))
+            z = self.rng.normal([n, self.cfg.z_dim])
+        return self.csem(self.gen.generate(c, z))
+
+    def embed(self, rs: RetrievalSet):
+        return training.batched(self._embed_queries, rs.queries), training.batched(self._embed_gallery, rs.gallery)
+
+    def evaluate(self, rs: RetrievalSet) -> dict:
+        q, g = self.embed(rs)
+        p, top = metrics.zscrgan_precision_at_k(q, g, rs.query_labels, rs.gallery_labels, k=self.cfg.retrieve_k)
+        t2i = metrics.mean_average_precision(q, g, rs.query_labels, rs.gallery_labels, k=None, distance="cosine")
+        retrieved = [{int(c): [int(x) for x in rs.gallery_labels[row]]} for c, row in zip(rs.query_labels, top)]
+        return {"p50": p, "t2i_map_all": t2i, "retrieved": retrieved}
+
+    # ------------------------------------------------------------ checkpoint
+    def checkpoint_objects(self) -> dict:
+        self.sampler_vars = {k: tf.Variable(v, name=f"sampler_{k}") for k, v in self.sampler.state.items()}
+        return {"g_net": self.gen, "d_net": self.critic, "CSEM_net": self.csem, "rng": self.rng,
+                "d_opt": (self.d_opt, self.critic.trainable_variables),
+                "g_opt": (self.g_opt, self.gen.trainable_variables),
+                "csem_opt": (self.c_opt, self.csem.trainable_variables)} | {
+                    f"sampler_{k}": v for k, v in self.sampler_vars.items()}
+
+    def sync_sampler(self, to_checkpoint: bool) -> None:
+        if to_checkpoint:
+            for k, v in self.sampler_vars.items():
+                v.assign(self.sampler.state[k])
+        else:
+            self.sampler.set_state({k: v.numpy() for k, v in self.sampler_vars.items()})
+
+
+def results_file_name(p: float) -> str:
+    """Python 2's str(float) (12 significant digits), as the release names its result pickles."""
+    return f"acc{p:.12g}.pkl"
+
+
+def train(cfg: ZSCRGANConfig, data: ZSData, out_dir: str, res_dir: str, max_cycles: int,
+          log=print, on_record=None) -> dict:
+    """Run (or resume) up to `max_cycles` cycles; returns the summary that goes into results.json.
+
+    `on_record(summary)` is called after every evaluation, so an unbounded run (the release's
+    default) always has current results on disk.
+    """
+    trainer = ZSCRGANTrainer(cfg, data)
+    state = training.RunState(out_dir, **trainer.checkpoint_objects())
+    untrained_path = os.path.join(out_dir, "untrained.json")
+    if state.resumed:
+        trainer.sync_sampler(to_checkpoint=False)
+        log(f"resumed after cycle {state.start_epoch} (sampler at batch {int(trainer.sampler.state['batches'])})")
+    elif max_cycles > 0:
+        # a reference point next to chance; not part of the release's best-so-far
+        io.write_json(untrained_path, {"p50": trainer.evaluate(data.test)["p50"]})
+    writer = training.SummaryWriter(os.path.join(out_dir, "tb"))
+    best = max([r["test"]["p50"] for r in state.history], default=0.0)
+    progress = training.Progress(max_cycles - state.start_epoch, desc="cycles")
+    start, first = time.time(), state.start_epoch
+    for cycle in range(first, max_cycles):
+        logs = trainer.cycle()
+        bad = [k for k, v in logs.items() if not np.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"cycle {cycle + 1}: non-finite {bad}; the last good checkpoint is kept")
+        test = trainer.evaluate(data.test)
+        record = {"epoch": cycle, "cycle": cycle + 1, "losses": logs,
+                  "test": {k: test[k] for k in ("p50", "t2i_map_all")}}
+        if data.val is not None:
+            val = trainer.evaluate(data.val)
+            record["val"] = {k: val[k] for k in ("p50", "t2i_map_all")}
+        step = cycle + 1  # the release's `counter`
+        writer.scalars(dict(logs, Accuracy_sum=test["p50"], t2i_map_all=test["t2i_map_all"],
+                            **({"val/p50": record["val"]["p50"]} if "val" in record else {})), step)
+        if test["p50"] > best:
+            best = test["p50"]
+            os.makedirs(res_dir, exist_ok=True)
+            io.write_pickle(os.path.join(res_dir, results_file_name(best)), test["retrieved"], protocol=2)
+            log(f"New best Prec@50 = {best}")
+            log(f"Cycle {step} | d_loss: {logs['d_loss']}; g_loss: {logs['g_loss_at_critic']}")
+        trainer.sync_sampler(to_checkpoint=True)
+        state.record(record)
+        progress.update(1, p50=test["p50"], d_loss=logs["d_loss"])
+        if on_record is not None:
+            on_record(summarize(state.history, data, cycle + 1 - first, time.time() - start, untrained_path))
+    writer.flush()
+    return summarize(state.history, data, max_cycles - first, time.time() - start, untrained_path)
+
+
+def summarize(history: list, data: ZSData, cycles_run: int = 0, seconds: float = 0.0,
+              untrained_path: str | None = None) -> dict:
+    if not history:
+        raise ConfigError("no cycle has been evaluated (--max_cycles 0, or a finished run with no history)")
+    best = max(history, key=lambda r: r["test"]["p50"])  # first cycle reaching the maximum
+    last = history[-1]
+    out = {"p50_best": best["test"]["p50"], "p50_best_cycle": best["cycle"],
+           "p50_last": last["test"]["p50"], "t2i_map_all": last["test"]["t2i_map_all"],
+           "t2i_map_all_at_best": best["test"]["t2i_map_all"], "cycles": last["cycle"],
+           "p50_chance": data.test.chance_p_at_k}
+    if "val" in last:
+        sel = max(history, key=lambda r: r["val"]["p50"])
+        out.update(p50_val_selected=sel["test"]["p50"], p50_val_selected_cycle=sel["cycle"],
+                   val_p50_at_selected=sel["val"]["p50"])
+    if cycles_run and seconds > 0:
+        out["cycles_per_minute"] = 60.0 * cycles_run / seconds
+    if untrained_path and os.path.exists(untrained_path):
+        out["p50_untrained"] = io.read_json(untrained_path)["p50"]
+    return out
+
