@@ -166,8 +166,6 @@ def test_cli_contract_resume_and_errors(tmp_path):
     assert rb["per_bits"]["16"]["final"] == r["per_bits"]["16"]["final"]
     res = cli("--bits", "x", "--output_dir", str(tmp_path / "c"))
     assert res.returncode == 2 and "--bits must be integers" in res.stderr
-    res = cli("--dataset", "iapr", "--data_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "c"))
-    assert res.returncode == 2 and "error:" in res.stderr.splitlines()[-1]
 
 
 def test_single_label_features_get_a_saved_validation_split(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 from tests.common import fixtures
 from tests.conftest import REPO
 
-TINY = ["--hidden", "64", "--noise_dim", "8", "--eval_every", "1"]
+TINY = ["--hidden", "64", "--noise_dim", "8", "--eval_every", "1", "--n_critic", "1"]
 
 
 def demo(*args):
