@@ -25,5 +25,7 @@ setup(
         "test": ["pytest>=8"],
         # end-to-end hashing (ResNet-18 + BERT backbones, WordPiece tokenizer); brings tensorflow-text
         "e2e": ["keras-hub>=0.32,<0.33"],
+        # tools.search --index faiss / faiss_ivf
+        "search": ["faiss-cpu>=1.8"],
     },
 )

@@ -24,8 +24,8 @@ from absl import flags
 
 from acmr_tf import losses
 from acmr_tf.config import ACMRConfig
-from acmr_tf.model import ACMRNetworks
-from common import metrics, pipelines, run, training
+from acmr_tf.model import ACMRNetworks, Projector
+from common import export, metrics, pipelines, run, training
 from common.dataset import Split
 from common.errors import ConfigError
 from common.layers import grl_schedule
@@ -183,6 +183,11 @@ def main(argv):
     trainer = ACMRTrainer(cfg, ds.image_dim, ds.text_dim, ds.num_classes)
     iterator = trainer.make_iterator(train)
     out_dir = FLAGS.output_dir
+    widths = {m: [layer.units for layer in getattr(trainer.nets, f"{m}_projector").dense] for m in ("image", "text")}
+    export.write_spec(out_dir, f"acmr_{cfg.variant}",
+                      {f"{m}_projector": (Projector, {"widths": widths[m]}) for m in ("image", "text")},
+                      image={"dim": ds.image_dim, "model": "image_projector"},
+                      text={"dim": ds.text_dim, "model": "text_projector"})
     objects = {m.name: m for group in trainer.nets.groups.values() for m in group}
     objects.update({f"opt_{k}": (o, trainer.nets.variables(*trainer.var_groups[k])) for k, o in trainer.optimizers.items()})
     state = training.RunState(out_dir, grl=trainer.grl_scale, iterator=iterator, **objects)

@@ -24,8 +24,8 @@ import tensorflow as tf
 from absl import flags
 
 from cmhash_tf import losses
-from cmhash_tf.model import CMHashNetworks, binarize
-from common import io, metrics, pipelines, run, training
+from cmhash_tf.model import CMHashNetworks, HashHead, binarize
+from common import export, io, metrics, pipelines, run, training
 from common.dataset import Split
 from common.errors import ConfigError
 
@@ -183,15 +183,19 @@ def prepare_splits(ds, out_dir: str, seed: int, val_size: int):
     as_mh = lambda s: Split(s.image, s.text, multi_hot(s.labels, c))  # noqa: E731
     train, queries = ds.train, ds.test
     database = ds.database if ds.database is not None else ds.train
+    # a seeded protocol split (mirflickr) is saved with the run, so it can be reproduced elsewhere
+    ids = {f"{k}_ids": s.ids for k, s in (("query", queries), ("database", database), ("train", train))
+           if ds.name == "mirflickr25k" and s.ids is not None}
     if ds.val is not None:
         val = ds.val
     else:
-        train, val = hold_out(train, out_dir, seed, val_size, ds.name)
+        train, val = hold_out(train, out_dir, seed, val_size, ds.name, **ids)
     return as_mh(train), as_mh(val), as_mh(queries), as_mh(database)
 
 
-def hold_out(train, out_dir: str, seed: int, val_size: int, name: str):
-    """(train, val): a seeded hold-out of `val_size` (at most a fifth) items, saved to splits.npz."""
+def hold_out(train, out_dir: str, seed: int, val_size: int, name: str, **saved):
+    """(train, val): a seeded hold-out of `val_size` (at most a fifth) items; the indices (into
+    the train split) and any `saved` arrays go to splits.npz."""
     n = len(train)
     k = min(val_size, n // 5)
     if k < 1:
@@ -200,7 +204,7 @@ def hold_out(train, out_dir: str, seed: int, val_size: int, name: str):
     val_idx, train_idx = np.sort(order[:k]), np.sort(order[k:])
     os.makedirs(out_dir, exist_ok=True)
     with io.atomic_open(os.path.join(out_dir, "splits.npz"), "wb") as f:
-        np.savez(f, train_idx=train_idx, val_idx=val_idx)
+        np.savez(f, train_idx=train_idx, val_idx=val_idx, **saved)
     return train.subset(train_idx), train.subset(val_idx)
 
 
@@ -212,7 +216,13 @@ def feature_batches(train: Split, cfg: CMHashConfig) -> tf.data.Dataset:
 
 def train_bits(cfg, train, val, queries, database, out_dir, select_on_test, trainer=None, batches=None):
     """Train one bit length (feature heads by default; `trainer` + `batches` for end to end)."""
-    trainer = trainer or CMHashTrainer(cfg, train.image.shape[1], train.text.shape[1])
+    if trainer is None:
+        trainer = CMHashTrainer(cfg, train.image.shape[1], train.text.shape[1])
+        if not cfg.text_only:  # feature heads export as two encoders with hash signatures
+            head = (HashHead, {"bits": cfg.bits, "hidden": cfg.hidden})
+            export.write_spec(out_dir, "cmhash", {"image_head": head, "text_head": head},
+                              image={"dim": train.image.shape[1], "model": "image_head"},
+                              text={"dim": train.text.shape[1], "model": "text_head"}, hash_codes=True)
     it = iter(batches if batches is not None else feature_batches(train, cfg))
     objects = {m.name: m for g in trainer.nets.groups.values() for m in g}
     objects.update({f"opt_{k}": (o, trainer.nets.variables(*trainer.var_groups[k])) for k, o in trainer.optimizers.items()})

@@ -37,6 +37,25 @@ def batched(fn, x: np.ndarray, batch: int = 4096) -> np.ndarray:
     return np.concatenate([np.asarray(fn(tf.constant(x[s:s + batch]))) for s in range(0, len(x), batch)])
 
 
+def variable_index(model) -> tf.Module:
+    """Every variable of a Keras model under its stable path (`image_head.hash.kernel`).
+
+    Keras 3 models are not reliable `tf.train.Checkpoint` dependencies (their variables were
+    reached only through the optimizers' slot lists), so each model in a checkpoint also gets
+    this index: a model can then be restored on its own (export) by its own variable names.
+    """
+    found = {}
+    for v in model.variables:
+        base = key = v.path.replace("/", ".")
+        n = 1
+        while key in found:
+            key, n = f"{base}.{n}", n + 1
+        found[key] = v.value if hasattr(v, "value") else v
+    index = tf.Module(name=f"{model.name}_variables")
+    index.vars = found
+    return index
+
+
 class Checkpointer:
     """`tf.train.Checkpoint` + `CheckpointManager` with resume of step and data position.
 
@@ -54,6 +73,8 @@ class Checkpointer:
                 build_optimizer(optimizer, variables)
                 obj = optimizer
             tracked[name] = obj
+            if isinstance(obj, keras.Model):
+                tracked[f"{name}__variables"] = variable_index(obj)
         self.checkpoint = tf.train.Checkpoint(step=self.step, epoch=self.epoch, **tracked)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
 

@@ -20,10 +20,11 @@ import numpy as np
 
 from absl import flags
 
-from common import metrics, run, training
+from common import export, metrics, run, training
 from common.datasets import load_dataset
 from common.errors import ConfigError, DataError
 from jfse_tf.config import JFSEConfig
+from jfse_tf.model import Regressor
 from jfse_tf.train import JFSETrainer, summarise
 
 run.define_run_flags(default_output_dir="runs/jfse")
@@ -78,6 +79,13 @@ def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir, unseen=None):
     trainer = JFSETrainer(cfg, ds.image_dim, ds.text_dim, ds.class_embeddings.shape[1], ds.num_classes,
                           unseen_class_emb=unseen_emb, unseen_classes=unseen)
     iterator = trainer.make_iterator(train, ds.class_embedding_rows(train.labels))
+    reg = (Regressor, {"emb_dim": int(ds.class_embeddings.shape[1]), "hidden": cfg.hidden})
+    export.write_spec(out_dir, cfg.method,
+                      {"image_regressor": reg, "text_regressor": reg},
+                      image={"dim": ds.image_dim, "model": "image_regressor"},
+                      text={"dim": ds.text_dim, "model": "text_regressor"},
+                      notes="The release's headline evaluation min-max scales each test split's features per "
+                            "column (that split's own min and max) before embedding; do the same to compare.")
     objects = {m.name: m for group in trainer.nets.groups.values() for m in group}
     objects.update({f"opt_{g}": (o, trainer.nets.variables(g)) for g, o in trainer.optimizers.items()})
     state = training.RunState(out_dir, rng=trainer.rng, grl=trainer.grl_scale, iterator=iterator, **objects)

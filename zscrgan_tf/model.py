@@ -84,3 +84,11 @@ class CSEM(keras.Model):
 
     def call(self, x):
         return self.fc(x)
+
+
+def embed_text_mean(models: dict, text):
+    """Exported text encoder: CSEM(G(mu, z = 0)), the deterministic form of the release's query
+    (`--eval_mode mean`); the release drew a fresh epsilon and z for every query."""
+    gen, csem = models["g_net"], models["CSEM_net"]
+    mu, _ = gen.condition(text)
+    return csem(gen.generate(mu, tf.zeros([tf.shape(text)[0], gen.z_dim])))

@@ -15,12 +15,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import io, metrics, training
+from common import export, io, metrics, training
 from common.errors import ConfigError
 from common.optimizers import TF1RMSprop
 from zscrgan_tf import losses
 from zscrgan_tf.data import ClassBlockSampler, RetrievalSet, ZSData
-from zscrgan_tf.model import CSEM, Critic, GeneratorNet
+from zscrgan_tf.model import CSEM, Critic, GeneratorNet, embed_text_mean
 
 
 @dataclasses.dataclass
@@ -203,6 +203,13 @@ def train(cfg: ZSCRGANConfig, data: ZSData, out_dir: str, res_dir: str, max_cycl
     default) always has current results on disk.
     """
     trainer = ZSCRGANTrainer(cfg, data)
+    export.write_spec(
+        out_dir, "zscrgan",
+        {"g_net": (GeneratorNet, dict(text_dim=data.text_dim, image_dim=data.image_dim, embed_dim=cfg.embed_dim,
+                                      z_dim=cfg.z_dim, gf_dim=cfg.gf_dim)),
+         "CSEM_net": (CSEM, dict(image_dim=data.image_dim, embed_dim=cfg.embed_dim))},
+        image={"dim": data.image_dim, "model": "CSEM_net"}, text={"dim": data.text_dim, "fn": embed_text_mean},
+        notes="embed_text is CSEM(G(mu, z=0)) (deterministic); the release evaluated with fresh noise per query.")
     state = training.RunState(out_dir, **trainer.checkpoint_objects())
     untrained_path = os.path.join(out_dir, "untrained.json")
     if state.resumed:

@@ -158,6 +158,14 @@ def test_cli_simple_and_triplet_contract(tmp_path):
     r = json.loads((tmp_path / "s" / "results.json").read_text())
     assert {"i2t_map_at_50", "t2i_map_at_50", "i2t_map_all", "t2i_map_all", "seconds_per_epoch"} <= set(r)
     assert r["preset"] == "release" and r["config"]["w_dis"] == 0.02 and os.listdir(tmp_path / "s" / "tb")
+    # tools.export: the two projectors, equal to the checkpointed ones (wiki widths, emb 40)
+    from acmr_tf.model import ACMRNetworks
+
+    nets = ACMRNetworks(128, 64, 10)
+    models = {"image_projector": nets.image_projector, "text_projector": nets.text_projector}
+    meta = fixtures.check_export(tmp_path / "s", tmp_path / "exported", models,
+                                 lambda m, x: m["image_projector"](x), lambda m, t: m["text_projector"](t), 128, 64)
+    assert meta["method"] == "acmr_simple" and meta["signatures"] == ["embed_image", "embed_text"]
     res = cli("--variant", "triplet", "--epochs", "1", "--output_dir", str(tmp_path / "t"))
     assert res.returncode == 0 and "triplet_loss:" in res.stdout and "similar_loss" not in res.stdout
 

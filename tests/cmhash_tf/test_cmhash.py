@@ -223,3 +223,6 @@ def test_mirflickr_tag_only_cli(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.loads((tmp_path / "o" / "results.json").read_text())
     assert set(r["t2t_map"]) == {"8", "16"} and "i2t_map" not in r
+    split = np.load(tmp_path / "o" / "splits.npz")  # the seeded protocol split is saved with the run
+    assert len(split["query_ids"]) == 10 and len(split["database_ids"]) == 50
+    assert not set(split["query_ids"]) & set(split["database_ids"])

@@ -131,3 +131,35 @@ def write_array(stem_path, arr, fmt):
         import h5py
         with h5py.File(stem_path + ".h5", "w") as f:
             f.create_dataset(name, data=arr)
+
+
+def check_export(run_dir, out_dir, models: dict, image_fn, text_fn, image_dim, text_dim, hash_codes=False):
+    """Export `run_dir` with tools.export and compare every signature with the same encoders
+    restored independently of encoders.json: `models` {checkpoint key: unbuilt model} are restored
+    from the run's latest checkpoint, then `image_fn(models, x)` / `text_fn(models, t)` embed."""
+    import tensorflow as tf
+
+    from tools.export import export_run
+
+    meta = export_run(str(run_dir), str(out_dir))
+    rng = np.random.default_rng(0)
+    x = rng.random((7, image_dim)).astype(np.float32)
+    t = rng.random((5, text_dim)).astype(np.float32)
+    fresh = np.asarray(image_fn(models, tf.constant(x)))  # builds the variables
+    text_fn(models, tf.constant(t))
+    from common.training import variable_index
+
+    indexes = {f"{k}__variables": variable_index(m) for k, m in models.items()}
+    status = tf.train.Checkpoint(**indexes).restore(tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")))
+    status.expect_partial().assert_existing_objects_matched()
+    want_i, want_t = np.asarray(image_fn(models, tf.constant(x))), np.asarray(text_fn(models, tf.constant(t)))
+    loaded = tf.saved_model.load(str(out_dir))
+    got_i = loaded.signatures["embed_image"](image=tf.constant(x))["embedding"].numpy()
+    got_t = loaded.signatures["embed_text"](text=tf.constant(t))["embedding"].numpy()
+    np.testing.assert_allclose(got_i, want_i, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_t, want_t, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fresh, want_i)  # the checkpoint was restored, not the fresh initialisation
+    if hash_codes:
+        codes = loaded.signatures["hash_image"](image=tf.constant(x))["codes"].numpy()
+        np.testing.assert_array_equal(codes, np.where(want_i >= 0, 1.0, -1.0))
+    return meta

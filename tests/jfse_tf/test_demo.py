@@ -31,6 +31,14 @@ def test_all_scenarios_write_contract_results(tmp_path):
     assert set(zs["final_epoch"]) == {"raw", "softmax", "minmax", "minmax_softmax"}
     assert "TEST set" in zs["note"] and zs["flags"]["method"] == "jfse"
     assert "zs unseen" in res.stdout and os.listdir(tmp_path / "zs" / "tb")
+    # tools.export: the regressors of a scenario, equal to the checkpointed ones
+    from jfse_tf.model import Regressor
+    from tests.common import fixtures
+
+    models = {k: Regressor(32, 64, name=k) for k in ("image_regressor", "text_regressor")}  # synthetic small, --hidden 64
+    meta = fixtures.check_export(tmp_path / "zs", tmp_path / "exported", models,
+                                 lambda m, x: m["image_regressor"](x), lambda m, t: m["text_regressor"](t), 128, 64)
+    assert meta["method"] == "jfse" and "min-max" in meta["notes"]
 
 
 def test_cfsa_runs_zero_shot_only(tmp_path):

@@ -81,6 +81,15 @@ def test_layer_facts():
 
 # ------------------------------------------------------------------ optimizers
 
+def test_conditioning_noise_is_truncated_at_two_sigma():
+    trainer = ZSCRGANTrainer(ZSCRGANConfig(gf_dim=8, df_dim=8, embed_dim=64, z_dim=2), _tiny_data())
+    eps, eps_w, z, _ = trainer._noise(2000)
+    assert eps.shape == (2000, 64) and z.shape == (2000, 2)
+    assert float(tf.reduce_max(tf.abs(eps))) <= 2.0 and float(tf.reduce_max(tf.abs(eps_w))) <= 2.0
+    assert abs(float(tf.math.reduce_std(eps)) - 0.88) < 0.02  # std of N(0, 1) truncated at +-2
+    assert not np.array_equal(eps.numpy(), eps_w.numpy())  # independent draws per branch
+
+
 def test_tf1_rmsprop_first_step_and_adam_epsilon():
     for init, expected in (("ones", -0.1), ("zeros", -0.1 / math.sqrt(0.1))):
         w = tf.Variable([0.0])

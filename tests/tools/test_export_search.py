@@ -1,0 +1,161 @@
+"""tools.export (SavedModel encoders) and tools.search (exact TF / faiss / Hamming top-k)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import training
+from common.errors import DataError
+from tools.export import export_run
+from tools.search import exact_search, faiss_search, write_results
+
+
+def _brute(q, g, k, hamming=False):
+    """Reference ranking: stable sort (ties keep gallery order)."""
+    if hamming:
+        score = (q.shape[1] - q @ g.T) / 2.0
+        order = np.argsort(score, axis=1, kind="stable")
+    else:
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+        score = qn @ gn.T
+        order = np.argsort(-score, axis=1, kind="stable")
+    return order[:, :k], np.take_along_axis(score, order[:, :k], 1)
+
+
+def test_exact_search_matches_brute_force_across_chunks():
+    rng = np.random.default_rng(0)
+    q, g = rng.standard_normal((9, 6)), rng.standard_normal((50, 6))
+    ids, scores = exact_search(q, g, k=7, chunk=8)  # 7 gallery chunks, 2 query chunks
+    want_ids, want_scores = _brute(q, g, 7)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    assert exact_search(q, g[:3], k=10)[0].shape == (9, 3)  # k capped at the gallery size
+    with pytest.raises(DataError, match="widths differ"):
+        exact_search(q, g[:, :5], k=3)
+
+
+def test_hamming_search_ties_take_the_lower_index():
+    rng = np.random.default_rng(1)
+    q = np.where(rng.random((6, 8)) < 0.5, -1.0, 1.0)
+    g = np.where(rng.random((40, 8)) < 0.5, -1.0, 1.0)
+    g[10] = g[3] = q[0]  # exact duplicates: distance 0 at 3 then 10
+    ids, dist = exact_search(q, g, k=12, chunk=7, hamming=True)
+    want_ids, want_dist = _brute(q, g, 12, hamming=True)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(dist, want_dist)
+    assert ids[0, :2].tolist() == [3, 10] and dist[0, 0] == 0
+
+
+def test_faiss_flat_equals_exact_and_ivf_with_all_lists_too():
+    pytest.importorskip("faiss", reason="faiss-cpu is the optional [search] extra")
+    rng = np.random.default_rng(2)
+    q, g = rng.standard_normal((20, 16)), rng.standard_normal((800, 16))
+    ids, scores = exact_search(q, g, k=10)
+    f_ids, f_scores = faiss_search(q, g, k=10)
+    np.testing.assert_array_equal(f_ids, ids)
+    np.testing.assert_allclose(f_scores, scores, atol=1e-5)
+    v_ids, _ = faiss_search(q, g, k=10, kind="ivf", nlist=8, nprobe=8)  # every list probed: exact
+    np.testing.assert_array_equal(v_ids, ids)
+
+
+def _train_zscrgan(tmp_path):
+    from common.synthetic import make_synthetic
+    from zscrgan_tf import data as zdata
+    from zscrgan_tf.train import ZSCRGANConfig, train
+
+    training.set_seed(0)
+    data = zdata.from_dataset(make_synthetic("small", seed=0))
+    cfg = ZSCRGANConfig(batch_size=4, gf_dim=16, df_dim=16, embed_dim=8, z_dim=4, e_iters=2, m_iters=2, n_critic=1,
+                        eval_mode="mean")
+    train(cfg, data, str(tmp_path / "run"), str(tmp_path / "res"), 2, log=lambda *a: None)
+    return cfg, data
+
+
+def test_export_equals_the_trained_model_and_loads_without_the_project(tmp_path):
+    from zscrgan_tf.train import ZSCRGANTrainer
+
+    cfg, data = _train_zscrgan(tmp_path)
+    meta = export_run(str(tmp_path / "run"), str(tmp_path / "exported"))
+    assert meta["method"] == "zscrgan" and meta["signatures"] == ["embed_image", "embed_text"]
+    # the in-process model, restored the way training resumes (optimizers and all)
+    trainer = ZSCRGANTrainer(cfg, data)
+    state = training.RunState(str(tmp_path / "run"), **trainer.checkpoint_objects())
+    assert state.resumed
+    x, t = data.test.gallery[:6], data.test.queries[:5]
+    loaded = tf.saved_model.load(str(tmp_path / "exported"))
+    np.testing.assert_allclose(loaded.signatures["embed_image"](image=tf.constant(x))["embedding"],
+                               trainer.csem(x), atol=1e-6)
+    np.testing.assert_allclose(loaded.signatures["embed_text"](text=tf.constant(t))["embedding"],
+                               trainer._queries(tf.constant(t)), atol=1e-6)  # eval_mode mean: deterministic
+    # a fresh interpreter that never imports this project's packages
+    code = ("import sys, numpy as np, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); "
+            "e = m.signatures['embed_image'](image=tf.zeros((2, %d)))['embedding']; "
+            "assert e.shape == (2, %d), e.shape; "
+            "own = [k for k in sys.modules if k.split('.')[0] in ('common', 'zscrgan_tf', 'tools', 'jfse_tf')]; "
+            "assert not own, own; print('ok')") % (data.image_dim, cfg.embed_dim)
+    res = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path / "exported")], cwd=str(tmp_path),
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+    # a second export replaces the first only when complete; a run folder without a spec is a clear error
+    export_run(str(tmp_path / "run"), str(tmp_path / "exported"))
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".export-")]
+    with pytest.raises(DataError, match="encoders.json"):
+        export_run(str(tmp_path / "res"), str(tmp_path / "x"))
+
+
+def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
+    from cmhash_tf.train import CMHashConfig, CMHashTrainer, train_bits
+    from common.dataset import Split
+    from common.datasets import load_dataset
+
+    ds = load_dataset("synthetic-hashing")
+    sub = lambda s, n: Split(s.image[:n], s.text[:n], s.labels.astype(np.float32)[:n])  # noqa: E731
+    train, queries, database = sub(ds.train, 200), sub(ds.test, 30), sub(ds.database, 300)
+    cfg = CMHashConfig(bits=16, epochs=2, eval_every=1)
+    training.set_seed(0)
+    train_bits(cfg, train, queries, queries, database, str(tmp_path / "bits_16"), False)
+    export_run(str(tmp_path / "bits_16"), str(tmp_path / "exported"))
+    trainer = CMHashTrainer(cfg, ds.image_dim, ds.text_dim)
+    objects = {m.name: m for g in trainer.nets.groups.values() for m in g}
+    objects.update({f"opt_{k}": (o, trainer.nets.variables(*trainer.var_groups[k])) for k, o in trainer.optimizers.items()})
+    assert training.RunState(str(tmp_path / "bits_16"), **objects).resumed
+    loaded = tf.saved_model.load(str(tmp_path / "exported"))
+    want = np.where(trainer.nets.text_head(queries.text).numpy() >= 0, 1.0, -1.0)
+    np.testing.assert_array_equal(loaded.signatures["hash_text"](text=tf.constant(queries.text))["codes"], want)
+    # search CLI: text queries -> image gallery by Hamming distance, equal to the brute-force ranking
+    np.save(tmp_path / "q.npy", queries.text)
+    np.save(tmp_path / "g.npy", database.image)
+    (tmp_path / "gids.txt").write_text("\n".join(f"img{i}" for i in range(len(database))) + "\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, "-m", "tools.search", "--model", str(tmp_path / "exported"), "--queries",
+           str(tmp_path / "q.npy"), "--gallery", str(tmp_path / "g.npy"), "--top_k", "5", "--hamming",
+           "--gallery_ids", str(tmp_path / "gids.txt")]
+    res = subprocess.run(cmd + ["--out", str(tmp_path / "hits.json")], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert res.returncode == 0, res.stderr[-2000:]
+    hits = json.loads((tmp_path / "hits.json").read_text())
+    codes_g = np.where(trainer.nets.image_head(database.image).numpy() >= 0, 1.0, -1.0)
+    want_ids, want_dist = _brute(want, codes_g, 5, hamming=True)
+    assert [h["id"] for h in hits[3]["hits"]] == [f"img{i}" for i in want_ids[3]]
+    assert [h["score"] for h in hits[0]["hits"]] == want_dist[0].tolist()
+    bad = np.zeros((3, 7), np.float32)
+    np.save(tmp_path / "bad.npy", bad)
+    res = subprocess.run(cmd[:6] + [str(tmp_path / "bad.npy")] + cmd[7:] + ["--out", str(tmp_path / "x.json")],
+                         env=env, capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert res.returncode == 2 and "7-d" in res.stderr and not os.path.exists(tmp_path / "x.json")
+
+
+def test_results_file_formats(tmp_path):
+    ids, scores = np.array([[2, 0]]), np.array([[0.9, 0.5]], np.float32)
+    write_results(str(tmp_path / "r.csv"), ids, scores, ["q0"], ["a", "b", "c"])
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines == ["query,rank,id,score", "q0,1,c,0.9", "q0,2,a,0.5"]
+    write_results(str(tmp_path / "r.json"), ids, scores, ["q0"], ["a", "b", "c"])
+    assert json.loads((tmp_path / "r.json").read_text())[0]["hits"][0] == {"id": "c", "score": pytest.approx(0.9)}

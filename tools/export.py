@@ -1,0 +1,96 @@
+"""Export a trained run's two encoders as a SavedModel.
+
+    python -m tools.export --run_dir runs/acmr --out exported/acmr
+    python -m tools.export --run_dir runs/jfse/zs --out exported/jfse_zs
+    python -m tools.export --run_dir runs/cmhash/bits_32 --out exported/cmhash32
+
+Serving signatures: `embed_image(image: float32 [n, d_img])` and `embed_text(text: float32
+[n, d_txt])`, each returning {"embedding": [n, e]}; hashing runs add `hash_image` / `hash_text`
+returning {"codes": +-1 float32 [n, K]} (sign with sign(0) = +1). Load anywhere with
+`tf.saved_model.load(DIR)`; nothing of this project is needed. `export.json` beside it says
+which run, method and checkpoint it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+from absl import flags
+
+from common import export, io, run
+from common.errors import ConfigError
+
+
+def build_module(enc: export.Encoders) -> tf.Module:
+    spec = enc.spec
+    module = tf.Module()
+    module.models = enc.models
+    d_img, d_txt = spec["image"]["dim"], spec["text"]["dim"]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, d_img], tf.float32, name="image")])
+    def embed_image(image):
+        return {"embedding": enc.embed("image", image)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, d_txt], tf.float32, name="text")])
+    def embed_text(text):
+        return {"embedding": enc.embed("text", text)}
+
+    module.embed_image, module.embed_text = embed_image, embed_text
+    signatures = {"embed_image": embed_image, "embed_text": embed_text}
+    if spec.get("hash_codes"):
+        @tf.function(input_signature=[tf.TensorSpec([None, d_img], tf.float32, name="image")])
+        def hash_image(image):
+            return {"codes": tf.where(enc.embed("image", image) >= 0, 1.0, -1.0)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, d_txt], tf.float32, name="text")])
+        def hash_text(text):
+            return {"codes": tf.where(enc.embed("text", text) >= 0, 1.0, -1.0)}
+
+        module.hash_image, module.hash_text = hash_image, hash_text
+        signatures.update(hash_image=hash_image, hash_text=hash_text)
+    return module, signatures
+
+
+def export_run(run_dir: str, out: str, checkpoint: str | None = None) -> dict:
+    """Save the SavedModel to `out` (an existing `out` is replaced only once the new one is complete)."""
+    enc = export.load_encoders(run_dir, checkpoint)
+    module, signatures = build_module(enc)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        tf.saved_model.save(module, tmp, signatures=signatures)
+        meta = {"run_dir": os.path.abspath(run_dir), "method": enc.spec["method"],
+                "checkpoint": checkpoint or tf.train.latest_checkpoint(run.checkpoint_dir(run_dir)),
+                "signatures": sorted(signatures), "image_dim": enc.spec["image"]["dim"],
+                "text_dim": enc.spec["text"]["dim"], "notes": enc.spec.get("notes", "")}
+        io.write_json(os.path.join(tmp, "export.json"), meta)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    if not (FLAGS.run_dir and FLAGS.out):
+        raise ConfigError("--run_dir and --out are required")
+    meta = export_run(FLAGS.run_dir, FLAGS.out, FLAGS.checkpoint)
+    print(f"{FLAGS.out}: {meta['method']} encoders from {meta['checkpoint']}; signatures {', '.join(meta['signatures'])}")
+    if meta["notes"]:
+        print(f"note: {meta['notes']}")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("run_dir", None, "A training run's output folder (holds encoders.json and checkpoints/).")
+    flags.DEFINE_string("out", None, "Folder for the SavedModel.")
+    flags.DEFINE_string("checkpoint", None, "A specific checkpoint (default: the latest).")
+    FLAGS = flags.FLAGS
+    run.run_main(main)

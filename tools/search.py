@@ -1,0 +1,168 @@
+"""Cross-modal search with an exported model.
+
+    python -m tools.search --model exported/acmr --queries text_feats.npy --gallery image_feats.npy \\
+        --top_k 10 --out hits.json            # text -> image, exact cosine search in TensorFlow
+    python -m tools.search ... --index faiss  # faiss-cpu (optional extra), exact inner product
+    python -m tools.search ... --index faiss_ivf --nlist 1024 --nprobe 16   # approximate
+    python -m tools.search --model exported/cmhash32 ... --hamming          # hash codes, Hamming
+
+Both sides go through the SavedModel (`embed_text` / `embed_image`, or `hash_*` with
+`--hamming`); results list, per query, the top-K gallery ids (row numbers, or the ids of
+`--gallery_ids`) with their scores (cosine, or Hamming distance). Exact search is chunked over
+queries and gallery, so memory stays bounded by `--chunk` rows of each whatever the sizes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from common import io, run
+from common.errors import ConfigError, DataError
+
+
+def _normalise(x):
+    return tf.math.l2_normalize(tf.convert_to_tensor(x, tf.float32), axis=1)
+
+
+def exact_search(queries, gallery, k: int, chunk: int = 65536, hamming: bool = False):
+    """Top-k gallery rows per query: cosine (descending) or Hamming distance of +-1 codes (ascending).
+
+    Ties go to the lower gallery index, as in `common.metrics`. Returns (ids int64 (nq, k'),
+    scores float32 (nq, k')) with k' = min(k, gallery size).
+    """
+    q_all = np.asarray(queries, np.float32)
+    g_all = np.asarray(gallery, np.float32)
+    if q_all.ndim != 2 or g_all.ndim != 2 or q_all.shape[1] != g_all.shape[1]:
+        raise DataError(f"query and gallery widths differ: {q_all.shape} vs {g_all.shape}")
+    k = int(min(k, len(g_all)))
+    if k < 1:
+        raise DataError("the gallery is empty")
+    out_ids, out_scores = [], []
+    for qs in range(0, len(q_all), chunk):
+        q = tf.constant(q_all[qs:qs + chunk])
+        q = q if hamming else _normalise(q)
+        best_s = best_i = None
+        for gs in range(0, len(g_all), chunk):
+            g = tf.constant(g_all[gs:gs + chunk])
+            sim = tf.matmul(q, g if hamming else _normalise(g), transpose_b=True)  # for codes: K - 2 * Hamming
+            s, i = tf.math.top_k(sim, k=min(k, sim.shape[1]))
+            i = tf.cast(i, tf.int64) + gs
+            if best_s is not None:  # earlier (lower-index) candidates first: top_k keeps them on ties
+                s, i = tf.concat([best_s, s], 1), tf.concat([best_i, i], 1)
+                s, pos = tf.math.top_k(s, k=k)
+                i = tf.gather(i, pos, batch_dims=1)
+            best_s, best_i = s, i
+        out_ids.append(best_i.numpy())
+        scores = best_s.numpy()
+        if hamming:
+            scores = (q_all.shape[1] - scores) / 2.0
+        out_scores.append(scores.astype(np.float32))
+    return np.concatenate(out_ids), np.concatenate(out_scores)
+
+
+def faiss_search(queries, gallery, k: int, kind: str = "flat", nlist: int = 1024, nprobe: int = 16, seed: int = 0):
+    """Cosine search with faiss-cpu: exact (`flat`, inner product of normalised rows) or IVF."""
+    try:
+        import faiss
+    except ImportError:
+        raise ConfigError("--index faiss needs the optional extra: pip install -e '.[search]' (faiss-cpu)") from None
+    q = np.ascontiguousarray(_normalise(queries).numpy())
+    g = np.ascontiguousarray(_normalise(gallery).numpy())
+    k = int(min(k, len(g)))
+    if kind == "flat":
+        index = faiss.IndexFlatIP(g.shape[1])
+    else:
+        nlist = int(min(nlist, max(1, len(g) // 39)))  # faiss wants ~39 training points per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(g.shape[1]), g.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(g)
+        index.nprobe = nprobe
+    index.add(g)
+    scores, ids = index.search(q, k)
+    return ids.astype(np.int64), scores.astype(np.float32)
+
+
+def _load_features(path: str) -> np.ndarray:
+    x = io.as_matrix(io.load_array(path), path)
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: contains NaN or inf")
+    return x.astype(np.float32)
+
+
+def _signature(model, name: str, path: str):
+    if name not in model.signatures:
+        raise ConfigError(f"{path} has no {name!r} signature (it has {sorted(model.signatures)})")
+    return model.signatures[name]
+
+
+def encode(model_dir: str, side: str, x: np.ndarray, hamming: bool, batch: int = 4096) -> np.ndarray:
+    model = tf.saved_model.load(model_dir)
+    fn = _signature(model, f"{'hash' if hamming else 'embed'}_{side}", model_dir)
+    key = "codes" if hamming else "embedding"
+    want = fn.structured_input_signature[1][side].shape[1]
+    if x.shape[1] != want:
+        raise DataError(f"{side} features are {x.shape[1]}-d but the model's {side} encoder takes {want}-d")
+    return np.concatenate([fn(**{side: tf.constant(x[s:s + batch])})[key].numpy() for s in range(0, len(x), batch)])
+
+
+def write_results(path: str, ids, scores, query_ids, gallery_ids) -> None:
+    rows = [{"query": str(query_ids[i]), "hits": [{"id": str(gallery_ids[j]), "score": float(s)}
+                                                  for j, s in zip(ids[i], scores[i])]} for i in range(len(ids))]
+    with io.atomic_open(path, "w", newline="") as f:
+        if path.endswith(".csv"):
+            w = csv.writer(f)
+            w.writerow(["query", "rank", "id", "score"])
+            for r in rows:
+                for rank, h in enumerate(r["hits"], 1):
+                    w.writerow([r["query"], rank, h["id"], f"{h['score']:.6g}"])
+        else:
+            json.dump(rows, f, indent=1)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    if not (FLAGS.model and FLAGS.queries and FLAGS.gallery and FLAGS.out):
+        raise ConfigError("--model, --queries, --gallery and --out are required")
+    if FLAGS.top_k < 1:
+        raise ConfigError("--top_k must be positive")
+    gallery_side = FLAGS.gallery_side or ("image" if FLAGS.query_side == "text" else "text")
+    q = encode(FLAGS.model, FLAGS.query_side, _load_features(FLAGS.queries), FLAGS.hamming)
+    g = encode(FLAGS.model, gallery_side, _load_features(FLAGS.gallery), FLAGS.hamming)
+    if FLAGS.index == "exact" or FLAGS.hamming:
+        ids, scores = exact_search(q, g, FLAGS.top_k, FLAGS.chunk, hamming=FLAGS.hamming)
+    else:
+        ids, scores = faiss_search(q, g, FLAGS.top_k, "flat" if FLAGS.index == "faiss" else "ivf",
+                                   FLAGS.nlist, FLAGS.nprobe)
+    qid = io.read_lines(FLAGS.query_ids) if FLAGS.query_ids else list(range(len(q)))
+    gid = io.read_lines(FLAGS.gallery_ids) if FLAGS.gallery_ids else list(range(len(g)))
+    for what, idl, n in (("query", qid, len(q)), ("gallery", gid, len(g))):
+        if len(idl) != n:
+            raise DataError(f"--{what}_ids has {len(idl)} lines for {n} {what} rows")
+    write_results(FLAGS.out, ids, scores, qid, gid)
+    print(f"{FLAGS.out}: top-{ids.shape[1]} {gallery_side} hits for {len(q)} {FLAGS.query_side} queries "
+          f"({'Hamming' if FLAGS.hamming else 'cosine'}, {FLAGS.index if not FLAGS.hamming else 'exact'})")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("model", None, "SavedModel folder written by tools.export.")
+    flags.DEFINE_string("queries", None, "Query features (.npy/.mat/.h5, one row per item).")
+    flags.DEFINE_string("gallery", None, "Gallery features.")
+    flags.DEFINE_enum("query_side", "text", ["text", "image"], "Modality of the queries.")
+    flags.DEFINE_enum("gallery_side", None, ["text", "image"], "Modality of the gallery (default: the other one).")
+    flags.DEFINE_integer("top_k", 10, "Hits per query.")
+    flags.DEFINE_enum("index", "exact", ["exact", "faiss", "faiss_ivf"], "Search backend.")
+    flags.DEFINE_integer("nlist", 1024, "faiss_ivf: inverted lists.")
+    flags.DEFINE_integer("nprobe", 16, "faiss_ivf: lists visited per query.")
+    flags.DEFINE_bool("hamming", False, "Hash codes (hash_* signatures) ranked by Hamming distance.")
+    flags.DEFINE_integer("chunk", 65536, "Rows per block of the exact search (bounds memory).")
+    flags.DEFINE_string("query_ids", None, "Optional text file, one id per query row.")
+    flags.DEFINE_string("gallery_ids", None, "Optional text file, one id per gallery row.")
+    flags.DEFINE_string("out", None, "Results file: .json or .csv.")
+    FLAGS = flags.FLAGS
+    run.run_main(main)
