@@ -1,0 +1,181 @@
+"""Raw images + texts -> the generic feature folder every method reads (`--dataset features`).
+
+    python -m tools.extract_features --manifest data/my/manifest.tsv --out data/my/features \\
+        --cnn vgg19 --weights weights/vgg19_weights_tf_dim_ordering_tf_kernels.h5 --text tfidf
+
+The manifest has one item per line, tab-separated: `split  image_path  label  text`
+(split: train, val or test; image paths relative to the manifest's folder; label: a class name or
+id; text: the rest of the line). Images go through a `keras.applications` CNN with weights from a
+LOCAL file only: VGG19's fc2 layer ("fc7", 4096-d, the JFSE/ACMR papers' image feature) or
+ResNet50's global average pool (2048-d). Texts become a bag of words (`count`) or TF-IDF
+(`tfidf`) over a vocabulary fitted on the train split with `keras.layers.TextVectorization`.
+Labels are mapped to 0-based ids in order of first appearance (written to class_names.txt).
+
+Large folders: images are encoded in shards kept under `<out>/.partial/`; re-running the same
+command after an interruption skips the finished shards. The folder's files are written at the
+end, each atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import numpy as np
+from absl import flags
+
+from common import io, run, training
+from common.errors import ConfigError, DataError
+
+CNNS = {
+    # name: (constructor, layer whose output is the feature, default input size, feature width)
+    "vgg19": ("VGG19", "fc2", 224, 4096),
+    "resnet50": ("ResNet50", "avg_pool", 224, 2048),
+}
+SPLITS = ("train", "val", "test")
+
+
+def read_manifest(path: str):
+    """[(split, absolute image path, label string, text)] with every problem named by line."""
+    if not os.path.isfile(path):
+        raise DataError(f"missing manifest {path} (lines: split<TAB>image_path<TAB>label<TAB>text)")
+    base = os.path.dirname(os.path.abspath(path))
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t", 3)
+            if len(parts) != 4:
+                raise DataError(f"{path}:{n}: expected 4 tab-separated fields (split, image, label, text)")
+            split, image, label, text = (p.strip() for p in parts)
+            if split not in SPLITS:
+                raise DataError(f"{path}:{n}: split must be one of {SPLITS}, got {split!r}")
+            image = image if os.path.isabs(image) else os.path.join(base, image)
+            if not os.path.isfile(image):
+                raise DataError(f"{path}:{n}: image file {image} does not exist")
+            items.append((split, image, label, text))
+    if not any(s == "train" for s, *_ in items) or not any(s == "test" for s, *_ in items):
+        raise DataError(f"{path}: needs train and test items")
+    return items
+
+
+def build_cnn(name: str, weights: str | None, allow_random_init: bool = False, image_size: int | None = None):
+    import keras
+
+    if name not in CNNS:
+        raise ConfigError(f"--cnn must be one of {sorted(CNNS)}")
+    ctor, layer, size, _ = CNNS[name]
+    if weights is None and not allow_random_init:
+        raise ConfigError(f"--weights is required: a local Keras weights file for {ctor} (with the top layers for "
+                          "vgg19), e.g. vgg19_weights_tf_dim_ordering_tf_kernels.h5; nothing is downloaded here")
+    if weights is not None and not os.path.isfile(weights):
+        raise DataError(f"missing weights file {weights}" + (" ('imagenet' would download; copy the file here and "
+                                                             "pass its path)" if weights == "imagenet" else ""))
+    model_fn = getattr(keras.applications, ctor)
+    try:
+        if name == "vgg19":  # fc2 needs the classifier head, so the input is fixed at 224
+            full, size = model_fn(weights=weights, include_top=True), 224
+        else:  # the "notop" weights file; global average pool as the last layer
+            size = image_size or size
+            full = model_fn(weights=weights, include_top=False, pooling="avg", input_shape=(size, size, 3))
+    except ValueError as e:  # a weights file of another architecture or head
+        raise DataError(f"{weights}: does not fit {ctor} ({e})") from None
+    return keras.Model(full.input, full.get_layer(layer).output), size
+
+
+def _load_images(paths, size: int) -> np.ndarray:
+    import tensorflow as tf
+
+    out = []
+    for p in paths:
+        try:
+            img = tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
+        except tf.errors.InvalidArgumentError:
+            raise DataError(f"{p}: not a readable image") from None
+        out.append(tf.image.resize(img, (size, size)).numpy())
+    return np.stack(out)
+
+
+def image_features(paths, cnn_name: str, model, size: int, out_dir: str, shard: int = 256,
+                   batch: int = 32) -> np.ndarray:
+    """Features of `paths` in order; finished shards under <out_dir>/.partial are reused."""
+    import keras
+
+    preprocess = getattr(keras.applications, cnn_name).preprocess_input
+    key = hashlib.sha1(("\n".join(paths) + cnn_name + str(size)).encode()).hexdigest()[:12]
+    partial = os.path.join(out_dir, ".partial", key)
+    os.makedirs(partial, exist_ok=True)
+    shards = range(0, len(paths), shard)
+    done = sum(os.path.exists(os.path.join(partial, f"{s:09d}.npy")) for s in shards)
+    progress = training.Progress(len(paths), desc="images")
+    progress.update(min(done * shard, len(paths)))
+    parts = []
+    for s in shards:
+        f = os.path.join(partial, f"{s:09d}.npy")
+        if not os.path.exists(f):
+            x = preprocess(_load_images(paths[s:s + shard], size))
+            feats = np.concatenate([np.asarray(model(x[b:b + batch], training=False))
+                                    for b in range(0, len(x), batch)])
+            with io.atomic_open(f, "wb") as fh:
+                np.save(fh, feats.astype(np.float32))
+            progress.update(len(x))
+        parts.append(np.load(f))
+    return np.concatenate(parts)
+
+
+def text_features(train_texts, all_texts: dict, mode: str = "tfidf", vocab_size: int = 5000) -> dict:
+    import keras
+    import tensorflow as tf
+
+    vec = keras.layers.TextVectorization(max_tokens=vocab_size, output_mode="tf_idf" if mode == "tfidf" else "count")
+    vec.adapt(tf.data.Dataset.from_tensor_slices(list(train_texts)).batch(256))
+    return {k: np.asarray(vec(tf.constant(list(v))), np.float32) for k, v in all_texts.items()}, vec.get_vocabulary()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    if not (FLAGS.manifest and FLAGS.out):
+        raise ConfigError("--manifest and --out are required")
+    items = read_manifest(FLAGS.manifest)
+    model, size = build_cnn(FLAGS.cnn, FLAGS.weights, FLAGS.allow_random_init, FLAGS.image_size)
+    names = list(dict.fromkeys(label for _, _, label, _ in items))
+    by_split = {s: [it for it in items if it[0] == s] for s in SPLITS}
+    by_split = {s: v for s, v in by_split.items() if v}
+    os.makedirs(FLAGS.out, exist_ok=True)
+    texts, vocab = text_features([t for _, _, _, t in by_split["train"]],
+                                 {s: [t for *_, t in v] for s, v in by_split.items()}, FLAGS.text, FLAGS.vocab_size)
+    arrays = {}
+    for s, v in by_split.items():
+        arrays[f"{s}_img.npy"] = image_features([p for _, p, _, _ in v], FLAGS.cnn, model, size, FLAGS.out,
+                                                FLAGS.shard)
+        arrays[f"{s}_txt.npy"] = texts[s]
+        arrays[f"{s}_lab.npy"] = np.asarray([names.index(label) for _, _, label, _ in v], np.int64)
+    for name, arr in arrays.items():
+        with io.atomic_open(os.path.join(FLAGS.out, name), "wb") as f:
+            np.save(f, arr)
+    for name, lines in (("class_names.txt", names), ("vocabulary.txt", vocab)):
+        with io.atomic_open(os.path.join(FLAGS.out, name)) as f:
+            f.write("\n".join(lines) + "\n")
+    with io.atomic_open(os.path.join(FLAGS.out, "label_base.txt")) as f:
+        f.write("0\n")
+    shutil.rmtree(os.path.join(FLAGS.out, ".partial"), ignore_errors=True)
+    dims = arrays["train_img.npy"].shape[1], arrays["train_txt.npy"].shape[1]
+    print(f"{FLAGS.out}: " + ", ".join(f"{s} {len(v)}" for s, v in by_split.items())
+          + f" items; image {dims[0]}-d ({FLAGS.cnn}), text {dims[1]}-d ({FLAGS.text}), {len(names)} classes")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("manifest", None, "TSV: split, image path, label, text.")
+    flags.DEFINE_string("out", None, "Feature folder to write.")
+    flags.DEFINE_enum("cnn", "vgg19", sorted(CNNS), "Image network.")
+    flags.DEFINE_string("weights", None, "Local Keras weights file of the CNN.")
+    flags.DEFINE_bool("allow_random_init", False, "Untrained CNN when no weights are given (tests only).")
+    flags.DEFINE_integer("image_size", None, "resnet50 only: input size (default 224).")
+    flags.DEFINE_enum("text", "tfidf", ["tfidf", "count"], "Text features.")
+    flags.DEFINE_integer("vocab_size", 5000, "Vocabulary size (train split).")
+    flags.DEFINE_integer("shard", 256, "Images per resumable shard.")
+    FLAGS = flags.FLAGS
+    run.run_main(main)
