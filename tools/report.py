@@ -1,0 +1,120 @@
+"""Results of runs, in one markdown table, next to the published numbers.
+
+    python -m tools.report runs/jfse runs/acmr runs/cmhash --out docs/report.md
+
+Finds every results.json under the given folders, and prints for each: method, dataset,
+scenario or bit length, our i2t / t2i numbers (the contract's mAP@all, per-bit Hamming mAP
+for hashing, P@50 for ZSCRGAN), and the published numbers for the same method, dataset and
+scenario from docs/published_results.json, each with its source. A missing published cell
+means no verified number exists for that setting (e.g. synthetic data).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from common import io, run
+from common.errors import ConfigError, DataError
+
+PUBLISHED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                         "published_results.json")
+
+
+def find_results(paths) -> list:
+    found = []
+    for p in paths:
+        if os.path.isfile(p):
+            found.append(p)
+            continue
+        if not os.path.isdir(p):
+            raise DataError(f"{p}: no such file or folder")
+        for root, _, files in sorted(os.walk(p)):
+            if "results.json" in files:
+                found.append(os.path.join(root, "results.json"))
+    if not found:
+        raise DataError(f"no results.json under {', '.join(paths)}")
+    return found
+
+
+def _family(method: str) -> str:
+    return "acmr" if method.startswith("acmr") else ("jfse" if method in ("jfse", "cfsa") else method)
+
+
+def rows_of(path: str) -> list:
+    """One row per reported setting of one results.json."""
+    r = io.read_json(path)
+    method, dataset = r.get("method", "?"), str(r.get("dataset", "?"))
+    base = {"method": method, "dataset": dataset, "path": path}
+    if method == "cmhash":
+        keys = [k for k in ("i2t_map", "t2i_map", "t2t_map") if k in r]
+        bits = sorted(r[keys[0]], key=int) if keys else []
+        metric = "Hamming mAP (tag→tag in the t2i column)" if "t2t_map" in r else "Hamming mAP"
+        return [dict(base, setting=f"{b} bits", bits=int(b), metric=metric,
+                     i2t=r.get("i2t_map", {}).get(b), t2i=r.get("t2i_map", r.get("t2t_map", {})).get(b)) for b in bits]
+    if method == "zscrgan":
+        return [dict(base, setting="zero-shot (unseen)", scenario="zs", metric="P@50 best-on-test (release) / last",
+                     i2t=None, t2i=r.get("p50_best"), extra=f"P@50 last {r.get('p50_last', float('nan')):.4f}, "
+                                                          f"t2i mAP@all {r.get('t2i_map_all', float('nan')):.4f}")]
+    scenario = r.get("scenario", "standard")
+    out = [dict(base, setting=scenario, scenario=scenario, metric="mAP@all",
+                i2t=r.get("i2t_map_all"), t2i=r.get("t2i_map_all"))]
+    if "seen_i2t_map_all" in r:
+        out.append(dict(base, setting="zs (seen classes)", scenario="zs_seen", metric="mAP@all",
+                        i2t=r["seen_i2t_map_all"], t2i=r["seen_t2i_map_all"]))
+    return out
+
+
+def published_for(row: dict, groups: list) -> list:
+    out = []
+    for g in groups:
+        if g["method"] != _family(row["method"]):
+            continue
+        for e in g["entries"]:
+            if e["dataset"] != row["dataset"].split(":")[0]:
+                continue
+            if "bits" in e and e["bits"] != row.get("bits"):
+                continue
+            if "scenario" in e and e["scenario"] != row.get("scenario"):
+                continue
+            out.append((g.get("label", g["method"].upper()), e["i2t"], e["t2i"], g["source"]))
+    return out
+
+
+def report(paths, published: str = PUBLISHED) -> str:
+    groups = io.read_json(published)["groups"] if os.path.exists(published) else []
+    fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = ["| method | dataset | setting | metric | ours i2t / t2i | published i2t / t2i | source |",
+             "|---|---|---|---|---|---|---|"]
+    sources = {}
+    for path in find_results(paths):
+        for row in rows_of(path):
+            pub = published_for(row, groups)
+            ours = f"{fmt(row['i2t'])} / {fmt(row['t2i'])}" + (f" ({row['extra']})" if row.get("extra") else "")
+            cells = "; ".join(f"{label} {i:.3f} / {t:.3f}" for label, i, t, _ in pub) or "—"
+            refs = []
+            for *_, src in pub:
+                sources.setdefault(src, len(sources) + 1)
+                refs.append(f"[{sources[src]}]")
+            lines.append(f"| {row['method']} | {row['dataset']} | {row['setting']} | {row['metric']} | {ours} | "
+                         f"{cells} | {' '.join(dict.fromkeys(refs)) or '—'} |")
+    lines.append("")
+    lines += [f"[{n}] {src}" for src, n in sources.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise ConfigError("give one or more run folders (or results.json files)")
+    text = report(argv[1:])
+    if FLAGS.out:
+        with io.atomic_open(FLAGS.out) as f:
+            f.write(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("out", None, "Also write the table to this markdown file.")
+    FLAGS = flags.FLAGS
+    run.run_main(main)
