@@ -92,7 +92,7 @@ def report(paths, published: str = PUBLISHED) -> str:
         for row in rows_of(path):
             pub = published_for(row, groups)
             ours = f"{fmt(row['i2t'])} / {fmt(row['t2i'])}" + (f" ({row['extra']})" if row.get("extra") else "")
-            cells = "; ".join(f"{label} {i:.3f} / {t:.3f}" for label, i, t, _ in pub) or "—"
+            cells = "; ".join(f"{label} {i:g} / {t:g}" for label, i, t, _ in pub) or "—"  # as published
             refs = []
             for *_, src in pub:
                 sources.setdefault(src, len(sources) + 1)
