@@ -27,7 +27,7 @@ from acmr_tf.config import ACMRConfig
 from acmr_tf.model import ACMRNetworks, Projector
 from common import export, metrics, pipelines, run, training
 from common.dataset import Split
-from common.errors import ConfigError
+from common.errors import ConfigError, DivergenceError
 from common.layers import grl_schedule
 
 LOG_FIELDS = {"simple": ("emb_loss", "domain_loss", "label_loss", "similar_loss", "dissimilar_loss"),
@@ -205,7 +205,8 @@ def main(argv):
             if i % FLAGS.log_every == 0 or i == steps - 1:
                 logs = {k: float(v) for k, v in logs.items()}
                 if not all(np.isfinite(v) for v in logs.values()):
-                    raise FloatingPointError(f"non-finite loss at epoch {epoch} batch {i}: {logs}")
+                    raise DivergenceError(f"non-finite loss at epoch {epoch} batch {i}: {logs}; the last good "
+                                          "checkpoint and results are kept")
                 print(f"Epoch: [{epoch:2d}][{i:4d}/{steps:4d}] time: {time.time() - start:.4f}, "
                       + ", ".join(f"{k}: {logs[k]:.8f}" for k in fields), flush=True)
         record = {"epoch": epoch, "grl_lambda": float(trainer.grl_scale.numpy()), "test": trainer.evaluate(test)}

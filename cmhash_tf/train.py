@@ -27,7 +27,7 @@ from cmhash_tf import losses
 from cmhash_tf.model import CMHashNetworks, HashHead, binarize
 from common import export, io, metrics, pipelines, run, training
 from common.dataset import Split
-from common.errors import ConfigError
+from common.errors import ConfigError, DivergenceError
 
 
 @dataclasses.dataclass
@@ -243,7 +243,7 @@ def train_bits(cfg, train, val, queries, database, out_dir, select_on_test, trai
         logs = {"loss": float(tf.reduce_mean(losses_)),
                 "skipped_batches": int(tf.reduce_sum(tf.cast(tf.logical_not(applied), tf.int32)))}
         if not np.isfinite(logs["loss"]):
-            raise FloatingPointError(f"non-finite loss at epoch {epoch}")
+            raise DivergenceError(f"non-finite loss at epoch {epoch}; the last good checkpoint is kept")
         writer.scalars(logs, epoch)
         progress.update(1, loss=logs["loss"])
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs - 1:

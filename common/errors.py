@@ -7,3 +7,7 @@ class DataError(Exception):
 
 class ConfigError(Exception):
     """Flags or settings that cannot work together."""
+
+
+class DivergenceError(FloatingPointError):
+    """A loss became NaN/inf; training stopped before saving, so the last good checkpoint stays."""

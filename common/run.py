@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from absl import app, flags
 
 from common import io
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError, DivergenceError
 
 REQUIRED_METRICS = ("i2t_map_all", "t2i_map_all")
 
@@ -78,7 +78,8 @@ def write_results(output_dir: str, *, dataset: str, method: str, seed: int, flag
 
 
 def run_main(main: Callable) -> None:
-    """`absl.app.run(main)` that turns data/config errors into one line and exit code 2."""
+    """`absl.app.run(main)` that turns data/config errors into one line and exit code 2, and a
+    diverged training (NaN/inf loss) into one line and exit code 3."""
 
     def wrapped(argv):
         try:
@@ -86,5 +87,8 @@ def run_main(main: Callable) -> None:
         except (DataError, ConfigError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except DivergenceError as e:  # not bad input: the run itself went wrong
+            print(f"error: training diverged: {e}", file=sys.stderr)
+            sys.exit(3)
 
     app.run(wrapped)

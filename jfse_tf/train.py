@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from common import metrics, pipelines, training
 from common.dataset import Split
+from common.errors import DivergenceError
 from common.layers import grl_schedule
 from jfse_tf import losses
 from jfse_tf.config import JFSEConfig
@@ -194,7 +195,8 @@ class JFSETrainer:
                 logs = self.train_step(b["image"], b["text"], b["class_emb"], b["label"])
             logs = {k: float(v) for k, v in logs.items()}
             if not all(np.isfinite(v) for v in logs.values()):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch}: {logs}")
+                raise DivergenceError(f"non-finite loss at epoch {epoch}: {logs}; the last good checkpoint "
+                                      "and results are kept")
             if writer is not None:
                 writer.scalars(logs, epoch)
             if epoch % cfg.eval_every == 0 or epoch == epochs - 1:

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import export, io, metrics, training
-from common.errors import ConfigError
+from common.errors import ConfigError, DivergenceError
 from common.optimizers import TF1RMSprop
 from zscrgan_tf import losses
 from zscrgan_tf.data import ClassBlockSampler, RetrievalSet, ZSData
@@ -226,7 +226,8 @@ def train(cfg: ZSCRGANConfig, data: ZSData, out_dir: str, res_dir: str, max_cycl
         logs = trainer.cycle()
         bad = [k for k, v in logs.items() if not np.isfinite(v)]
         if bad:
-            raise FloatingPointError(f"cycle {cycle + 1}: non-finite {bad}; the last good checkpoint is kept")
+            raise DivergenceError(f"cycle {cycle + 1}: non-finite {bad}; the last good checkpoint and "
+                                  "results are kept")
         test = trainer.evaluate(data.test)
         record = {"epoch": cycle, "cycle": cycle + 1, "losses": logs,
                   "test": {k: test[k] for k in ("p50", "t2i_map_all")}}

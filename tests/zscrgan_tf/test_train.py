@@ -132,3 +132,25 @@ def test_cli_missing_files_and_bad_flags(tmp_path):
     r = _cli(["--dataset", "synthetic", "--batch_size", "0"], tmp_path)
     assert r.returncode == 2 and "--batch_size" in r.stderr
     assert not os.path.exists(tmp_path / "ckt_logs")
+
+
+def test_divergence_stops_and_keeps_the_last_good_state(tmp_path):
+    from common.errors import DivergenceError
+
+    s1, h1, out = _run(tmp_path, "d", 1)
+    before = sorted(os.listdir(out / "checkpoints")), sorted(os.listdir(out / "res"))
+    training.set_seed(1)
+    data = zdata.from_dataset(make_synthetic("small", seed=0), val_classes=1, seed=0)
+    cfg = ZSCRGANConfig(seed=1, kl_div_coefficient=float("nan"), **TINY)  # every generator loss is NaN
+    with pytest.raises(DivergenceError, match="cycle 2: non-finite"):
+        train(cfg, data, str(out), str(out / "res"), 3, log=lambda *a: None)
+    assert (sorted(os.listdir(out / "checkpoints")), sorted(os.listdir(out / "res"))) == before
+    assert json.load(open(out / "history.json"))["history"] == h1
+
+
+def test_cli_divergence_exit_code(tmp_path):
+    r = _cli(["--dataset", "synthetic:small", "--gf_dim", "8", "--df_dim", "8", "--embed_dim", "4", "--z_dim", "2",
+              "--e_iters", "1", "--m_iters", "1", "--n_critic", "1", "--max_cycles", "1", "--kl_div_coefficient",
+              "nan", "--output_dir", str(tmp_path / "o")], tmp_path)
+    assert r.returncode == 3 and "training diverged" in r.stderr and "Traceback" not in r.stderr
+    assert not os.path.exists(tmp_path / "o" / "results.json")
