@@ -38,21 +38,15 @@ def batched(fn, x: np.ndarray, batch: int = 4096) -> np.ndarray:
 
 
 def variable_index(model) -> tf.Module:
-    """Every variable of a Keras model under its stable path (`image_head.hash.kernel`).
+    """Every variable of a Keras model, keyed by its position in `model.variables`.
 
     Keras 3 models are not reliable `tf.train.Checkpoint` dependencies (their variables were
     reached only through the optimizers' slot lists), so each model in a checkpoint also gets
-    this index: a model can then be restored on its own (export) by its own variable names.
+    this index, and a model can be restored on its own (export). Positions, not names: layer
+    names that Keras generates (`dense_1`) depend on what else the process built before.
     """
-    found = {}
-    for v in model.variables:
-        base = key = v.path.replace("/", ".")
-        n = 1
-        while key in found:
-            key, n = f"{base}.{n}", n + 1
-        found[key] = v.value if hasattr(v, "value") else v
     index = tf.Module(name=f"{model.name}_variables")
-    index.vars = found
+    index.vars = [v.value if hasattr(v, "value") else v for v in model.variables]
     return index
 
 
