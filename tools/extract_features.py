@@ -8,7 +8,8 @@ The manifest has one item per line, tab-separated: `split  image_path  label  te
 id; text: the rest of the line). Images go through a `keras.applications` CNN with weights from a
 LOCAL file only: VGG19's fc2 layer ("fc7", 4096-d, the JFSE/ACMR papers' image feature) or
 ResNet50's global average pool (2048-d). Texts become a bag of words (`count`) or TF-IDF
-(`tfidf`) over a vocabulary fitted on the train split with `keras.layers.TextVectorization`.
+(`tfidf`) over a vocabulary fitted on the train split with `keras.layers.TextVectorization`, or
+go through a local sentence-encoder SavedModel (`--text encoder --text_encoder DIR`).
 Labels are mapped to 0-based ids in order of first appearance (written to class_names.txt).
 
 Large folders: images are encoded in shards kept under `<out>/.partial/`; re-running the same
@@ -134,6 +135,30 @@ def text_features(train_texts, all_texts: dict, mode: str = "tfidf", vocab_size:
     return {k: np.asarray(vec(tf.constant(list(v))), np.float32) for k, v in all_texts.items()}, vec.get_vocabulary()
 
 
+def encoder_text_features(path: str, all_texts: dict, batch: int = 256) -> dict:
+    """Texts through a local sentence encoder: a SavedModel whose default signature (or call)
+    maps a batch of strings to one vector each (e.g. a Universal Sentence Encoder copy)."""
+    import tensorflow as tf
+
+    if not os.path.isdir(path):
+        raise DataError(f"missing sentence-encoder SavedModel folder {path}")
+    model = tf.saved_model.load(path)
+    fn = model.signatures["serving_default"] if "serving_default" in getattr(model, "signatures", {}) else model
+
+    def run(texts):
+        out = fn(tf.constant(texts))
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        return np.asarray(out, np.float32)
+
+    feats = {}
+    for split, texts in all_texts.items():
+        feats[split] = np.concatenate([run(list(texts[b:b + batch])) for b in range(0, len(texts), batch)])
+        if feats[split].ndim != 2 or len(feats[split]) != len(texts):
+            raise DataError(f"{path}: expected one vector per text, got shape {feats[split].shape}")
+    return feats
+
+
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}")
@@ -145,8 +170,13 @@ def main(argv):
     by_split = {s: [it for it in items if it[0] == s] for s in SPLITS}
     by_split = {s: v for s, v in by_split.items() if v}
     os.makedirs(FLAGS.out, exist_ok=True)
-    texts, vocab = text_features([t for _, _, _, t in by_split["train"]],
-                                 {s: [t for *_, t in v] for s, v in by_split.items()}, FLAGS.text, FLAGS.vocab_size)
+    all_texts = {s: [t for *_, t in v] for s, v in by_split.items()}
+    if FLAGS.text == "encoder":
+        if not FLAGS.text_encoder:
+            raise ConfigError("--text encoder needs --text_encoder (a local SavedModel folder)")
+        texts, vocab = encoder_text_features(FLAGS.text_encoder, all_texts), []
+    else:
+        texts, vocab = text_features(all_texts["train"], all_texts, FLAGS.text, FLAGS.vocab_size)
     arrays = {}
     for s, v in by_split.items():
         arrays[f"{s}_img.npy"] = image_features([p for _, p, _, _ in v], FLAGS.cnn, model, size, FLAGS.out,
@@ -157,6 +187,8 @@ def main(argv):
         with io.atomic_open(os.path.join(FLAGS.out, name), "wb") as f:
             np.save(f, arr)
     for name, lines in (("class_names.txt", names), ("vocabulary.txt", vocab)):
+        if not lines:
+            continue
         with io.atomic_open(os.path.join(FLAGS.out, name)) as f:
             f.write("\n".join(lines) + "\n")
     with io.atomic_open(os.path.join(FLAGS.out, "label_base.txt")) as f:
@@ -174,7 +206,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("weights", None, "Local Keras weights file of the CNN.")
     flags.DEFINE_bool("allow_random_init", False, "Untrained CNN when no weights are given (tests only).")
     flags.DEFINE_integer("image_size", None, "resnet50 only: input size (default 224).")
-    flags.DEFINE_enum("text", "tfidf", ["tfidf", "count"], "Text features.")
+    flags.DEFINE_enum("text", "tfidf", ["tfidf", "count", "encoder"], "Text features.")
+    flags.DEFINE_string("text_encoder", None, "--text encoder: local SavedModel mapping strings to vectors.")
     flags.DEFINE_integer("vocab_size", 5000, "Vocabulary size (train split).")
     flags.DEFINE_integer("shard", 256, "Images per resumable shard.")
     FLAGS = flags.FLAGS

@@ -80,3 +80,22 @@ def test_cli_writes_a_feature_folder_every_method_reads(tmp_path):
     assert (len(ds.train), len(ds.test), ds.image_dim) == (4, 2, 2048)
     assert ds.train.labels.tolist() == [0, 1, 0, 1] and (tmp_path / "feats" / "class_names.txt").read_text().split() == ["cat", "car"]
     assert not os.path.exists(tmp_path / "feats" / ".partial")
+
+
+def test_local_sentence_encoder(tmp_path):
+    from tools.extract_features import encoder_text_features
+
+    class Encoder(tf.Module):  # a stand-in sentence encoder: string length and word count
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, texts):
+            words = tf.strings.split(texts).row_lengths()
+            return {"outputs": tf.stack([tf.cast(tf.strings.length(texts), tf.float32),
+                                         tf.cast(words, tf.float32)], axis=1)}
+
+    m = Encoder()
+    tf.saved_model.save(m, str(tmp_path / "enc"), signatures={"serving_default": m.__call__})
+    feats = encoder_text_features(str(tmp_path / "enc"), {"train": ["a b", "abc d e"], "test": ["x"]}, batch=1)
+    np.testing.assert_array_equal(feats["train"], [[3, 2], [7, 3]])
+    assert feats["test"].shape == (1, 2)
+    with pytest.raises(DataError, match="missing sentence-encoder"):
+        encoder_text_features(str(tmp_path / "none"), {"train": ["a"]})
