@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.common import fixtures
 from tests.conftest import REPO
@@ -87,6 +88,12 @@ def test_xmn_release_pickles_end_to_end(tmp_path):
     assert res.returncode == 2 and "absent from training" in res.stderr.splitlines()[-1]
 
 
+def _close(a, b, rel=1e-6):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
+    return a == pytest.approx(b, rel=rel)
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     """Stop after epoch 0, resume to epoch 1: the same losses and test metrics as one straight run."""
     args = ["--scenario", "zs", "--synthesize_unseen", *TINY]
@@ -97,6 +104,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         assert res.returncode == 0, res.stderr[-2000:]
     assert "[zs] resumed after epoch 0" in second.stdout
     ha, hb = ([r for r in json.loads((tmp_path / d / "zs" / "history.json").read_text())["history"]] for d in "ab")
-    assert ha[-1]["losses"] == hb[-1]["losses"] and ha[-1]["test"] == hb[-1]["test"]
+    # equal up to float32 rounding: a fresh process may order one reduction differently (1 ulp seen on CI)
+    assert ha[-1]["losses"] == pytest.approx(hb[-1]["losses"], rel=1e-6)
+    assert _close(ha[-1]["test"], hb[-1]["test"])
     ra, rb = (json.loads((tmp_path / d / "zs" / "results.json").read_text()) for d in "ab")
-    assert ra["i2t_map_all"] == rb["i2t_map_all"] and "loss_unseen_syn" in ha[-1]["losses"]
+    assert ra["i2t_map_all"] == pytest.approx(rb["i2t_map_all"], rel=1e-6) and "loss_unseen_syn" in ha[-1]["losses"]
