@@ -22,7 +22,7 @@ setup(
         "scipy",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pytest-xdist"],  # the suite runs on both CI cores (-n 2)
         # end-to-end hashing (ResNet-18 + BERT backbones, WordPiece tokenizer); brings tensorflow-text
         "e2e": ["keras-hub>=0.32,<0.33"],
         # tools.search --index faiss / faiss_ivf
