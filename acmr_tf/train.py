@@ -156,10 +156,6 @@ def make_config(dataset: str) -> ACMRConfig:
     arch = FLAGS.arch or ("nuswide" if dataset == "nuswide" else "wiki")
     fields = {f.name for f in dataclasses.fields(ACMRConfig)}
     values = {k: getattr(FLAGS, k) for k in fields if k in FLAGS and k not in ("arch", "seed", "epochs")}
-    if FLAGS.epochs is not None and FLAGS.epochs < 1:
-        raise ConfigError(f"--epochs must be positive, got {FLAGS.epochs}")
-    if FLAGS.batch_size < 1:
-        raise ConfigError(f"--batch_size must be positive, got {FLAGS.batch_size}")
     try:
         return ACMRConfig(arch=arch, epochs=FLAGS.epochs, seed=FLAGS.seed, **values).resolve()
     except ValueError as e:
@@ -171,6 +167,7 @@ def main(argv):
         raise ConfigError(f"unexpected arguments {argv[1:]}")
     from common.datasets import load_dataset
 
+    run.require_positive("epochs", "batch_size", "emb_dim", "top_k", "log_every")
     training.set_seed(FLAGS.seed)
     cfg = make_config(FLAGS.dataset)
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)

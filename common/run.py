@@ -48,6 +48,14 @@ def flag_values() -> dict:
     return values
 
 
+def require_positive(*names: str) -> None:
+    """Each named integer flag, when set, must be >= 1 (epochs, batch sizes, widths)."""
+    for name in names:
+        value = flags.FLAGS[name].value
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be a positive integer, got {value}")
+
+
 def tensorboard_dir(output_dir: str) -> str:
     return os.path.join(output_dir, "tb")
 
@@ -78,8 +86,16 @@ def write_results(output_dir: str, *, dataset: str, method: str, seed: int, flag
 
 
 def run_main(main: Callable) -> None:
-    """`absl.app.run(main)` that turns data/config errors into one line and exit code 2, and a
-    diverged training (NaN/inf loss) into one line and exit code 3."""
+    """`absl.app.run(main)` with one-line errors and no traceback for what a user can fix:
+    unknown or invalid flags, data and configuration errors and unreadable/unwritable paths exit
+    with code 2; a diverged training (NaN/inf loss) exits with code 3."""
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            print(f"error: {e} (see --helpfull)", file=sys.stderr)
+            sys.exit(2)
 
     def wrapped(argv):
         try:
@@ -90,5 +106,9 @@ def run_main(main: Callable) -> None:
         except DivergenceError as e:  # not bad input: the run itself went wrong
             print(f"error: training diverged: {e}", file=sys.stderr)
             sys.exit(3)
+        except OSError as e:  # e.g. an output folder that cannot be created or written
+            where = e.filename if e.filename is not None else ""
+            print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
+            sys.exit(2)
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=parse)

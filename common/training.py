@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import io, run
+from common.errors import DataError
 
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
@@ -77,7 +78,12 @@ class Checkpointer:
         latest = self.manager.latest_checkpoint
         if latest is None:
             return False
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DataError(f"{latest}: cannot resume from this checkpoint ({first}); it is damaged or from "
+                            f"another configuration. Move {os.path.dirname(latest)} away to start afresh") from None
         return True
 
     def save(self, number: int | None = None) -> str:

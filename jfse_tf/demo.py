@@ -147,6 +147,7 @@ def _feasible(ds, scenarios):
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}")
+    run.require_positive("epochs", "batch_size", "n_critic", "noise_dim", "hidden", "eval_every")
     training.set_seed(FLAGS.seed)
     cfg = make_config()
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)

@@ -92,10 +92,8 @@ def config_from_flags() -> ZSCRGANConfig:
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}")
-    for name in ("batch_size", "gf_dim", "df_dim", "embed_dim", "z_dim", "e_iters", "m_iters", "n_critic",
-                 "retrieve_k", "epochs"):
-        if FLAGS[name].value is None or FLAGS[name].value < 1:
-            raise ConfigError(f"--{name} must be a positive integer, got {FLAGS[name].value}")
+    run.require_positive("batch_size", "gf_dim", "df_dim", "embed_dim", "z_dim", "e_iters", "m_iters", "n_critic",
+                         "retrieve_k", "epochs", "cycles_per_epoch")
     if FLAGS.max_cycles is not None and FLAGS.max_cycles < 0:
         raise ConfigError(f"--max_cycles must be >= 0, got {FLAGS.max_cycles}")
     ds_name = FLAGS.dataset

@@ -192,4 +192,4 @@ def test_cli_nuswide_widths_and_errors(tmp_path):
     res = cli("--variant", "triplet", "--dataset", "nuswide", "--data_dir", str(tmp_path / "nus"))
     assert res.returncode == 2 and "no triplet variant" in res.stderr
     res = cli("--epochs", "0")
-    assert res.returncode == 2 and "--epochs must be positive" in res.stderr
+    assert res.returncode == 2 and "--epochs must be a positive integer" in res.stderr
