@@ -110,8 +110,11 @@ def _relevance_block(ql_chunk, gl, multilabel):
 
 def ranking_stats(query, gallery, query_labels, gallery_labels, k: Optional[int] = None,
                   distance: str = "cosine", cutoffs: Sequence[int] = (),
-                  return_topk: bool = False) -> RankingStats:
-    """One chunked ranking pass; the public metrics are reductions of its output."""
+                  return_topk: bool | int = False) -> RankingStats:
+    """One chunked ranking pass; the public metrics are reductions of its output.
+
+    `return_topk`: True keeps the ranked gallery indices to `depth`, an int keeps that many.
+    """
     query, gallery, ql, gl = _check(query, gallery, query_labels, gallery_labels, distance)
     n_gallery = gallery.shape[0]
     depth = n_gallery if k is None else int(min(max(int(k), 1), n_gallery))
@@ -134,7 +137,8 @@ def ranking_stats(query, gallery, query_labels, gallery_labels, k: Optional[int]
         out["total"].append(total.numpy())
         out["hits"].append(hits.numpy())
         if return_topk:
-            out["top"].append(order.numpy()[:, :depth])
+            keep = depth if return_topk is True else int(return_topk)
+            out["top"].append(order.numpy()[:, :keep])
     cat = lambda key: np.concatenate(out[key]) if out[key] else np.zeros((0,))  # noqa: E731
     return RankingStats(ap=cat("ap"), relevant_in_depth=cat("n"), relevant_total=cat("total"),
                         hits_at=np.concatenate(out["hits"]) if out["hits"] else np.zeros((0, len(cut))),
@@ -248,19 +252,24 @@ def jfse_map(image_emb, text_emb, image_labels, text_labels) -> dict:
                            text_labels, k=None, distance="cosine")
 
 
-def zscrgan_precision_at_k(query, gallery, query_labels, gallery_labels, k: int = 50) -> tuple:
+def zscrgan_precision_at_k(query, gallery, query_labels, gallery_labels, k: int = 50,
+                           with_map: bool = False) -> tuple:
     """ZSCRGAN release: cosine similarity, stable top-k, P@k macro-averaged over query classes.
 
     Per query class c: sum of hits over its queries / sum of items retrieved (k, or the gallery
-    size if smaller). Returns (P@k, top-k gallery indices (nq, k')).
+    size if smaller). Returns (P@k, top-k gallery indices (nq, k')), plus the mAP over the whole
+    ranking from the same pass with `with_map`.
     """
-    stats = ranking_stats(query, gallery, query_labels, gallery_labels, k=k, distance="cosine",
-                          return_topk=True)
+    stats = ranking_stats(query, gallery, query_labels, gallery_labels, k=None if with_map else k,
+                          distance="cosine", cutoffs=(k,), return_topk=k)
     ql = np.asarray(query_labels)
     classes, inverse = np.unique(ql, return_inverse=True)
     hits = np.bincount(inverse, weights=stats.hits_at[:, 0], minlength=len(classes))
     retrieved = np.bincount(inverse, minlength=len(classes)) * stats.cutoffs[0]
-    return float(np.mean(hits / retrieved)), stats.topk_indices
+    p = float(np.mean(hits / retrieved))
+    if with_map:
+        return p, stats.topk_indices, float(stats.ap.mean())
+    return p, stats.topk_indices
 
 
 def hashing_map(query_codes, db_codes, query_labels, db_labels) -> tuple:

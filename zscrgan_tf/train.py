@@ -105,15 +105,18 @@ class ZSCRGANTrainer:
         return {"fake": fake, "fake_logit": fake_logit, "g_loss": g_loss, "csem_loss": csem, "kl": kl, "mm": mm}
 
     def _critic_step(self, image_rows, text_rows, valid):
-        x_r, x_w, t, t_w = self._batch(image_rows, text_rows, valid)
+        """Only what L_D needs: one generator pass, outside the tape (G does not move here)."""
+        x_r, x_w, t, _ = self._batch(image_rows, text_rows, valid)
+        n = tf.shape(t)[0]
+        fake, _, _, _ = self.gen(t, self.rng.truncated_normal([n, self.cfg.embed_dim]),
+                                 self.rng.normal([n, self.cfg.z_dim]))
         with tf.GradientTape() as tape:
-            out = self._forward(x_r, x_w, t, t_w)
-            d_loss = losses.critic_loss(self.critic(x_r, t), out["fake_logit"], self.critic(x_w, t))
+            d_loss = losses.critic_loss(self.critic(x_r, t), self.critic(fake, t), self.critic(x_w, t))
         variables = self.critic.trainable_variables
         self.d_opt.apply_gradients(zip(tape.gradient(d_loss, variables), variables))
         for v in variables:  # kernels and biases, after every critic update
             v.assign(tf.clip_by_value(v, -self.cfg.clip_val, self.cfg.clip_val))
-        return {"d_loss": d_loss, "g_loss": out["g_loss"]}
+        return {"d_loss": d_loss}
 
     def _generator_step(self, image_rows, text_rows, valid):
         x_r, x_w, t, t_w = self._batch(image_rows, text_rows, valid)
@@ -124,12 +127,16 @@ class ZSCRGANTrainer:
         return {"g_loss": out["g_loss"], "g_loss_kl_loss": out["kl"], "mm": out["mm"]}
 
     def _csem_step(self, image_rows, text_rows, valid):
-        x_r, x_w, t, t_w = self._batch(image_rows, text_rows, valid)
+        """Both generator branches outside the tape; only CSEM is differentiated and moved."""
+        _, _, t, t_w = self._batch(image_rows, text_rows, valid)
+        eps, eps_w, z, z_w = self._noise(tf.shape(t)[0])
+        fake, c, _, _ = self.gen(t, eps, z)
+        fake_w, _, _, _ = self.gen(t_w, eps_w, z_w)
         with tf.GradientTape() as tape:
-            out = self._forward(x_r, x_w, t, t_w)
+            loss = losses.csem_loss(self.csem(fake), self.csem(fake_w), c, self.cfg.csem_per_sample)
         variables = self.csem.trainable_variables
-        self.c_opt.apply_gradients(zip(tape.gradient(out["csem_loss"], variables), variables))
-        return {"csem_loss": out["csem_loss"]}
+        self.c_opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return {"csem_loss": loss}
 
     def step(self, kind: str) -> dict:
         fn = {"critic": self.critic_step, "generator": self.generator_step, "csem": self.csem_step}[kind]
@@ -139,12 +146,10 @@ class ZSCRGANTrainer:
     def cycle(self) -> dict:
         """One EM cycle; returns the mean of each logged loss (tensors stay on device until the end)."""
         cfg = self.cfg
-        logs = {"d_loss": [], "g_loss_at_critic": [], "g_loss": [], "g_loss_kl_loss": [], "mm": [], "csem_loss": []}
+        logs = {"d_loss": [], "g_loss": [], "g_loss_kl_loss": [], "mm": [], "csem_loss": []}
         for _ in range(cfg.e_iters):
             for _ in range(cfg.n_critic):
-                out = self.step("critic")
-                logs["d_loss"].append(out["d_loss"])
-                logs["g_loss_at_critic"].append(out["g_loss"])
+                logs["d_loss"].append(self.step("critic")["d_loss"])
             out = self.step("generator")
             for k in ("g_loss", "g_loss_kl_loss", "mm"):
                 logs[k].append(out[k])
@@ -168,8 +173,8 @@ class ZSCRGANTrainer:
 
     def evaluate(self, rs: RetrievalSet) -> dict:
         q, g = self.embed(rs)
-        p, top = metrics.zscrgan_precision_at_k(q, g, rs.query_labels, rs.gallery_labels, k=self.cfg.retrieve_k)
-        t2i = metrics.mean_average_precision(q, g, rs.query_labels, rs.gallery_labels, k=None, distance="cosine")
+        p, top, t2i = metrics.zscrgan_precision_at_k(q, g, rs.query_labels, rs.gallery_labels,
+                                                     k=self.cfg.retrieve_k, with_map=True)  # one ranking pass
         retrieved = [{int(c): [int(x) for x in rs.gallery_labels[row]]} for c, row in zip(rs.query_labels, top)]
         return {"p50": p, "t2i_map_all": t2i, "retrieved": retrieved}
 
@@ -242,7 +247,7 @@ def train(cfg: ZSCRGANConfig, data: ZSData, out_dir: str, res_dir: str, max_cycl
             os.makedirs(res_dir, exist_ok=True)
             io.write_pickle(os.path.join(res_dir, results_file_name(best)), test["retrieved"], protocol=2)
             log(f"New best Prec@50 = {best}")
-            log(f"Cycle {step} | d_loss: {logs['d_loss']}; g_loss: {logs['g_loss_at_critic']}")
+            log(f"Cycle {step} | d_loss: {logs['d_loss']}; g_loss: {logs['g_loss']}")
         trainer.sync_sampler(to_checkpoint=True)
         state.record(record)
         progress.update(1, p50=test["p50"], d_loss=logs["d_loss"])

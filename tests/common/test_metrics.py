@@ -84,6 +84,11 @@ def test_zscrgan_precision_macro_over_classes():
     # a gallery smaller than K divides by the number actually retrieved
     value, top = metrics.zscrgan_precision_at_k(queries, gallery, np.array([0, 0, 1]), gl, k=50)
     assert top.shape == (3, 4) and value == pytest.approx(0.5)
+    # the same pass also gives mAP@all, equal to the separate metric
+    ql = np.array([0, 0, 1])
+    v2, top2, m = metrics.zscrgan_precision_at_k(queries, gallery, ql, gl, k=2, with_map=True)
+    assert v2 == pytest.approx(0.375) and top2.tolist() == [[0, 2], [1, 2], [0, 2]]
+    assert m == pytest.approx(metrics.mean_average_precision(queries, gallery, ql, gl, k=None))
 
 
 def test_ties_keep_gallery_order():
