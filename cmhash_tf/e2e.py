@@ -92,6 +92,29 @@ def build_backbone(kind: str, preset: Optional[str], allow_random_init: bool = F
     raise _refuse_name(kind, preset)
 
 
+def build_backbones(image_preset: Optional[str], text_preset: Optional[str], tokenizer,
+                    allow_random_init: bool = False, tiny_text: bool = False):
+    """(ResNet-18, BERT) sized to the tokenizer's vocabulary."""
+    return (build_backbone("image", image_preset, allow_random_init),
+            build_backbone("text", text_preset, allow_random_init, tiny=tiny_text,
+                           vocabulary_size=tokenizer.vocabulary_size()))
+
+
+def define_flags() -> None:
+    """The backbone and raw-data flags shared by `cmhash_tf.train --mode e2e` and `cmhash_tf.extract`."""
+    from absl import flags
+
+    flags.DEFINE_string("image_dir", None, "Folder of the IAPR images (DD/NNNNN.jpg).")
+    flags.DEFINE_string("text_dir", None, "Folder of the annotation texts (DD/NNNNN.txt; the last line is used).")
+    flags.DEFINE_string("image_preset", None, "Local keras-hub ResNet-18 preset folder or .weights.h5.")
+    flags.DEFINE_string("text_preset", None, "Local keras-hub BERT preset folder or .weights.h5.")
+    flags.DEFINE_string("vocab", None, "WordPiece vocab.txt (default: the text preset's own).")
+    flags.DEFINE_integer("max_len", 128, "Tokens per text incl. [CLS]/[SEP]; longer texts are cut and counted.")
+    flags.DEFINE_integer("image_size", IMAGE_SIZE, "Images are resized to this square (release 224).")
+    flags.DEFINE_bool("allow_random_init", False, "Untrained backbones when no preset is given (tests only).")
+    flags.DEFINE_bool("tiny_text", False, "A 2-layer, width-32 BERT (tests only).")
+
+
 def load_tokenizer(vocab: Optional[str] = None, text_preset: Optional[str] = None):
     """Uncased WordPiece over a local vocab.txt (or the preset's own vocabulary)."""
     kh = keras_hub()
@@ -140,15 +163,6 @@ def preprocess_images(images, training: bool = False, size: int = IMAGE_SIZE, se
         flip = tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], seed if seed is not None else [0, 0]) < 0.5
         x = tf.where(flip, tf.reverse(x, axis=[2]), x)
     return (x - tf.constant(CIFAR10_MEAN)) / tf.constant(CIFAR10_STD)
-
-
-def read_image(path: str, size: int = IMAGE_SIZE) -> np.ndarray:
-    try:
-        data = tf.io.read_file(path)
-        img = tf.io.decode_image(data, channels=3, expand_animations=False)
-    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
-        raise DataError(f"{path}: cannot read the image ({e.message.splitlines()[0]})") from None
-    return tf.cast(tf.image.resize(img, (size, size)), tf.uint8).numpy()
 
 
 def read_text(path: str) -> str:

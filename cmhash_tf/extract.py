@@ -27,9 +27,7 @@ def extract(data_dir, image_dir, text_dir, image_preset, text_preset, vocab=None
 
     tok = e2e.load_tokenizer(vocab, text_preset)
     splits, cut = e2e.load_iapr_e2e(data_dir, image_dir, text_dir, tok, max_len, image_size)
-    image_bb = e2e.build_backbone("image", image_preset, allow_random_init)
-    text_bb = e2e.build_backbone("text", text_preset, allow_random_init, tiny=tiny_text,
-                                 vocabulary_size=tok.vocabulary_size())
+    image_bb, text_bb = e2e.build_backbones(image_preset, text_preset, tok, allow_random_init, tiny_text)
     seen, parts = set(), []
     for split in splits.values():  # train is usually drawn from the retrieval set: each path once
         rows = [i for i, p in enumerate(split.paths) if not (p in seen or seen.add(p))]
@@ -64,17 +62,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from cmhash_tf import e2e
+
     flags.DEFINE_string("data_dir", None, "Folder with iapr_train, iapr_test, iapr_retrieval.")
-    flags.DEFINE_string("image_dir", None, "Folder of the images (DD/NNNNN.jpg).")
-    flags.DEFINE_string("text_dir", None, "Folder of the annotation texts (DD/NNNNN.txt).")
-    flags.DEFINE_string("image_preset", None, "Local keras-hub ResNet-18 preset folder or .weights.h5.")
-    flags.DEFINE_string("text_preset", None, "Local keras-hub BERT preset folder or .weights.h5.")
-    flags.DEFINE_string("vocab", None, "WordPiece vocab.txt (default: the text preset's own).")
     flags.DEFINE_string("out", None, "Output .npz (default <data_dir>/features.npz).")
-    flags.DEFINE_integer("max_len", 128, "Tokens per text incl. [CLS]/[SEP].")
-    flags.DEFINE_integer("image_size", 224, "Square input size (release 224).")
     flags.DEFINE_integer("batch_size", 64, "Items per forward pass.")
-    flags.DEFINE_bool("allow_random_init", False, "Untrained backbones when no preset is given (tests only).")
-    flags.DEFINE_bool("tiny_text", False, "A 2-layer, width-32 BERT (tests only).")
+    e2e.define_flags()
     FLAGS = flags.FLAGS
     run.run_main(main)

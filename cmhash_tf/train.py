@@ -161,15 +161,9 @@ def define_flags():
     flags.DEFINE_integer("num_train", 10000, "mirflickr: training items taken from the database.")
     flags.DEFINE_enum("mode", "features", ["features", "e2e"], "features: heads on precomputed features; e2e: "
                       "ResNet-18 + BERT trained end to end from local weights (needs the [e2e] extra).")
-    flags.DEFINE_string("image_dir", None, "e2e: folder of the IAPR images (DD/NNNNN.jpg).")
-    flags.DEFINE_string("text_dir", None, "e2e: folder of the annotation texts (DD/NNNNN.txt; the last line is used).")
-    flags.DEFINE_string("image_preset", None, "e2e: local keras-hub ResNet-18 preset folder or .weights.h5.")
-    flags.DEFINE_string("text_preset", None, "e2e: local keras-hub BERT preset folder or .weights.h5.")
-    flags.DEFINE_string("vocab", None, "e2e: WordPiece vocab.txt (default: the text preset's own).")
-    flags.DEFINE_integer("max_len", 128, "e2e: tokens per text incl. [CLS]/[SEP]; longer texts are cut and counted.")
-    flags.DEFINE_integer("image_size", 224, "e2e: images are resized to this square (release 224).")
-    flags.DEFINE_bool("allow_random_init", False, "e2e: build untrained backbones when no preset is given (tests only).")
-    flags.DEFINE_bool("tiny_text", False, "e2e: a 2-layer, width-32 BERT (tests only).")
+    from cmhash_tf import e2e  # keras-hub is imported only when a backbone is built
+
+    e2e.define_flags()
     flags.DEFINE_bool("text_only", False, "Hash the text side alone (T->T term, tag -> tag mAP); for data without "
                       "image features such as mirflickr's .mat files.")
 
@@ -346,9 +340,8 @@ def main_e2e(bits: list) -> None:
     per_bits = {}
     for k in bits:
         cfg = config_for(k, e2e_mode=True)
-        image_bb = e2e.build_backbone("image", FLAGS.image_preset, FLAGS.allow_random_init)
-        text_bb = e2e.build_backbone("text", FLAGS.text_preset, FLAGS.allow_random_init, tiny=FLAGS.tiny_text,
-                                     vocabulary_size=tok.vocabulary_size())
+        image_bb, text_bb = e2e.build_backbones(FLAGS.image_preset, FLAGS.text_preset, tok, FLAGS.allow_random_init,
+                                                FLAGS.tiny_text)
         nets = CMHashNetworks(None, None, image_model=e2e.ImageNet(image_bb, k, name="image_net"),
                               text_model=e2e.TextNet(text_bb, k, name="text_net"))
         first = next(iter(train.eval_batches(2)))

@@ -8,9 +8,11 @@ Each backend runs in its own child process so that its peak resident memory is i
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -22,6 +24,7 @@ flags.DEFINE_integer("dim", 256, "Feature width.")
 flags.DEFINE_integer("top_k", 100, "Hits per query.")
 flags.DEFINE_integer("chunk", 65536, "Exact search block size.")
 flags.DEFINE_string("backend", None, "Internal: run one backend and print JSON.")
+flags.DEFINE_string("ref", None, "Internal: .npy of the exact search's ids (written by exact_tf, read by the others).")
 flags.DEFINE_string("out", None, "Optional JSON output.")
 FLAGS = flags.FLAGS
 
@@ -45,10 +48,10 @@ def _one(backend: str) -> dict:
     else:
         ids, _ = faiss_search(q, g, FLAGS.top_k, kind="ivf", nlist=1024, nprobe=16)
     seconds = time.perf_counter() - start
-    ref = np.load("/tmp/_bench_search_ref.npy") if backend != "exact_tf" else ids
-    recall = float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(ids, ref)]))
     if backend == "exact_tf":
-        np.save("/tmp/_bench_search_ref.npy", ids)
+        np.save(FLAGS.ref, ids)
+    ref = np.load(FLAGS.ref)
+    recall = float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(ids, ref)]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"backend": backend, "seconds": seconds, "peak_rss_mib": peak / 1024,
             "rss_growth_mib": (peak - base) / 1024, "recall_vs_exact": recall}
@@ -59,8 +62,9 @@ def main(argv):
         print(json.dumps(_one(FLAGS.backend)))
         return
     rows = []
+    ref = os.path.join(tempfile.mkdtemp(prefix="bench_search-"), "exact_ids.npy")
     for backend in ("exact_tf", "faiss_flat", "faiss_ivf"):
-        cmd = [sys.executable, "-m", "tools.bench_search", f"--backend={backend}"] + [
+        cmd = [sys.executable, "-m", "tools.bench_search", f"--backend={backend}", f"--ref={ref}"] + [
             f"--{k}={getattr(FLAGS, k)}" for k in ("queries", "gallery", "dim", "top_k", "chunk")]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:

@@ -113,12 +113,14 @@ def pr_curves_and_projector(model_dir: str, features_dir: str, out_dir: str, use
     import tensorflow as tf
 
     from common import metrics, readers, training
+    from common.dataset import relevance
     from tools.search import encode
 
     ds = readers.read_feature_folder(features_dir)
     test = ds.test
-    img = encode(model_dir, "image", test.image, hamming=False)
-    txt = encode(model_dir, "text", test.text, hamming=False)
+    model = tf.saved_model.load(model_dir)
+    img = encode(model, "image", test.image, hamming=False, model_dir=model_dir)
+    txt = encode(model, "text", test.text, hamming=False, model_dir=model_dir)
     os.makedirs(out_dir, exist_ok=True)
     curves = {"i2t": metrics.precision_recall_curve(img, txt, test.labels, test.txt_labels),
               "t2i": metrics.precision_recall_curve(txt, img, test.txt_labels, test.labels)}
@@ -146,8 +148,7 @@ def pr_curves_and_projector(model_dir: str, features_dir: str, out_dir: str, use
         written["pr_curves.png"] = True
     else:  # TensorBoard's PR-curve plugin over cosine scores mapped to [0, 1]
         writer = training.SummaryWriter(os.path.join(out_dir, "tb"))
-        rel = test.labels[:, None] == test.txt_labels[None, :] if test.labels.ndim == 1 else \
-            (test.labels.astype(np.float32) @ test.txt_labels.astype(np.float32).T) > 0
+        rel = relevance(test.labels, test.txt_labels)
         n = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
         cos = n(img) @ n(txt).T
         writer.pr_curve("i2t", rel, (1 + cos) / 2, 0)

@@ -100,8 +100,8 @@ def _signature(model, name: str, path: str):
     return model.signatures[name]
 
 
-def encode(model_dir: str, side: str, x: np.ndarray, hamming: bool, batch: int = 4096) -> np.ndarray:
-    model = tf.saved_model.load(model_dir)
+def encode(model, side: str, x: np.ndarray, hamming: bool, batch: int = 4096, model_dir: str = "the model"):
+    """`side` rows through a loaded SavedModel's embed_/hash_ signature, in batches."""
     fn = _signature(model, f"{'hash' if hamming else 'embed'}_{side}", model_dir)
     key = "codes" if hamming else "embedding"
     want = fn.structured_input_signature[1][side].shape[1]
@@ -132,8 +132,9 @@ def main(argv):
     if FLAGS.top_k < 1:
         raise ConfigError("--top_k must be positive")
     gallery_side = FLAGS.gallery_side or ("image" if FLAGS.query_side == "text" else "text")
-    q = encode(FLAGS.model, FLAGS.query_side, _load_features(FLAGS.queries), FLAGS.hamming)
-    g = encode(FLAGS.model, gallery_side, _load_features(FLAGS.gallery), FLAGS.hamming)
+    model = tf.saved_model.load(FLAGS.model)
+    q = encode(model, FLAGS.query_side, _load_features(FLAGS.queries), FLAGS.hamming, model_dir=FLAGS.model)
+    g = encode(model, gallery_side, _load_features(FLAGS.gallery), FLAGS.hamming, model_dir=FLAGS.model)
     if FLAGS.index == "exact" or FLAGS.hamming:
         ids, scores = exact_search(q, g, FLAGS.top_k, FLAGS.chunk, hamming=FLAGS.hamming)
     else:

@@ -12,6 +12,7 @@ and re-running the same command resumes from the last cycle's checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from absl import flags
@@ -85,7 +86,7 @@ def args_text(values: dict) -> str:
 
 
 def config_from_flags() -> ZSCRGANConfig:
-    names = [f.name for f in __import__("dataclasses").fields(ZSCRGANConfig)]
+    names = [f.name for f in dataclasses.fields(ZSCRGANConfig)]
     return ZSCRGANConfig(**{n: FLAGS[n].value for n in names})
 
 
