@@ -25,7 +25,7 @@ from absl import flags
 from acmr_tf import losses
 from acmr_tf.config import ACMRConfig
 from acmr_tf.model import ACMRNetworks, Projector
-from common import export, metrics, pipelines, run, training
+from common import distribute, export, metrics, pipelines, run, training
 from common.dataset import Split
 from common.errors import ConfigError, DivergenceError
 from common.layers import grl_schedule
@@ -35,29 +35,33 @@ LOG_FIELDS = {"simple": ("emb_loss", "domain_loss", "label_loss", "similar_loss"
 
 
 class ACMRTrainer:
-    def __init__(self, cfg: ACMRConfig, image_dim: int, text_dim: int, num_classes: int):
+    def __init__(self, cfg: ACMRConfig, image_dim: int, text_dim: int, num_classes: int,
+                 replicas: distribute.Replicas | None = None):
         self.cfg = cfg = cfg.resolve()
         self.num_classes = num_classes
-        self.nets = ACMRNetworks(image_dim, text_dim, num_classes, cfg.emb_dim, cfg.arch)
+        self.replicas = replicas or distribute.Replicas()
         extra = ("label_classifier",) if cfg.train_label_classifier else ()
         if cfg.adv_to_projectors:  # the release's unused `total` op
             self.var_groups = {"total": ("projectors", "modality_classifier") + extra}
         else:
             self.var_groups = {"emb": ("projectors",) + extra, "domain": ("modality_classifier",)}
         self.optimizers = {}
-        for name, groups in self.var_groups.items():
-            opt = keras.optimizers.Adam(cfg.lr, beta_1=cfg.beta1, beta_2=cfg.beta2, epsilon=cfg.epsilon)
-            opt.build(self.nets.variables(*groups))
-            self.optimizers[name] = opt
-        self.grl_scale = tf.Variable(0.0, trainable=False, name="grl_scale")
+        with self.replicas.scope():
+            self.nets = ACMRNetworks(image_dim, text_dim, num_classes, cfg.emb_dim, cfg.arch)
+            for name, groups in self.var_groups.items():
+                opt = keras.optimizers.Adam(cfg.lr, beta_1=cfg.beta1, beta_2=cfg.beta2, epsilon=cfg.epsilon)
+                opt.build(self.nets.variables(*groups))
+                self.optimizers[name] = opt
+            self.grl_scale = tf.Variable(0.0, trainable=False, name="grl_scale")
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
         self._embed_image = tf.function(self.nets.image_projector, reduce_retracing=True)
         self._embed_text = tf.function(self.nets.text_projector, reduce_retracing=True)
 
     def losses(self, image, text, labels) -> dict:
-        """Every loss term of one batch (§3)."""
+        """Every loss term of one (global) batch (§3); the projectors run on this replica's rows."""
         cfg, n = self.cfg, self.nets
-        e_v, e_t = n.image_projector(image), n.text_projector(text)
+        e_v = distribute.per_row(n.image_projector, image)
+        e_t = distribute.per_row(n.text_projector, text)
         y = tf.one_hot(labels, self.num_classes)  # fixed depth (the release's LabelBinarizer could not)
         out = {"label_loss": losses.label_loss(n.label_classifier(e_v), n.label_classifier(e_t), y)}
         if cfg.variant == "simple":
@@ -75,6 +79,9 @@ class ACMRTrainer:
         return out
 
     def _train_step(self, image, text, labels):
+        return self.replicas.run(self._replica_step, image, text, labels)
+
+    def _replica_step(self, image, text, labels):
         with tf.GradientTape(persistent=True) as tape:
             terms = self.losses(image, text, labels)
             objectives = {"total": terms["emb_loss"] + terms["domain_loss"],
@@ -82,10 +89,10 @@ class ACMRTrainer:
         grads = {}
         for name, groups in self.var_groups.items():  # all gradients before any update
             variables = self.nets.variables(*groups)
-            grads[name] = (tape.gradient(objectives[name], variables), variables)
+            grads[name] = (distribute.replica_share(tape.gradient(objectives[name], variables)), variables)
         del tape
         for name, (g, variables) in grads.items():
-            self.optimizers[name].apply_gradients(zip(g, variables))
+            distribute.apply_gradients(self.optimizers[name], zip(g, variables))
         return self.losses(image, text, labels)  # post-update values, as the release logged
 
     # ------------------------------------------------------------------ evaluation
@@ -177,20 +184,22 @@ def main(argv):
     print(f"{ds.name}: {len(train)} train / {len(test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"labels {int(train.labels.min())}..{int(train.labels.max())} (0-based), {ds.num_classes} classes; "
           f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, {cfg.epochs} epochs")
-    trainer = ACMRTrainer(cfg, ds.image_dim, ds.text_dim, ds.num_classes)
+    trainer = ACMRTrainer(cfg, ds.image_dim, ds.text_dim, ds.num_classes, replicas=run.replicas())
+    chief = trainer.replicas.is_chief
     iterator = trainer.make_iterator(train)
     out_dir = FLAGS.output_dir
     widths = {m: [layer.units for layer in getattr(trainer.nets, f"{m}_projector").dense] for m in ("image", "text")}
-    export.write_spec(out_dir, f"acmr_{cfg.variant}",
-                      {f"{m}_projector": (Projector, {"widths": widths[m]}) for m in ("image", "text")},
-                      image={"dim": ds.image_dim, "model": "image_projector"},
-                      text={"dim": ds.text_dim, "model": "text_projector"})
+    if chief:
+        export.write_spec(out_dir, f"acmr_{cfg.variant}",
+                          {f"{m}_projector": (Projector, {"widths": widths[m]}) for m in ("image", "text")},
+                          image={"dim": ds.image_dim, "model": "image_projector"},
+                          text={"dim": ds.text_dim, "model": "text_projector"})
     objects = {m.name: m for group in trainer.nets.groups.values() for m in group}
     objects.update({f"opt_{k}": (o, trainer.nets.variables(*trainer.var_groups[k])) for k, o in trainer.optimizers.items()})
-    state = training.RunState(out_dir, grl=trainer.grl_scale, iterator=iterator, **objects)
+    state = training.RunState(out_dir, replicas=trainer.replicas, grl=trainer.grl_scale, iterator=iterator, **objects)
     if state.resumed:
         print(f"resumed after epoch {state.start_epoch - 1}")
-    writer = training.SummaryWriter(run.tensorboard_dir(out_dir))
+    writer = training.SummaryWriter(run.tensorboard_dir(out_dir), trainer.replicas)
     steps = trainer.steps_per_epoch(len(train))
     fields = LOG_FIELDS[cfg.variant]
     start, first_epoch = time.time(), state.start_epoch
@@ -223,6 +232,8 @@ def main(argv):
           f"test pairs) in {time.time() - t0:.4f}s")
     print(f"cosine mAP@all over all {len(test)} test pairs: i2t {final['i2t_map_all']:.4f}  t2i {final['t2i_map_all']:.4f}")
     chance = metrics.expected_random_map(test.labels, test.labels)
+    if not chief:
+        return
     run.write_results(out_dir, dataset=ds.name, method=f"acmr_{cfg.variant}", seed=FLAGS.seed,
                       flag_dict=run.flag_values(), metrics={**final, "chance_map_all": chance,
                                                             "seconds_per_epoch": spe},

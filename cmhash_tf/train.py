@@ -25,7 +25,7 @@ from absl import flags
 
 from cmhash_tf import losses
 from cmhash_tf.model import CMHashNetworks, HashHead, binarize
-from common import export, io, metrics, pipelines, run, training
+from common import distribute, export, io, metrics, pipelines, run, training
 from common.dataset import Split
 from common.errors import ConfigError, DivergenceError
 
@@ -52,9 +52,20 @@ class CMHashConfig:
 
 
 class CMHashTrainer:
-    def __init__(self, cfg: CMHashConfig, image_dim: int, text_dim: int, nets: CMHashNetworks | None = None):
-        """Heads on features of the given widths, or prebuilt `nets` (the end-to-end backbones)."""
+    def __init__(self, cfg: CMHashConfig, image_dim: int, text_dim: int, nets: CMHashNetworks | None = None,
+                 replicas: distribute.Replicas | None = None):
+        """Heads on features of the given widths, or prebuilt `nets` (the end-to-end backbones,
+        built by the caller inside `replicas.scope()`)."""
         self.cfg = cfg
+        self.replicas = replicas or distribute.Replicas()
+        with self.replicas.scope():
+            self._build(nets, image_dim, text_dim)
+        self.train_step = tf.function(self._train_step, reduce_retracing=True)
+        self._image = None if cfg.text_only else tf.function(self.nets.image_head, reduce_retracing=True)
+        self._text = tf.function(self.nets.text_head, reduce_retracing=True)
+
+    def _build(self, nets, image_dim, text_dim):
+        cfg = self.cfg
         self.nets = nets or CMHashNetworks(None if cfg.text_only else image_dim, text_dim, cfg.bits, cfg.hidden)
         if cfg.text_only:
             self.var_groups = {"text": ("text",)}
@@ -70,23 +81,34 @@ class CMHashTrainer:
             opt = keras.optimizers.Adam(rates[name], beta_1=0.9, beta_2=0.999, epsilon=1e-8)
             opt.build(self.nets.variables(*groups))
             self.optimizers[name] = opt
-        self.train_step = tf.function(self._train_step, reduce_retracing=True)
-        self._image = None if cfg.text_only else tf.function(self.nets.image_head, reduce_retracing=True)
-        self._text = tf.function(self.nets.text_head, reduce_retracing=True)
 
     def _train_step(self, image, text, labels):
+        return self.replicas.run(self._replica_step, image, text, labels)
+
+    def _replica_step(self, image, text, labels):
+        """Heads on this replica's rows; triplets mined over the gathered global batch. Under a
+        strategy, end-to-end batch-norm statistics are per replica (no cross-replica sync)."""
         cfg = self.cfg
+        # training=True: BERT dropout and batch-norm statistics, as the release's train()
+        text_head = lambda x: self.nets.text_head(x, training=True)  # noqa: E731
         with tf.GradientTape() as tape:
             if cfg.text_only:
-                terms = losses.single_modality_loss(self.nets.text_head(text, training=True), labels,
+                terms = losses.single_modality_loss(distribute.per_row(text_head, text), labels,
                                                     cfg.margin_value, cfg.mining)
-            else:  # training=True: BERT dropout and batch-norm statistics, as the release's train()
-                u, v = self.nets.image_head(image, training=True), self.nets.text_head(text, training=True)
-                terms = losses.triplet_ranking_loss(u, v, labels, cfg.margin_value, cfg.mining)
-        grads = tape.gradient(terms["loss"], self.group_variables())
-        # a batch without any triplet is skipped (the release crashed on it)
-        terms["applied"] = tf.cond(terms["triplets"] > 0, lambda: self.apply_gradients(grads),
-                                   lambda: tf.constant(False))
+            else:
+                u = distribute.per_row(lambda x: self.nets.image_head(x, training=True), image)
+                terms = losses.triplet_ranking_loss(u, distribute.per_row(text_head, text), labels,
+                                                    cfg.margin_value, cfg.mining)
+        grads = distribute.replica_share(tape.gradient(terms["loss"], self.group_variables()))
+        # a batch without any triplet is skipped (the release crashed on it). Under a strategy the
+        # update cannot sit in a tf.cond (it synchronises replicas), so such a batch is applied
+        # with its zero gradient there: Adam's moments decay and its step count advances.
+        if self.replicas.num > 1:
+            self.apply_gradients(grads)
+            terms["applied"] = terms["triplets"] > 0
+        else:
+            terms["applied"] = tf.cond(terms["triplets"] > 0, lambda: self.apply_gradients(grads),
+                                       lambda: tf.constant(False))
         return terms
 
     def group_variables(self) -> dict:
@@ -96,8 +118,10 @@ class CMHashTrainer:
         """One update per optimiser with PyTorch's coupled weight decay: wd * theta joins the
         gradient before Adam (dense, also for embedding tables whose gradient is IndexedSlices)."""
         for name, vs in self.group_variables().items():
-            g = [tf.convert_to_tensor(gi) + self.cfg.weight_decay * vi for gi, vi in zip(grads[name], vs)]
-            self.optimizers[name].apply_gradients(zip(g, vs))
+            # each replica adds its 1/R share of the decay; the optimiser sums replica gradients
+            g = [tf.convert_to_tensor(gi) + distribute.replica_share(self.cfg.weight_decay * tf.convert_to_tensor(vi))
+                 for gi, vi in zip(grads[name], vs)]
+            distribute.apply_gradients(self.optimizers[name], zip(g, vs))
         return tf.constant(True)
 
     def split_codes(self, split) -> tuple:
@@ -208,11 +232,13 @@ def feature_batches(train: Split, cfg: CMHashConfig) -> tf.data.Dataset:
         pipelines.gather_rows(tensors))
 
 
-def train_bits(cfg, train, val, queries, database, out_dir, select_on_test, trainer=None, batches=None):
+def train_bits(cfg, train, val, queries, database, out_dir, select_on_test, trainer=None, batches=None,
+               replicas=None):
     """Train one bit length (feature heads by default; `trainer` + `batches` for end to end)."""
     if trainer is None:
-        trainer = CMHashTrainer(cfg, train.image.shape[1], train.text.shape[1])
-        if not cfg.text_only:  # feature heads export as two encoders with hash signatures
+        trainer = CMHashTrainer(cfg, train.image.shape[1], train.text.shape[1], replicas=replicas)
+        # feature heads export as two encoders with hash signatures
+        if not cfg.text_only and trainer.replicas.is_chief:
             head = (HashHead, {"bits": cfg.bits, "hidden": cfg.hidden})
             export.write_spec(out_dir, "cmhash", {"image_head": head, "text_head": head},
                               image={"dim": train.image.shape[1], "model": "image_head"},
@@ -220,10 +246,10 @@ def train_bits(cfg, train, val, queries, database, out_dir, select_on_test, trai
     it = iter(batches if batches is not None else feature_batches(train, cfg))
     objects = {m.name: m for g in trainer.nets.groups.values() for m in g}
     objects.update({f"opt_{k}": (o, trainer.nets.variables(*trainer.var_groups[k])) for k, o in trainer.optimizers.items()})
-    state = training.RunState(out_dir, iterator=it, **objects)
+    state = training.RunState(out_dir, replicas=trainer.replicas, iterator=it, **objects)
     if state.resumed:
         print(f"[{cfg.bits} bits] resumed after epoch {state.start_epoch - 1}")
-    writer = training.SummaryWriter(run.tensorboard_dir(out_dir))
+    writer = training.SummaryWriter(run.tensorboard_dir(out_dir), trainer.replicas)
     steps = -(-len(train) // cfg.batch_size)
     progress = training.Progress(cfg.epochs - state.start_epoch, desc=f"[{cfg.bits} bits] epochs")
     start, first = time.time(), state.start_epoch
@@ -268,8 +294,9 @@ def main(argv):
     if any(b < 1 for b in bits) or (FLAGS.epochs is not None and FLAGS.epochs < 1) or FLAGS.batch_size < 2:
         raise ConfigError("--bits and --epochs must be positive and --batch_size at least 2")
     training.set_seed(FLAGS.seed)
+    replicas = run.replicas()
     if FLAGS.mode == "e2e":
-        return main_e2e(bits)
+        return main_e2e(bits, replicas)
     # `synthetic` here is the spec's multi-label hashing set (§8a), not the single-label default
     name = "synthetic-hashing" if FLAGS.dataset == "synthetic" else FLAGS.dataset
     extra = {"num_queries": FLAGS.num_queries, "num_train": FLAGS.num_train} if name == "mirflickr" else {}
@@ -283,10 +310,11 @@ def main(argv):
     for k in bits:
         cfg = config_for(k, e2e_mode=False)
         result = train_bits(cfg, train, val, queries, database, os.path.join(FLAGS.output_dir, f"bits_{k}"),
-                            FLAGS.select_on_test)
+                            FLAGS.select_on_test, replicas=replicas)
         result["random_codes_map"] = random_codes_map(queries, database, k, FLAGS.seed)
         per_bits[str(k)] = result
-    report(per_bits, bits, ds.name, map_keys(cfg))
+    if replicas.is_chief:
+        report(per_bits, bits, ds.name, map_keys(cfg))
 
 
 def report(per_bits: dict, bits: list, dataset: str, keys: tuple) -> None:
@@ -321,7 +349,7 @@ def config_for(k: int, e2e_mode: bool) -> CMHashConfig:
                         hidden=FLAGS.hidden, eval_every=FLAGS.eval_every, seed=FLAGS.seed, text_only=FLAGS.text_only)
 
 
-def main_e2e(bits: list) -> None:
+def main_e2e(bits: list, replicas) -> None:
     """ResNet-18 + BERT on the IAPR images and texts, one model per bit length."""
     from cmhash_tf import e2e
 
@@ -340,19 +368,21 @@ def main_e2e(bits: list) -> None:
     per_bits = {}
     for k in bits:
         cfg = config_for(k, e2e_mode=True)
-        image_bb, text_bb = e2e.build_backbones(FLAGS.image_preset, FLAGS.text_preset, tok, FLAGS.allow_random_init,
-                                                FLAGS.tiny_text)
-        nets = CMHashNetworks(None, None, image_model=e2e.ImageNet(image_bb, k, name="image_net"),
-                              text_model=e2e.TextNet(text_bb, k, name="text_net"))
-        first = next(iter(train.eval_batches(2)))
-        nets.image_head(first["image"])
-        nets.text_head(first["text"])
-        trainer = CMHashTrainer(cfg, 0, 0, nets=nets)
+        with replicas.scope():
+            image_bb, text_bb = e2e.build_backbones(FLAGS.image_preset, FLAGS.text_preset, tok,
+                                                    FLAGS.allow_random_init, FLAGS.tiny_text)
+            nets = CMHashNetworks(None, None, image_model=e2e.ImageNet(image_bb, k, name="image_net"),
+                                  text_model=e2e.TextNet(text_bb, k, name="text_net"))
+            first = next(iter(train.eval_batches(2)))
+            nets.image_head(first["image"])
+            nets.text_head(first["text"])
+        trainer = CMHashTrainer(cfg, 0, 0, nets=nets, replicas=replicas)
         result = train_bits(cfg, train, val, queries, database, os.path.join(FLAGS.output_dir, f"bits_{k}"),
                             FLAGS.select_on_test, trainer=trainer, batches=train.train_batches(cfg.batch_size, cfg.seed))
         result["random_codes_map"] = random_codes_map(queries, database, k, FLAGS.seed)
         per_bits[str(k)] = result
-    report(per_bits, bits, "iapr-e2e", ("i2t_map", "t2i_map"))
+    if replicas.is_chief:
+        report(per_bits, bits, "iapr-e2e", ("i2t_map", "t2i_map"))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,16 @@ def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optiona
                         "Where results.json, flags.json, tb/ and checkpoints/ are written.")
     flags.DEFINE_integer("seed", 0, "Seed for data generation, initialisation and sampling.")
     flags.DEFINE_integer("epochs", default_epochs, "Training epochs (default: the release's).")
+    flags.DEFINE_enum("distribute", "none", ["none", "mirrored", "multiworker"],
+                      "none: one device; mirrored: every local GPU (tf.distribute.MirroredStrategy); multiworker: "
+                      "the machines in TF_CONFIG (MultiWorkerMirroredStrategy). --batch_size stays the global batch.")
+
+
+def replicas():
+    """The `--distribute` strategy as a `common.distribute.Replicas`."""
+    from common import distribute
+
+    return distribute.Replicas(distribute.make_strategy(flags.FLAGS.distribute))
 
 
 PROJECT_MODULES = ("__main__", "common", "tools", "acmr_tf", "jfse_tf", "zscrgan_tf", "cmhash_tf")

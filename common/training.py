@@ -58,7 +58,10 @@ class Checkpointer:
     passed as (optimizer, variables) pairs so they are built before any restore.
     """
 
-    def __init__(self, directory: str, max_to_keep: int = 3, **objects):
+    def __init__(self, directory: str, max_to_keep: int = 3, write_directory: str | None = None, **objects):
+        """`write_directory`: where saves go when not `directory` (a non-chief worker restores
+        the chief's checkpoints but writes its own, throwaway ones)."""
+        self.directory = directory
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         tracked = {}
@@ -71,11 +74,12 @@ class Checkpointer:
             if isinstance(obj, keras.Model):
                 tracked[f"{name}__variables"] = variable_index(obj)
         self.checkpoint = tf.train.Checkpoint(step=self.step, epoch=self.epoch, **tracked)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, write_directory or directory,
+                                                  max_to_keep=max_to_keep)
 
     def restore_or_initialize(self) -> bool:
         """Restore the latest checkpoint if there is one; True when resumed."""
-        latest = self.manager.latest_checkpoint
+        latest = tf.train.latest_checkpoint(self.directory)
         if latest is None:
             return False
         try:
@@ -98,8 +102,12 @@ class RunState:
     checkpoint that refers to it, so a crash between the two never loses a recorded epoch.
     """
 
-    def __init__(self, out_dir: str, **objects):
-        self.ckpt = Checkpointer(run.checkpoint_dir(out_dir), **objects)
+    def __init__(self, out_dir: str, replicas=None, **objects):
+        """`replicas` (common.distribute.Replicas): only its chief writes history and checkpoints."""
+        self.chief = replicas is None or replicas.is_chief
+        directory = run.checkpoint_dir(out_dir)
+        write = directory if self.chief else replicas.write_dir(directory)
+        self.ckpt = Checkpointer(directory, write_directory=write, **objects)
         self.history_path = os.path.join(out_dir, "history.json")
         self.history: list = []
         self.resumed = self.ckpt.restore_or_initialize()
@@ -114,7 +122,8 @@ class RunState:
     def record(self, record: dict) -> None:
         """Append an evaluation record for `record["epoch"]` and checkpoint the state after it."""
         self.history.append(record)
-        io.write_json(self.history_path, {"history": self.history})
+        if self.chief:
+            io.write_json(self.history_path, {"history": self.history})
         self.ckpt.epoch.assign(record["epoch"] + 1)
         self.ckpt.save(number=record["epoch"] + 1)
 
@@ -122,8 +131,10 @@ class RunState:
 class SummaryWriter:
     """Thin `tf.summary` helper writing under one log directory."""
 
-    def __init__(self, logdir: str):
-        self.writer = tf.summary.create_file_writer(logdir)
+    def __init__(self, logdir: str, replicas=None):
+        """Non-chief workers (`replicas`) write nothing."""
+        chief = replicas is None or replicas.is_chief
+        self.writer = tf.summary.create_file_writer(logdir) if chief else tf.summary.create_noop_writer()
 
     def scalars(self, values: Dict[str, float], step: int) -> None:
         with self.writer.as_default(step=int(step)):

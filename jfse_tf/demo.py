@@ -64,7 +64,7 @@ def make_config() -> JFSEConfig:
     return cfg.for_method()
 
 
-def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir, unseen=None):
+def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir, unseen=None, replicas=None):
     """Train (or resume) one model; returns (summary per evaluation set, seconds per epoch)."""
     training.set_seed(cfg.seed)  # each scenario's result is independent of the ones run before it
     if unseen is None:
@@ -77,25 +77,26 @@ def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir, unseen=None):
             raise DataError(f"--synthesize_unseen needs the unseen classes' embeddings (class_emb.npy "
                             f"with a row per class): {e}") from None
     trainer = JFSETrainer(cfg, ds.image_dim, ds.text_dim, ds.class_embeddings.shape[1], ds.num_classes,
-                          unseen_class_emb=unseen_emb, unseen_classes=unseen)
+                          unseen_class_emb=unseen_emb, unseen_classes=unseen, replicas=replicas)
     iterator = trainer.make_iterator(train, ds.class_embedding_rows(train.labels))
     reg = (Regressor, {"emb_dim": int(ds.class_embeddings.shape[1]), "hidden": cfg.hidden})
-    export.write_spec(out_dir, cfg.method,
-                      {"image_regressor": reg, "text_regressor": reg},
-                      image={"dim": ds.image_dim, "model": "image_regressor"},
-                      text={"dim": ds.text_dim, "model": "text_regressor"},
-                      notes="The release's headline evaluation min-max scales each test split's features per "
-                            "column (that split's own min and max) before embedding; do the same to compare.")
+    if trainer.replicas.is_chief:
+        export.write_spec(out_dir, cfg.method,
+                          {"image_regressor": reg, "text_regressor": reg},
+                          image={"dim": ds.image_dim, "model": "image_regressor"},
+                          text={"dim": ds.text_dim, "model": "text_regressor"},
+                          notes="The release's headline evaluation min-max scales each test split's features per "
+                                "column (that split's own min and max) before embedding; do the same to compare.")
     objects = {m.name: m for group in trainer.nets.groups.values() for m in group}
     objects.update({f"opt_{g}": (o, trainer.nets.variables(g)) for g, o in trainer.optimizers.items()})
-    state = training.RunState(out_dir, rng=trainer.rng, grl=trainer.grl_scale, iterator=iterator, **objects)
+    state = training.RunState(out_dir, replicas=trainer.replicas, rng=trainer.rng, grl=trainer.grl_scale, iterator=iterator, **objects)
     if state.resumed:
         print(f"[{name}] resumed after epoch {state.start_epoch - 1}")
     history = state.history
     start_epoch = state.start_epoch
     start = time.time()
     trainer.fit(train, iterator, eval_sets, val=val, epochs=cfg.epochs, start_epoch=start_epoch,
-                writer=training.SummaryWriter(run.tensorboard_dir(out_dir)), on_eval=state.record,
+                writer=training.SummaryWriter(run.tensorboard_dir(out_dir), trainer.replicas), on_eval=state.record,
                 log=lambda text: print(f"[{name}] {text}", flush=True))
     if not history:
         raise ConfigError(f"{out_dir} already holds a finished run of {cfg.epochs} epochs with no history")
@@ -103,7 +104,7 @@ def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir, unseen=None):
     return {s: summarise(history, s) for s in eval_sets}, seconds_per_epoch
 
 
-def write(out_dir, ds, method, scenario, summary, seen=None, prefix="", seconds_per_epoch=None, cfg=None):
+def write(out_dir, ds, method, scenario, summary, seen=None, prefix="", seconds_per_epoch=None, cfg=None, chief=True):
     contract = {f"{prefix}{k}": v for k, v in summary["contract"].items()}
     m = dict(contract)
     if seen is not None:
@@ -120,6 +121,8 @@ def write(out_dir, ds, method, scenario, summary, seen=None, prefix="", seconds_
         m.update(summary["contract"])
     if seconds_per_epoch is not None:
         m["seconds_per_epoch"] = seconds_per_epoch
+    if not chief:  # another worker of a multi-machine run
+        return
     run.write_results(out_dir, dataset=ds.name, method=method, seed=FLAGS.seed,
                       flag_dict=run.flag_values(), metrics=m, scenario=scenario,
                       config=dataclasses.asdict(cfg) if cfg else None,
@@ -150,6 +153,7 @@ def main(argv):
     run.require_positive("epochs", "batch_size", "n_critic", "noise_dim", "hidden", "eval_every")
     training.set_seed(FLAGS.seed)
     cfg = make_config()
+    replicas = run.replicas()
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
     ds.class_embedding_rows(ds.train.labels)  # JFSE needs class embeddings: fail early and clearly
     scenarios = ["standard", "zs", "gzs"] if FLAGS.scenario == "all" else [FLAGS.scenario]
@@ -162,8 +166,9 @@ def main(argv):
     table = []
     if "standard" in scenarios:
         out = os.path.join(FLAGS.output_dir, "standard")
-        summ, spe = train_scenario("standard", cfg, ds, ds.train, {"test": ds.test}, ds.val, out)
-        write(out, ds, cfg.method, "standard", summ["test"], seconds_per_epoch=spe, cfg=cfg)
+        summ, spe = train_scenario("standard", cfg, ds, ds.train, {"test": ds.test}, ds.val, out, replicas=replicas)
+        write(out, ds, cfg.method, "standard", summ["test"], seconds_per_epoch=spe, cfg=cfg,
+                  chief=replicas.is_chief)
         table.append(("standard", summ["test"]["contract"]))
     if {"zs", "gzs"} & set(scenarios):
         zs = ds.zero_shot()
@@ -171,9 +176,11 @@ def main(argv):
         sets = {"unseen": zs.test_unseen}
         if len(zs.test_seen):
             sets.update(seen=zs.test_seen, pooled=zs.test_all)
-        summ, spe = train_scenario("zs", cfg, ds, zs.train, sets, zs.val, out, unseen=zs.unseen_classes)
+        summ, spe = train_scenario("zs", cfg, ds, zs.train, sets, zs.val, out, unseen=zs.unseen_classes,
+                                   replicas=replicas)
         if "zs" in scenarios:
-            write(out, ds, cfg.method, "zs", summ["unseen"], seen=summ.get("seen"), seconds_per_epoch=spe, cfg=cfg)
+            write(out, ds, cfg.method, "zs", summ["unseen"], seen=summ.get("seen"), seconds_per_epoch=spe, cfg=cfg,
+                  chief=replicas.is_chief)
             table.append(("zs unseen", summ["unseen"]["contract"]))
             if "seen" in summ:
                 table.append(("zs seen", summ["seen"]["contract"]))
@@ -181,7 +188,8 @@ def main(argv):
             table.append(("chance (unseen)", {"i2t_map_all": chance, "t2i_map_all": chance}))
         if "gzs" in scenarios:
             write(os.path.join(FLAGS.output_dir, "gzs"), ds, cfg.method, "gzs", summ["pooled"],
-                  prefix="gzs_", seconds_per_epoch=spe, cfg=cfg)
+                  prefix="gzs_", seconds_per_epoch=spe, cfg=cfg,
+                  chief=replicas.is_chief)
             table.append(("gzs pooled", summ["pooled"]["contract"]))
     print(f"\n{cfg.method} on {ds.name}, cosine mAP@all at the final epoch (min-max test inputs):")
     print(f"{'scenario':<16} {'i2t':>7} {'t2i':>7} {'avg':>7}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from common import distribute
+
 from common.losses import modality_loss  # noqa: F401  (re-exported: spec §3.3)
 
 # 19 kernel widths of the release's `gaussian_kernel_matrix` (s acts as a variance: exp(-d/(2s)))
@@ -19,14 +21,20 @@ def gradient_penalty(critic, real, fake, class_emb, alpha, weight: float = 10.0)
     x_hat = alpha_i real_i + (1 - alpha_i) fake_i with alpha (B, 1) ~ U[0, 1] per row; the
     gradient is taken w.r.t. the feature part only (the class embedding is concatenated
     after interpolation). A 1e-12 floor inside the sqrt keeps the gradient finite at 0.
+    Each replica differentiates its own rows (the inner gradient is per row); the mean is
+    over the global batch.
     """
-    x_hat = alpha * real + (1.0 - alpha) * fake
-    with tf.GradientTape() as tape:
-        tape.watch(x_hat)
-        score = critic(x_hat, class_emb)
-    grad = tape.gradient(score, x_hat)
-    norm = tf.sqrt(tf.reduce_sum(tf.square(grad), axis=1) + 1e-12)
-    return weight * tf.reduce_mean(tf.square(norm - 1.0))
+
+    def per_sample(real, fake, class_emb, alpha):
+        x_hat = alpha * real + (1.0 - alpha) * fake
+        with tf.GradientTape() as tape:
+            tape.watch(x_hat)
+            score = critic(x_hat, class_emb)
+        grad = tape.gradient(score, x_hat)
+        norm = tf.sqrt(tf.reduce_sum(tf.square(grad), axis=1) + 1e-12)
+        return tf.square(norm - 1.0)
+
+    return weight * tf.reduce_mean(distribute.per_row(per_sample, real, fake, class_emb, alpha))
 
 
 def critic_loss(real_score, fake_score, penalty):

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import metrics, pipelines, training
+from common import distribute, metrics, pipelines, training
 from common.dataset import Split
 from common.errors import DivergenceError
 from common.layers import grl_schedule
@@ -32,21 +32,25 @@ class JFSETrainer:
     """Owns the networks, the four Adam optimisers, the noise generator and the GRL scale."""
 
     def __init__(self, cfg: JFSEConfig, image_dim: int, text_dim: int, emb_dim: int, num_classes: int,
-                 unseen_class_emb: Optional[np.ndarray] = None, unseen_classes: Optional[np.ndarray] = None):
+                 unseen_class_emb: Optional[np.ndarray] = None, unseen_classes: Optional[np.ndarray] = None,
+                 replicas: Optional[distribute.Replicas] = None):
         self.cfg, self.num_classes = cfg, num_classes
+        self.replicas = replicas or distribute.Replicas()
         self.unseen = None
         if cfg.synthesize_unseen:
             if unseen_class_emb is None or len(unseen_class_emb) == 0:
                 raise ValueError("synthesize_unseen needs the unseen classes' embeddings (a zero-shot scenario)")
             self.unseen = (tf.constant(unseen_class_emb, tf.float32), tf.constant(unseen_classes, tf.int64))
-        self.nets = JFSENetworks(image_dim, text_dim, emb_dim, cfg.noise_dim, cfg.hidden)
         self.optimizers = {}
-        for group in self.nets.groups:
-            opt = keras.optimizers.Adam(cfg.lr, beta_1=cfg.beta1, beta_2=cfg.beta2, epsilon=cfg.epsilon)
-            opt.build(self.nets.variables(group))
-            self.optimizers[group] = opt
+        with self.replicas.scope():
+            self.nets = JFSENetworks(image_dim, text_dim, emb_dim, cfg.noise_dim, cfg.hidden)
+            for group in self.nets.groups:
+                opt = keras.optimizers.Adam(cfg.lr, beta_1=cfg.beta1, beta_2=cfg.beta2, epsilon=cfg.epsilon)
+                opt.build(self.nets.variables(group))
+                self.optimizers[group] = opt
+            self.grl_scale = tf.Variable(0.0, trainable=False, name="grl_scale")
+        # outside the strategy: noise is drawn once for the global batch, before the replicas run
         self.rng = tf.random.Generator.from_seed(cfg.seed)
-        self.grl_scale = tf.Variable(0.0, trainable=False, name="grl_scale")
         self.weights = {k: tf.constant(float(v)) for k, v in cfg.weights.items()}
         self.align = losses.ALIGNMENTS[cfg.align]
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
@@ -55,22 +59,38 @@ class JFSETrainer:
 
     # ------------------------------------------------------------------ step
 
-    def _critic_terms(self, v, t, c, fake_v, fake_t):
+    def _draw_noise(self, batch) -> dict:
+        """Every random number of one step, for the global batch, in the release's draw order
+        (z_v, z_t, then alpha_v, alpha_t per critic update, unseen draws, logging alphas)."""
+        rng, nd = self.rng, self.cfg.noise_dim
+        noise = {"z_v": rng.normal([batch, nd]), "z_t": rng.normal([batch, nd])}
+        noise["alpha"] = [(rng.uniform([batch, 1]), rng.uniform([batch, 1])) for _ in range(self.cfg.n_critic)]
+        if self.unseen is not None:
+            noise["unseen"] = (rng.uniform([batch], 0, tf.shape(self.unseen[0])[0], dtype=tf.int32),
+                               rng.normal([batch, nd]), rng.normal([batch, nd]))
+        noise["alpha_log"] = (rng.uniform([batch, 1]), rng.uniform([batch, 1]))
+        return noise
+
+    def _critic_terms(self, v, t, c, fake_v, fake_t, alpha):
         n = self.nets
-        batch = tf.shape(v)[0]
-        gp_v = losses.gradient_penalty(n.image_critic, v, fake_v, c, self.rng.uniform([batch, 1]), self.cfg.gp_lambda)
-        gp_t = losses.gradient_penalty(n.text_critic, t, fake_t, c, self.rng.uniform([batch, 1]), self.cfg.gp_lambda)
-        return (losses.critic_loss(n.image_critic(v, c), n.image_critic(fake_v, c), gp_v)
-                + losses.critic_loss(n.text_critic(t, c), n.text_critic(fake_t, c), gp_t))
+        gp_v = losses.gradient_penalty(n.image_critic, v, fake_v, c, alpha[0], self.cfg.gp_lambda)
+        gp_t = losses.gradient_penalty(n.text_critic, t, fake_t, c, alpha[1], self.cfg.gp_lambda)
+        d = lambda critic, x: distribute.per_row(critic, x, c)  # noqa: E731
+        return (losses.critic_loss(d(n.image_critic, v), d(n.image_critic, fake_v), gp_v)
+                + losses.critic_loss(d(n.text_critic, t), d(n.text_critic, fake_t), gp_t))
+
+    def _generate(self, c, z_v, z_t):
+        n = self.nets
+        return distribute.per_row(n.image_generator, c, z_v), distribute.per_row(n.text_generator, c, z_t)
 
     def _joint_terms(self, v, t, c, y, z_v, z_t):
         n, scale = self.nets, self.grl_scale
-        fake_v, fake_t = n.image_generator(c, z_v), n.text_generator(c, z_t)
-        e_v, e_t = n.image_regressor(v), n.text_regressor(t)
-        s_v, s_t = n.image_regressor(fake_v), n.text_regressor(fake_t)
+        fake_v, fake_t = self._generate(c, z_v, z_t)
+        e_v, e_t = distribute.per_row(n.image_regressor, v), distribute.per_row(n.text_regressor, t)
+        s_v, s_t = distribute.per_row(n.image_regressor, fake_v), distribute.per_row(n.text_regressor, fake_t)
         terms = {
-            "g_adv_img": losses.generator_adversarial_loss(n.image_critic(fake_v, c)),
-            "g_adv_txt": losses.generator_adversarial_loss(n.text_critic(fake_t, c)),
+            "g_adv_img": losses.generator_adversarial_loss(distribute.per_row(n.image_critic, fake_v, c)),
+            "g_adv_txt": losses.generator_adversarial_loss(distribute.per_row(n.text_critic, fake_t, c)),
             "cyc_img": losses.regression_loss(s_v, c), "cyc_txt": losses.regression_loss(s_t, c),
             "reg_img": losses.regression_loss(e_v, c), "reg_txt": losses.regression_loss(e_t, c),
             "adv_syn": losses.modality_loss(n.modality_classifier(s_v, scale), n.modality_classifier(s_t, scale)),
@@ -79,7 +99,7 @@ class JFSETrainer:
         }
         return terms, fake_v, fake_t
 
-    def _unseen_synthesis_term(self, batch):
+    def _unseen_synthesis_term(self, draws):
         """--synthesize_unseen (not in the release): the regressors also learn from generated
         features of unseen classes, made from their class embeddings alone.
 
@@ -87,15 +107,14 @@ class JFSETrainer:
         the generators get no gradient from it, so unseen classes never shape the synthesis.
         """
         emb, ids = self.unseen
-        pick = self.rng.uniform([batch], 0, tf.shape(emb)[0], dtype=tf.int32)
+        pick, z_v, z_t = draws
         c = tf.gather(emb, pick)
         if self.cfg.norm == "batch_minmax":
             c = losses.batch_minmax(c)
         y = tf.one_hot(tf.gather(ids, pick), self.num_classes)
         n = self.nets
-        fake_v = tf.stop_gradient(n.image_generator(c, self.rng.normal([batch, self.cfg.noise_dim])))
-        fake_t = tf.stop_gradient(n.text_generator(c, self.rng.normal([batch, self.cfg.noise_dim])))
-        s_v, s_t = n.image_regressor(fake_v), n.text_regressor(fake_t)
+        fake_v, fake_t = (tf.stop_gradient(f) for f in self._generate(c, z_v, z_t))
+        s_v, s_t = distribute.per_row(n.image_regressor, fake_v), distribute.per_row(n.text_regressor, fake_t)
         return (losses.regression_loss(s_v, c) + losses.regression_loss(s_t, c)
                 + self.weights["w_align_syn"] * self.align(s_v, s_t, y))
 
@@ -105,38 +124,42 @@ class JFSETrainer:
         return v, t, c
 
     def _train_step(self, image, text, class_emb, labels):
+        noise = self._draw_noise(tf.shape(image)[0])
+        return self.replicas.run(self._replica_step, image, text, class_emb, labels, noise)
+
+    def _replica_step(self, image, text, class_emb, labels, noise):
+        """Per-batch min-max and every loss on the global batch; networks on this replica's rows."""
         v, t, c = self._normalise(image, text, class_emb)
         y = tf.one_hot(labels, self.num_classes)
-        batch = tf.shape(v)[0]
-        z_v = self.rng.normal([batch, self.cfg.noise_dim])  # drawn once per batch (release)
-        z_t = self.rng.normal([batch, self.cfg.noise_dim])
-        n, w = self.nets, self.weights
+        z_v, z_t = noise["z_v"], noise["z_t"]  # drawn once per batch (release)
+        w = self.weights
         critic_vars = self.nets.variables("critics")
-        for _ in range(self.cfg.n_critic):
+        for alpha in noise["alpha"]:
             with tf.GradientTape() as tape:
-                fake_v, fake_t = n.image_generator(c, z_v), n.text_generator(c, z_t)
-                loss_d = self._critic_terms(v, t, c, fake_v, fake_t)
-            self.optimizers["critics"].apply_gradients(zip(tape.gradient(loss_d, critic_vars), critic_vars))
+                fake_v, fake_t = self._generate(c, z_v, z_t)
+                loss_d = self._critic_terms(v, t, c, fake_v, fake_t, alpha)
+            grads = distribute.replica_share(tape.gradient(loss_d, critic_vars))
+            distribute.apply_gradients(self.optimizers["critics"], zip(grads, critic_vars))
         with tf.GradientTape(persistent=True) as tape:
             terms, _, _ = self._joint_terms(v, t, c, y, z_v, z_t)
             loss_g = losses.generator_objective(terms, w)
             loss_r = losses.regressor_objective(terms, w)
             loss_mc = terms["adv_syn"] + terms["adv_real"]
             if self.unseen is not None:
-                unseen_term = self._unseen_synthesis_term(batch)
+                unseen_term = self._unseen_synthesis_term(noise["unseen"])
                 loss_r += w["w_syn_r"] * unseen_term
         updates = [("generators", loss_g), ("regressors", loss_r)]
         if self.cfg.train_modality_classifier:
             updates.append(("modality_classifier", loss_mc))
-        grads = [(g, tape.gradient(loss, self.nets.variables(g))) for g, loss in updates]
+        grads = [(g, distribute.replica_share(tape.gradient(loss, self.nets.variables(g)))) for g, loss in updates]
         del tape
         for group, g in grads:  # all gradients taken before any update (simultaneous)
-            self.optimizers[group].apply_gradients(zip(g, self.nets.variables(group)))
+            distribute.apply_gradients(self.optimizers[group], zip(g, self.nets.variables(group)))
         # logging pass (release: post-update values, fresh alpha for loss_D)
         terms, fake_v, fake_t = self._joint_terms(v, t, c, y, z_v, z_t)
         extra = {"loss_unseen_syn": unseen_term} if self.unseen is not None else {}
         return {**extra,
-            "loss_D": self._critic_terms(v, t, c, fake_v, fake_t),
+            "loss_D": self._critic_terms(v, t, c, fake_v, fake_t, noise["alpha_log"]),
             "loss_G": losses.generator_objective(terms, w), "loss_Re": losses.regressor_objective(terms, w),
             "loss_corr": w["w_align_real"] * terms["align_real"] + w["w_align_syn"] * terms["align_syn"],
             "loss_adv": terms["adv_syn"] + terms["adv_real"],

@@ -18,7 +18,7 @@ from tests.conftest import REPO
 METHODS = [
     ("acmr", "acmr_tf.train", ["--epochs", "8", "--preset", "paper"], "checkpoints", "",
      ["i2t_map_all", "t2i_map_all", "i2t_map_at_50"]),
-    ("jfse", "jfse_tf.demo", ["--scenario", "zs", "--epochs", "5", "--hidden", "64", "--noise_dim", "8",
+    ("jfse", "jfse_tf.demo", ["--scenario", "zs", "--synthesize_unseen", "--epochs", "5", "--hidden", "64", "--noise_dim", "8",
                               "--n_critic", "1", "--eval_every", "1"], "zs/checkpoints", "zs",
      ["i2t_map_all", "t2i_map_all"]),
     ("zscrgan", "zscrgan_tf.run_exp", ["--dataset", "synthetic:small", "--gf_dim", "16", "--df_dim", "16",

@@ -119,8 +119,10 @@ def main(argv):
           f"chance P@{cfg.retrieve_k} ~ {data.test.chance_p_at_k:.4f}; up to {max_cycles} cycles", flush=True)
     os.makedirs(out_dir, exist_ok=True)
     flag_dict = run.flag_values()
-    with io.atomic_open(os.path.join(out_dir, "args.txt")) as f:
-        f.write(args_text(flag_dict))
+    replicas = run.replicas()
+    if replicas.is_chief:
+        with io.atomic_open(os.path.join(out_dir, "args.txt")) as f:
+            f.write(args_text(flag_dict))
 
     def write(summary):
         run.write_results(out_dir, dataset=ds.name, method="zscrgan", seed=FLAGS.seed, flag_dict=flag_dict,
@@ -131,7 +133,9 @@ def main(argv):
                                 "is the test value at the cycle with the best validation P@50. t2i_map_all is the "
                                 "last cycle's mAP over the whole ranking (cosine)."))
 
-    summary = train(cfg, data, out_dir, res_dir, max_cycles, on_record=write)
+    summary = train(cfg, data, out_dir, res_dir, max_cycles, on_record=write, replicas=replicas)
+    if not replicas.is_chief:
+        return
     write(summary)
     print(f"P@{cfg.retrieve_k}: best {summary['p50_best']:.4f} (cycle {summary['p50_best_cycle']}, selected on test, "
           f"as the release), last {summary['p50_last']:.4f}, chance {summary['p50_chance']:.4f}; "

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import export, io, metrics, training
+from common import distribute, export, io, metrics, training
 from common.errors import ConfigError, DivergenceError
 from common.optimizers import TF1RMSprop
 from zscrgan_tf import losses
@@ -55,16 +55,20 @@ class ZSCRGANConfig:
 
 
 class ZSCRGANTrainer:
-    def __init__(self, cfg: ZSCRGANConfig, data: ZSData):
+    def __init__(self, cfg: ZSCRGANConfig, data: ZSData, replicas: distribute.Replicas | None = None):
         self.cfg, self.data = cfg, data
-        self.gen = GeneratorNet(data.text_dim, data.image_dim, cfg.embed_dim, cfg.z_dim, cfg.gf_dim, name="g_net")
-        self.critic = Critic(data.image_dim, data.text_dim, cfg.df_dim, name="d_net")
-        self.csem = CSEM(data.image_dim, cfg.embed_dim, name="CSEM_net")
-        self.d_opt = TF1RMSprop(cfg.discriminator_lr, accumulator_init=cfg.rmsprop_init, name="d_opt")
-        self.g_opt = TF1RMSprop(cfg.generator_lr, accumulator_init=cfg.rmsprop_init, name="g_opt")
-        self.c_opt = keras.optimizers.Adam(cfg.CSEM_lr, beta_1=0.5, beta_2=0.999, epsilon=1e-8, name="csem_opt")
-        for opt, model in ((self.d_opt, self.critic), (self.g_opt, self.gen), (self.c_opt, self.csem)):
-            training.build_optimizer(opt, model.trainable_variables)
+        self.replicas = replicas or distribute.Replicas()
+        with self.replicas.scope():
+            self.gen = GeneratorNet(data.text_dim, data.image_dim, cfg.embed_dim, cfg.z_dim, cfg.gf_dim, name="g_net")
+            self.critic = Critic(data.image_dim, data.text_dim, cfg.df_dim, name="d_net")
+            self.csem = CSEM(data.image_dim, cfg.embed_dim, name="CSEM_net")
+            self.d_opt = TF1RMSprop(cfg.discriminator_lr, accumulator_init=cfg.rmsprop_init, name="d_opt")
+            self.g_opt = TF1RMSprop(cfg.generator_lr, accumulator_init=cfg.rmsprop_init, name="g_opt")
+            self.c_opt = keras.optimizers.Adam(cfg.CSEM_lr, beta_1=0.5, beta_2=0.999, epsilon=1e-8, name="csem_opt")
+            for opt, model in ((self.d_opt, self.critic), (self.g_opt, self.gen), (self.c_opt, self.csem)):
+                training.build_optimizer(opt, model.trainable_variables)
+        # outside the strategy: noise is drawn for the global batch before the replicas run, and
+        # the training features are held once, not per replica
         self.rng = tf.random.Generator.from_seed(cfg.seed)
         # training features live in variables: captured by reference, not copied into each graph
         self.images = tf.Variable(data.images, trainable=False, name="train_images")
@@ -89,14 +93,19 @@ class ZSCRGANTrainer:
         return (self.rng.truncated_normal([b, cfg.embed_dim]), self.rng.truncated_normal([b, cfg.embed_dim]),
                 self.rng.normal([b, cfg.z_dim]), self.rng.normal([b, cfg.z_dim]))
 
-    def _forward(self, x_r, x_w, t, t_w):
+    def _generate(self, t, eps, z):
+        """(fake, c, mu, s) of the global batch; the generator runs on this replica's rows."""
+        return distribute.per_row(self.gen, t, eps, z)
+
+    def _forward(self, x_r, x_w, t, t_w, noise):
         """Both branches of the generator and every loss term of the release's graph."""
         cfg = self.cfg
-        eps, eps_w, z, z_w = self._noise(tf.shape(t)[0])
-        fake, c, mu, s = self.gen(t, eps, z)
-        fake_w, _, mu_w, s_w = self.gen(t_w, eps_w, z_w)
-        fake_logit = self.critic(fake, t)
-        csem = losses.csem_loss(self.csem(fake), self.csem(fake_w), c, cfg.csem_per_sample)
+        eps, eps_w, z, z_w = noise
+        fake, c, mu, s = self._generate(t, eps, z)
+        fake_w, _, mu_w, s_w = self._generate(t_w, eps_w, z_w)
+        fake_logit = distribute.per_row(self.critic, fake, t)
+        csem = losses.csem_loss(distribute.per_row(self.csem, fake), distribute.per_row(self.csem, fake_w), c,
+                                cfg.csem_per_sample)
         mm = losses.max_margin(fake, x_r, x_w, cfg.mm_margin, cfg.mm_hinge)
         kl = losses.kl_divergence(mu, s, cfg.kl_form)
         kl_w = losses.kl_divergence(mu_w, s_w, cfg.kl_form)
@@ -105,37 +114,51 @@ class ZSCRGANTrainer:
         return {"fake": fake, "fake_logit": fake_logit, "g_loss": g_loss, "csem_loss": csem, "kl": kl, "mm": mm}
 
     def _critic_step(self, image_rows, text_rows, valid):
+        n = tf.shape(image_rows)[0]
+        noise = (self.rng.truncated_normal([n, self.cfg.embed_dim]), self.rng.normal([n, self.cfg.z_dim]))
+        out = self.replicas.run(self._critic_replica, image_rows, text_rows, valid, noise)
+        for v in self.critic.trainable_variables:  # kernels and biases, after every critic update
+            v.assign(tf.clip_by_value(v, -self.cfg.clip_val, self.cfg.clip_val))
+        return out
+
+    def _critic_replica(self, image_rows, text_rows, valid, noise):
         """Only what L_D needs: one generator pass, outside the tape (G does not move here)."""
         x_r, x_w, t, _ = self._batch(image_rows, text_rows, valid)
-        n = tf.shape(t)[0]
-        fake, _, _, _ = self.gen(t, self.rng.truncated_normal([n, self.cfg.embed_dim]),
-                                 self.rng.normal([n, self.cfg.z_dim]))
+        fake, _, _, _ = self._generate(t, *noise)
+        d = lambda x: distribute.per_row(self.critic, x, t)  # noqa: E731
         with tf.GradientTape() as tape:
-            d_loss = losses.critic_loss(self.critic(x_r, t), self.critic(fake, t), self.critic(x_w, t))
+            d_loss = losses.critic_loss(d(x_r), d(fake), d(x_w))
         variables = self.critic.trainable_variables
-        self.d_opt.apply_gradients(zip(tape.gradient(d_loss, variables), variables))
-        for v in variables:  # kernels and biases, after every critic update
-            v.assign(tf.clip_by_value(v, -self.cfg.clip_val, self.cfg.clip_val))
+        distribute.apply_gradients(self.d_opt, zip(distribute.replica_share(tape.gradient(d_loss, variables)), variables))
         return {"d_loss": d_loss}
 
     def _generator_step(self, image_rows, text_rows, valid):
+        noise = self._noise(tf.shape(image_rows)[0])
+        return self.replicas.run(self._generator_replica, image_rows, text_rows, valid, noise)
+
+    def _generator_replica(self, image_rows, text_rows, valid, noise):
         x_r, x_w, t, t_w = self._batch(image_rows, text_rows, valid)
         with tf.GradientTape() as tape:
-            out = self._forward(x_r, x_w, t, t_w)
+            out = self._forward(x_r, x_w, t, t_w, noise)
         variables = self.gen.trainable_variables
-        self.g_opt.apply_gradients(zip(tape.gradient(out["g_loss"], variables), variables))
+        distribute.apply_gradients(self.g_opt, zip(distribute.replica_share(tape.gradient(out["g_loss"], variables)), variables))
         return {"g_loss": out["g_loss"], "g_loss_kl_loss": out["kl"], "mm": out["mm"]}
 
     def _csem_step(self, image_rows, text_rows, valid):
+        noise = self._noise(tf.shape(image_rows)[0])
+        return self.replicas.run(self._csem_replica, image_rows, text_rows, valid, noise)
+
+    def _csem_replica(self, image_rows, text_rows, valid, noise):
         """Both generator branches outside the tape; only CSEM is differentiated and moved."""
         _, _, t, t_w = self._batch(image_rows, text_rows, valid)
-        eps, eps_w, z, z_w = self._noise(tf.shape(t)[0])
-        fake, c, _, _ = self.gen(t, eps, z)
-        fake_w, _, _, _ = self.gen(t_w, eps_w, z_w)
+        eps, eps_w, z, z_w = noise
+        fake, c, _, _ = self._generate(t, eps, z)
+        fake_w, _, _, _ = self._generate(t_w, eps_w, z_w)
         with tf.GradientTape() as tape:
-            loss = losses.csem_loss(self.csem(fake), self.csem(fake_w), c, self.cfg.csem_per_sample)
+            loss = losses.csem_loss(distribute.per_row(self.csem, fake), distribute.per_row(self.csem, fake_w), c,
+                                    self.cfg.csem_per_sample)
         variables = self.csem.trainable_variables
-        self.c_opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        distribute.apply_gradients(self.c_opt, zip(distribute.replica_share(tape.gradient(loss, variables)), variables))
         return {"csem_loss": loss}
 
     def step(self, kind: str) -> dict:
@@ -201,29 +224,34 @@ def results_file_name(p: float) -> str:
 
 
 def train(cfg: ZSCRGANConfig, data: ZSData, out_dir: str, res_dir: str, max_cycles: int,
-          log=print, on_record=None) -> dict:
+          log=print, on_record=None, replicas: distribute.Replicas | None = None) -> dict:
     """Run (or resume) up to `max_cycles` cycles; returns the summary that goes into results.json.
 
     `on_record(summary)` is called after every evaluation, so an unbounded run (the release's
-    default) always has current results on disk.
+    default) always has current results on disk. Only the chief of `replicas` writes files.
     """
-    trainer = ZSCRGANTrainer(cfg, data)
-    export.write_spec(
-        out_dir, "zscrgan",
-        {"g_net": (GeneratorNet, dict(text_dim=data.text_dim, image_dim=data.image_dim, embed_dim=cfg.embed_dim,
-                                      z_dim=cfg.z_dim, gf_dim=cfg.gf_dim)),
-         "CSEM_net": (CSEM, dict(image_dim=data.image_dim, embed_dim=cfg.embed_dim))},
-        image={"dim": data.image_dim, "model": "CSEM_net"}, text={"dim": data.text_dim, "fn": embed_text_mean},
-        notes="embed_text is CSEM(G(mu, z=0)) (deterministic); the release evaluated with fresh noise per query.")
-    state = training.RunState(out_dir, **trainer.checkpoint_objects())
+    trainer = ZSCRGANTrainer(cfg, data, replicas)
+    chief = trainer.replicas.is_chief
+    if chief:
+        export.write_spec(
+            out_dir, "zscrgan",
+            {"g_net": (GeneratorNet, dict(text_dim=data.text_dim, image_dim=data.image_dim, embed_dim=cfg.embed_dim,
+                                          z_dim=cfg.z_dim, gf_dim=cfg.gf_dim)),
+             "CSEM_net": (CSEM, dict(image_dim=data.image_dim, embed_dim=cfg.embed_dim))},
+            image={"dim": data.image_dim, "model": "CSEM_net"}, text={"dim": data.text_dim, "fn": embed_text_mean},
+            notes="embed_text is CSEM(G(mu, z=0)) (deterministic); the release evaluated with fresh noise per query.")
+    state = training.RunState(out_dir, replicas=trainer.replicas, **trainer.checkpoint_objects())
     untrained_path = os.path.join(out_dir, "untrained.json")
     if state.resumed:
         trainer.sync_sampler(to_checkpoint=False)
         log(f"resumed after cycle {state.start_epoch} (sampler at batch {int(trainer.sampler.state['batches'])})")
     elif max_cycles > 0:
-        # a reference point next to chance; not part of the release's best-so-far
-        io.write_json(untrained_path, {"p50": trainer.evaluate(data.test)["p50"]})
-    writer = training.SummaryWriter(os.path.join(out_dir, "tb"))
+        # a reference point next to chance; not part of the release's best-so-far. Every worker
+        # evaluates (query noise comes from the shared random stream), only the chief writes.
+        p50 = trainer.evaluate(data.test)["p50"]
+        if chief:
+            io.write_json(untrained_path, {"p50": p50})
+    writer = training.SummaryWriter(os.path.join(out_dir, "tb"), trainer.replicas)
     best = max([r["test"]["p50"] for r in state.history], default=0.0)
     progress = training.Progress(max_cycles - state.start_epoch, desc="cycles")
     start, first = time.time(), state.start_epoch
@@ -244,14 +272,15 @@ def train(cfg: ZSCRGANConfig, data: ZSData, out_dir: str, res_dir: str, max_cycl
                             **({"val/p50": record["val"]["p50"]} if "val" in record else {})), step)
         if test["p50"] > best:
             best = test["p50"]
-            os.makedirs(res_dir, exist_ok=True)
-            io.write_pickle(os.path.join(res_dir, results_file_name(best)), test["retrieved"], protocol=2)
+            if chief:
+                os.makedirs(res_dir, exist_ok=True)
+                io.write_pickle(os.path.join(res_dir, results_file_name(best)), test["retrieved"], protocol=2)
             log(f"New best Prec@50 = {best}")
             log(f"Cycle {step} | d_loss: {logs['d_loss']}; g_loss: {logs['g_loss']}")
         trainer.sync_sampler(to_checkpoint=True)
         state.record(record)
         progress.update(1, p50=test["p50"], d_loss=logs["d_loss"])
-        if on_record is not None:
+        if on_record is not None and chief:
             on_record(summarize(state.history, data, cycle + 1 - first, time.time() - start, untrained_path))
     writer.flush()
     return summarize(state.history, data, max_cycles - first, time.time() - start, untrained_path)

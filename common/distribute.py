@@ -1,0 +1,214 @@
+"""Data-parallel training with `tf.distribute` that keeps each method's whole-batch math.
+
+Every replica receives the whole global batch (features are in memory, so broadcasting index
+batches is cheap), runs the per-row networks on its own slice of rows and all-gathers their
+outputs; every loss is then computed on the gathered global batch, exactly as on one device.
+CMPM, CMMD, CMCA, in-batch triplet mining, the batch-mean CSEM term and per-batch min-max
+therefore see the same rows with 1 or R replicas.
+
+Gradients: a gathered tensor's gradient is R times this replica's slice of the (replica-equal)
+upstream gradient, and the optimisers sum replica gradients, so each replica applies
+`replica_share(dL) = dL / R` and the sum equals the one-device gradient (`gather_rows` says
+why no backward collective is used) (tests/common/test_distribute.py checks both, on two
+logical CPU devices). Random numbers are drawn for the global batch before `Replicas.run`, so
+1 and R replicas see the same noise.
+
+Without a strategy every helper is the identity and the step is the one-device step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from common.errors import ConfigError
+
+STRATEGIES = ("none", "mirrored", "multiworker")
+
+
+def make_strategy(name: str, devices: Optional[list] = None):
+    """None (one device), MirroredStrategy (all local GPUs, or `devices`), or MultiWorker from TF_CONFIG."""
+    if name == "none":
+        return None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ConfigError("--distribute multiworker reads the cluster from the TF_CONFIG environment variable "
+                              "(see README, 'Several GPUs or machines'); it is not set")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except ValueError as e:
+            raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ConfigError(f"unknown --distribute {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+class Replicas:
+    """The strategy a trainer runs under (or none), and which process writes outputs."""
+
+    def __init__(self, strategy=None):
+        self.strategy = strategy
+
+    @property
+    def num(self) -> int:
+        return 1 if self.strategy is None else self.strategy.num_replicas_in_sync
+
+    def scope(self):
+        """Create models and optimisers inside this (mirrored variables under a strategy)."""
+        return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
+
+    def run(self, fn: Callable, *args):
+        """`fn(*args)` on every replica (call inside a tf.function); returns the first local
+        replica's outputs, which equal every replica's for losses of the gathered batch."""
+        if self.strategy is None:
+            return fn(*args)
+        out = self.strategy.run(fn, args=args)
+        return tf.nest.map_structure(lambda v: self.strategy.experimental_local_results(v)[0], out)
+
+    @property
+    def is_chief(self) -> bool:
+        """Only the chief writes summaries, checkpoints and results (MultiWorker: chief, else worker 0)."""
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if resolver is None or not resolver.task_type:
+            return True
+        if resolver.task_type == "chief":
+            return True
+        has_chief = "chief" in resolver.cluster_spec().as_dict()
+        return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+    def write_dir(self, directory: str) -> str:
+        """Where this process writes: `directory` on the chief, a throwaway folder elsewhere
+        (MultiWorker saving is collective, so every worker must write somewhere)."""
+        if self.is_chief:
+            return directory
+        return tempfile.mkdtemp(prefix=f"worker{self.strategy.cluster_resolver.task_id}_")
+
+
+def _context():
+    ctx = tf.distribute.get_replica_context()
+    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
+
+
+def local_rows(x):
+    """This replica's contiguous slice of a global batch: rows [n r / R, n (r + 1) / R).
+
+    For an output of `per_row` this is the replica's own pre-gather tensor (not a slice of the
+    gathered one), so gradients of local use never pass through the gather; see `gather_rows`.
+    """
+    ctx = _context()
+    if ctx is None:
+        return x
+    source = _state().sources.get(x.ref()) if hasattr(x, "ref") else None
+    if source is not None:
+        return source
+    r, n_rep = ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+    n = tf.shape(x)[0]
+    return x[(n * r) // n_rep:(n * (r + 1)) // n_rep]
+
+
+def gather_rows(x):
+    """All replicas' rows in replica order (the global batch); uneven slices are allowed.
+
+    Forward: each gather waits for the previous one of its replica (a control edge), because
+    independent collectives may otherwise run in a different order on each device and pair up
+    the wrong tensors. Backward: R times this replica's slice of the upstream gradient, with no
+    communication. Gathered tensors feed only global-batch computations (per-row reuse goes to
+    the pre-gather tensor, `local_rows`), which every replica computes identically, so the
+    upstream gradients are equal on all replicas and their sum (what `all_gather`'s own gradient
+    all-reduces) is R times this replica's. `all_gather`'s gradient is avoided on purpose: a
+    tape builds independent backward branches in a different order on each replica, and its
+    collectives then mismatch (seen as aborted collectives in the JFSE critic step).
+    """
+    ctx = _context()
+    if ctx is None:
+        return x
+    state = _state()
+    if state.last is not None and state.last.graph is tf.compat.v1.get_default_graph():
+        with tf.control_dependencies([state.last]):
+            x_in = tf.identity(x)
+    else:
+        x_in = x
+    out = _gather(x_in)
+    state.last = out
+    state.sources[out.ref()] = x
+    return out
+
+
+@tf.custom_gradient
+def _gather(x):
+    ctx = tf.distribute.get_replica_context()
+    n_rep, r = ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
+    out = ctx.all_gather(x, axis=0)
+
+    def grad(upstream):
+        n = tf.shape(upstream)[0]
+        return upstream[(n * r) // n_rep:(n * (r + 1)) // n_rep] * tf.cast(n_rep, upstream.dtype)
+
+    return out, grad
+
+
+_STATE = threading.local()  # MirroredStrategy builds each replica's graph in its own thread
+
+
+def _state():
+    if not hasattr(_STATE, "sources"):
+        _STATE.sources, _STATE.last = {}, None
+    return _STATE
+
+
+def apply_gradients(optimizer, grads_and_vars) -> None:
+    """`optimizer.apply_gradients`, sequenced with this replica's other collectives.
+
+    Under a strategy the update all-reduces the gradients; it waits for the previous gather or
+    update of its replica and the next one waits for it, because collectives left unordered run
+    in different orders on different devices and then pair up the wrong tensors.
+    """
+    if _context() is None:
+        optimizer.apply_gradients(grads_and_vars)
+        return
+    state = _state()
+    pairs = list(grads_and_vars)
+    if state.last is not None and state.last.graph is tf.compat.v1.get_default_graph():
+        with tf.control_dependencies([state.last]):
+            pairs = [(None if g is None else tf.identity(g), v) for g, v in pairs]
+    optimizer.apply_gradients(pairs)
+    state.last = tf.identity(tf.convert_to_tensor(optimizer.iterations))
+
+
+def per_row(fn: Callable, *inputs):
+    """`fn` applied to this replica's rows of each input, outputs gathered to the global batch.
+
+    Use for anything computed row by row (networks, per-sample penalties); losses that mix
+    rows are then computed on the result. Inputs must be global-batch inputs of the step or
+    outputs of `per_row`, not tensors computed from gathered outputs (their gradient would be
+    counted once per replica).
+    """
+    if _context() is None:
+        return fn(*inputs)
+    out = fn(*[local_rows(x) for x in inputs])
+    return tf.nest.map_structure(gather_rows, out)
+
+
+def replica_share(x):
+    """`x / R` in a replica context (each replica's share of a gradient or of a loss); identity
+    otherwise. Nested structures, None and IndexedSlices pass through."""
+    ctx = _context()
+    if ctx is None:
+        return x
+    r = ctx.num_replicas_in_sync
+
+    def share(g):
+        if g is None:
+            return None
+        if isinstance(g, tf.IndexedSlices):
+            return tf.IndexedSlices(g.values / tf.cast(r, g.values.dtype), g.indices, g.dense_shape)
+        return g / tf.cast(r, g.dtype)
+
+    return tf.nest.map_structure(share, x)
