@@ -119,7 +119,7 @@ class CMHashTrainer:
         gradient before Adam (dense, also for embedding tables whose gradient is IndexedSlices)."""
         for name, vs in self.group_variables().items():
             # each replica adds its 1/R share of the decay; the optimiser sums replica gradients
-            g = [tf.convert_to_tensor(gi) + distribute.replica_share(self.cfg.weight_decay * tf.convert_to_tensor(vi))
+            g = [tf.convert_to_tensor(gi) + distribute.replica_share(self.cfg.weight_decay * vi)
                  for gi, vi in zip(grads[name], vs)]
             distribute.apply_gradients(self.optimizers[name], zip(g, vs))
         return tf.constant(True)

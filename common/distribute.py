@@ -69,7 +69,12 @@ class Replicas:
         replica's outputs, which equal every replica's for losses of the gathered batch."""
         if self.strategy is None:
             return fn(*args)
-        out = self.strategy.run(fn, args=args)
+
+        def traced(*a):  # each trace starts its own gather order and pre-gather lookup
+            _STATE.sources, _STATE.last = {}, None
+            return fn(*a)
+
+        out = self.strategy.run(traced, args=args)
         return tf.nest.map_structure(lambda v: self.strategy.experimental_local_results(v)[0], out)
 
     @property

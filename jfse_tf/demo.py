@@ -89,7 +89,8 @@ def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir, unseen=None, r
                                 "column (that split's own min and max) before embedding; do the same to compare.")
     objects = {m.name: m for group in trainer.nets.groups.values() for m in group}
     objects.update({f"opt_{g}": (o, trainer.nets.variables(g)) for g, o in trainer.optimizers.items()})
-    state = training.RunState(out_dir, replicas=trainer.replicas, rng=trainer.rng, grl=trainer.grl_scale, iterator=iterator, **objects)
+    state = training.RunState(out_dir, replicas=trainer.replicas, rng=trainer.rng, grl=trainer.grl_scale,
+                              iterator=iterator, **objects)
     if state.resumed:
         print(f"[{name}] resumed after epoch {state.start_epoch - 1}")
     history = state.history

@@ -214,14 +214,12 @@ def run_case(method: str, size: str) -> dict:
     variants = {
         "loop": lambda: case.run_loop(steps),
         "floor": case.floor_fn(steps),
-        "epoch_fn": None if method == "zscrgan" else case.epoch_fn(steps),
-        "eager": lambda: case.run_loop(max(2, steps // 10), step_fn=case.trainer._train_step)
-        if method != "zscrgan" else None,
-        "xla": None,
+        "epoch_fn": None, "eager": None, "xla": None,  # ZSCRGAN: sampler-fed compiled steps only
     }
     if method != "zscrgan":
         xla = tf.function(case.trainer._train_step, jit_compile=True)
-        variants["xla"] = lambda: case.run_loop(steps, step_fn=xla)
+        variants.update(epoch_fn=case.epoch_fn(steps), xla=lambda: case.run_loop(steps, step_fn=xla),
+                        eager=lambda: case.run_loop(max(2, steps // 10), step_fn=case.trainer._train_step))
     for name in FLAGS.variants:
         fn = variants.get(name)
         if fn is None:
@@ -314,16 +312,14 @@ def main(argv):
 
     results["machine"]["tensorflow"] = tf.__version__
     results["machine"]["gpus"] = len(tf.config.list_physical_devices("GPU"))
-    for size in FLAGS.sizes:
-        for method in FLAGS.methods:
-            print(f"{method} {size} ...", file=sys.stderr, flush=True)
-            results["cases"].append(_child(f"{method}:{size}"))
-    for g in [x for x in FLAGS.gallery_sizes if x]:
-        print(f"gallery {g} ...", file=sys.stderr, flush=True)
-        results["gallery"].append(_child(f"gallery:{g}"))
     from common import io
 
-    io.write_json(FLAGS.output, results)
+    jobs = [("cases", f"{m}:{s}") for s in FLAGS.sizes for m in FLAGS.methods]
+    jobs += [("gallery", f"gallery:{g}") for g in FLAGS.gallery_sizes if g]
+    for key, case in jobs:
+        print(f"{case} ...", file=sys.stderr, flush=True)
+        results[key].append(_child(case))
+        io.write_json(FLAGS.output, results)  # after every case: a long run stopped early keeps what it measured
     print(markdown(results))
 
 

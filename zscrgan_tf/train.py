@@ -129,7 +129,8 @@ class ZSCRGANTrainer:
         with tf.GradientTape() as tape:
             d_loss = losses.critic_loss(d(x_r), d(fake), d(x_w))
         variables = self.critic.trainable_variables
-        distribute.apply_gradients(self.d_opt, zip(distribute.replica_share(tape.gradient(d_loss, variables)), variables))
+        grads = distribute.replica_share(tape.gradient(d_loss, variables))
+        distribute.apply_gradients(self.d_opt, zip(grads, variables))
         return {"d_loss": d_loss}
 
     def _generator_step(self, image_rows, text_rows, valid):
@@ -141,7 +142,8 @@ class ZSCRGANTrainer:
         with tf.GradientTape() as tape:
             out = self._forward(x_r, x_w, t, t_w, noise)
         variables = self.gen.trainable_variables
-        distribute.apply_gradients(self.g_opt, zip(distribute.replica_share(tape.gradient(out["g_loss"], variables)), variables))
+        grads = distribute.replica_share(tape.gradient(out["g_loss"], variables))
+        distribute.apply_gradients(self.g_opt, zip(grads, variables))
         return {"g_loss": out["g_loss"], "g_loss_kl_loss": out["kl"], "mm": out["mm"]}
 
     def _csem_step(self, image_rows, text_rows, valid):
@@ -158,7 +160,8 @@ class ZSCRGANTrainer:
             loss = losses.csem_loss(distribute.per_row(self.csem, fake), distribute.per_row(self.csem, fake_w), c,
                                     self.cfg.csem_per_sample)
         variables = self.csem.trainable_variables
-        distribute.apply_gradients(self.c_opt, zip(distribute.replica_share(tape.gradient(loss, variables)), variables))
+        grads = distribute.replica_share(tape.gradient(loss, variables))
+        distribute.apply_gradients(self.c_opt, zip(grads, variables))
         return {"csem_loss": loss}
 
     def step(self, kind: str) -> dict:

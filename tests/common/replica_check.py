@@ -95,19 +95,15 @@ def zscrgan(replicas):
     return t, [t.gen, t.critic, t.csem], {"d": t.d_opt, "g": t.g_opt, "c": t.c_opt}, step
 
 
-def _sgd(trainer, optimizers, models, replicas):
+def _sgd(trainer, optimizers, replicas):
     """Every optimiser replaced by SGD(lr=1) over the same variables (the update is -gradient)."""
     with replicas.scope():
         for name, opt in list(optimizers.items()):
             sgd = keras.optimizers.SGD(1.0)
-            sgd.build([v for v in _opt_vars(opt)])
+            sgd.build(list(opt._trainable_variables))
             optimizers[name] = sgd
             if hasattr(trainer, f"{name}_opt"):  # ZSCRGAN keeps its optimisers as attributes
                 setattr(trainer, f"{name}_opt", sgd)
-
-
-def _opt_vars(opt):
-    return opt._trainable_variables
 
 
 def _weights(models):
@@ -124,7 +120,7 @@ def build(name, replicas, sgd):
           "jfse": jfse, "cmhash": cmhash, "zscrgan": zscrgan}[name]
     trainer, models, optimizers, step = fn(replicas)
     if sgd:
-        _sgd(trainer, optimizers, models, replicas)
+        _sgd(trainer, optimizers, replicas)
     return trainer, models, step
 
 
