@@ -116,17 +116,15 @@ class ACMRTrainer:
 
     # ------------------------------------------------------------------ loop
 
-    def make_iterator(self, train: Split):
+    def make_runner(self, train: Split, steps_per_execution: int = 0, jit_compile: bool = False):
+        """The epoch loop in the graph (`training.EpochRunner`): the release's batches (file
+        order unless --shuffle, last partial batch dropped), losses per batch."""
         cfg = self.cfg
         if len(train) < cfg.batch_size and cfg.drop_remainder:
             raise ConfigError(f"the train split has {len(train)} pairs, fewer than one batch of {cfg.batch_size}")
-        ds = pipelines.epoch_indices(len(train), cfg.batch_size, cfg.shuffle, cfg.seed,
-                                     drop_remainder=cfg.drop_remainder)
-        return iter(ds.map(pipelines.gather_rows(pipelines.split_tensors(train))))
-
-    def steps_per_epoch(self, n: int) -> int:
-        b = self.cfg.batch_size
-        return n // b if self.cfg.drop_remainder else -(-n // b)
+        return training.EpochRunner(self._train_step, pipelines.split_tensors(train), ("image", "text", "label"),
+                                    LOG_FIELDS[cfg.variant], cfg.batch_size, cfg.shuffle, cfg.seed,
+                                    cfg.drop_remainder, steps_per_execution, jit_compile)
 
 
 # ---------------------------------------------------------------------- entry point
@@ -154,6 +152,7 @@ def define_flags():
     flags.DEFINE_bool("drop_remainder", True, "Drop the last partial train batch (release: on).")
     flags.DEFINE_bool("neg_tie_fix", False, "Triplet: mine negatives among different-class items only (release: off).")
     flags.DEFINE_integer("log_every", 1, "Print the loss line every N batches (release: every batch).")
+    run.define_execution_flags()
 
 
 FLAGS = flags.FLAGS
@@ -186,7 +185,7 @@ def main(argv):
           f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, {cfg.epochs} epochs")
     trainer = ACMRTrainer(cfg, ds.image_dim, ds.text_dim, ds.num_classes, replicas=run.replicas())
     chief = trainer.replicas.is_chief
-    iterator = trainer.make_iterator(train)
+    runner = trainer.make_runner(train, FLAGS.steps_per_execution, run.jit_compile(trainer.replicas))
     out_dir = FLAGS.output_dir
     widths = {m: [layer.units for layer in getattr(trainer.nets, f"{m}_projector").dense] for m in ("image", "text")}
     if chief:
@@ -196,25 +195,32 @@ def main(argv):
                           text={"dim": ds.text_dim, "model": "text_projector"})
     objects = {m.name: m for group in trainer.nets.groups.values() for m in group}
     objects.update({f"opt_{k}": (o, trainer.nets.variables(*trainer.var_groups[k])) for k, o in trainer.optimizers.items()})
-    state = training.RunState(out_dir, replicas=trainer.replicas, grl=trainer.grl_scale, iterator=iterator, **objects)
+    state = training.RunState(out_dir, replicas=trainer.replicas, grl=trainer.grl_scale, **objects)
     if state.resumed:
         print(f"resumed after epoch {state.start_epoch - 1}")
     writer = training.SummaryWriter(run.tensorboard_dir(out_dir), trainer.replicas)
-    steps = trainer.steps_per_epoch(len(train))
+    steps = runner.steps
     fields = LOG_FIELDS[cfg.variant]
     start, first_epoch = time.time(), state.start_epoch
+
+    def show(epoch, first, values):
+        """The release's per-batch loss lines, printed as each compiled block returns."""
+        count = len(values[fields[0]])
+        bad = [i for i in range(count) if not all(np.isfinite(values[k][i]) for k in fields)]
+        if bad:
+            raise DivergenceError(f"non-finite loss at epoch {epoch} batch {first + bad[0]}: "
+                                  f"{ {k: float(values[k][bad[0]]) for k in fields} }; the last good checkpoint "
+                                  "and results are kept")
+        for j in range(count):
+            i = first + j
+            if i % FLAGS.log_every == 0 or i == steps - 1:
+                print(f"Epoch: [{epoch:2d}][{i:4d}/{steps:4d}] time: {time.time() - start:.4f}, "
+                      + ", ".join(f"{k}: {values[k][j]:.8f}" for k in fields), flush=True)
+
     for epoch in range(first_epoch, cfg.epochs):
         trainer.grl_scale.assign(grl_schedule(epoch, cfg.epochs))
-        for i in range(steps):
-            b = next(iterator)
-            logs = trainer.train_step(b["image"], b["text"], b["label"])
-            if i % FLAGS.log_every == 0 or i == steps - 1:
-                logs = {k: float(v) for k, v in logs.items()}
-                if not all(np.isfinite(v) for v in logs.values()):
-                    raise DivergenceError(f"non-finite loss at epoch {epoch} batch {i}: {logs}; the last good "
-                                          "checkpoint and results are kept")
-                print(f"Epoch: [{epoch:2d}][{i:4d}/{steps:4d}] time: {time.time() - start:.4f}, "
-                      + ", ".join(f"{k}: {logs[k]:.8f}" for k in fields), flush=True)
+        values = runner.run_epoch(epoch, on_block=lambda first, v: show(epoch, first, v))  # noqa: B023
+        logs = {k: float(v[-1]) for k, v in values.items()}
         record = {"epoch": epoch, "grl_lambda": float(trainer.grl_scale.numpy()), "test": trainer.evaluate(test)}
         writer.scalars({**{f"loss/{k}": v for k, v in logs.items()},
                         **{f"test/{k}": v for k, v in record["test"].items()}}, epoch)

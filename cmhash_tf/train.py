@@ -136,6 +136,13 @@ class CMHashTrainer:
             return None, text
         return training.batched(code(self._image), split.image, 8192), text
 
+    def make_runner(self, train: Split, steps_per_execution: int = 0, jit_compile: bool = False):
+        """Feature mode's epoch loop in the graph: reshuffled every epoch (release), mean loss
+        and whether each batch had triplets."""
+        return training.EpochRunner(self._train_step, pipelines.split_tensors(train), ("image", "text", "label"),
+                                    ("loss", "applied"), self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
+                                    steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+
     def evaluate(self, queries, database) -> dict:
         qi, qt = self.split_codes(queries)
         di, dt = self.split_codes(database)
@@ -185,6 +192,7 @@ def define_flags():
     flags.DEFINE_integer("num_train", 10000, "mirflickr: training items taken from the database.")
     flags.DEFINE_enum("mode", "features", ["features", "e2e"], "features: heads on precomputed features; e2e: "
                       "ResNet-18 + BERT trained end to end from local weights (needs the [e2e] extra).")
+    run.define_execution_flags()
     from cmhash_tf import e2e  # keras-hub is imported only when a backbone is built
 
     e2e.define_flags()
@@ -226,15 +234,10 @@ def hold_out(train, out_dir: str, seed: int, val_size: int, name: str, **saved):
     return train.subset(train_idx), train.subset(val_idx)
 
 
-def feature_batches(train: Split, cfg: CMHashConfig) -> tf.data.Dataset:
-    tensors = {"image": tf.constant(train.image), "text": tf.constant(train.text), "label": tf.constant(train.labels)}
-    return pipelines.epoch_indices(len(train), cfg.batch_size, shuffle=True, seed=cfg.seed).map(
-        pipelines.gather_rows(tensors))
-
-
 def train_bits(cfg, train, val, queries, database, out_dir, select_on_test, trainer=None, batches=None,
-               replicas=None):
-    """Train one bit length (feature heads by default; `trainer` + `batches` for end to end)."""
+               replicas=None, steps_per_execution=0, jit_compile=False):
+    """Train one bit length: feature heads, the epoch in the graph (`training.EpochRunner`), by
+    default; end to end, `trainer` + `batches` (images read from files), one call per batch."""
     if trainer is None:
         trainer = CMHashTrainer(cfg, train.image.shape[1], train.text.shape[1], replicas=replicas)
         # feature heads export as two encoders with hash signatures
@@ -243,25 +246,24 @@ def train_bits(cfg, train, val, queries, database, out_dir, select_on_test, trai
             export.write_spec(out_dir, "cmhash", {"image_head": head, "text_head": head},
                               image={"dim": train.image.shape[1], "model": "image_head"},
                               text={"dim": train.text.shape[1], "model": "text_head"}, hash_codes=True)
-    it = iter(batches if batches is not None else feature_batches(train, cfg))
+    if batches is None:
+        runner = trainer.make_runner(train, steps_per_execution, jit_compile)
+        position = {}
+    else:
+        runner = training.BatchRunner(trainer.train_step, batches, ("image", "text", "label"), ("loss", "applied"),
+                                      -(-len(train) // cfg.batch_size))
+        position = {"iterator": runner.iterator}
     objects = {m.name: m for g in trainer.nets.groups.values() for m in g}
     objects.update({f"opt_{k}": (o, trainer.nets.variables(*trainer.var_groups[k])) for k, o in trainer.optimizers.items()})
-    state = training.RunState(out_dir, replicas=trainer.replicas, iterator=it, **objects)
+    state = training.RunState(out_dir, replicas=trainer.replicas, **position, **objects)
     if state.resumed:
         print(f"[{cfg.bits} bits] resumed after epoch {state.start_epoch - 1}")
     writer = training.SummaryWriter(run.tensorboard_dir(out_dir), trainer.replicas)
-    steps = -(-len(train) // cfg.batch_size)
     progress = training.Progress(cfg.epochs - state.start_epoch, desc=f"[{cfg.bits} bits] epochs")
     start, first = time.time(), state.start_epoch
     for epoch in range(first, cfg.epochs):
-        outs = []  # kept as tensors: no host round trip between steps
-        for _ in range(steps):
-            b = next(it)
-            t = trainer.train_step(b["image"], b["text"], b["label"])
-            outs.append((t["loss"], t["applied"]))
-        losses_, applied = (tf.stack(x) for x in zip(*outs))
-        logs = {"loss": float(tf.reduce_mean(losses_)),
-                "skipped_batches": int(tf.reduce_sum(tf.cast(tf.logical_not(applied), tf.int32)))}
+        values = runner.run_epoch(epoch)
+        logs = {"loss": float(np.mean(values["loss"])), "skipped_batches": int(np.sum(values["applied"] == 0))}
         if not np.isfinite(logs["loss"]):
             raise DivergenceError(f"non-finite loss at epoch {epoch}; the last good checkpoint is kept")
         writer.scalars(logs, epoch)
@@ -310,7 +312,8 @@ def main(argv):
     for k in bits:
         cfg = config_for(k, e2e_mode=False)
         result = train_bits(cfg, train, val, queries, database, os.path.join(FLAGS.output_dir, f"bits_{k}"),
-                            FLAGS.select_on_test, replicas=replicas)
+                            FLAGS.select_on_test, replicas=replicas, steps_per_execution=FLAGS.steps_per_execution,
+                            jit_compile=run.jit_compile(replicas))
         result["random_codes_map"] = random_codes_map(queries, database, k, FLAGS.seed)
         per_bits[str(k)] = result
     if replicas.is_chief:
@@ -356,8 +359,9 @@ def main_e2e(bits: list, replicas) -> None:
     if FLAGS.dataset != "iapr" or not (FLAGS.data_dir and FLAGS.image_dir and FLAGS.text_dir):
         raise ConfigError("--mode e2e reads the IAPR split files: --dataset iapr --data_dir DIR --image_dir DIR "
                           "--text_dir DIR")
-    if FLAGS.text_only:
-        raise ConfigError("--text_only is a feature-mode option")
+    for name in ("text_only", "steps_per_execution", "jit_compile"):
+        if FLAGS[name].present:
+            raise ConfigError(f"--{name} is a feature-mode option (end to end runs one call per batch)")
     tok = e2e.load_tokenizer(FLAGS.vocab, FLAGS.text_preset)
     splits, cut = e2e.load_iapr_e2e(FLAGS.data_dir, FLAGS.image_dir, FLAGS.text_dir, tok, FLAGS.max_len,
                                     FLAGS.image_size)

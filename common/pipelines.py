@@ -35,16 +35,26 @@ def epoch_indices(n: int, batch_size: int, shuffle: bool = False, seed: int = 0,
     """
     if n <= 0:
         raise ValueError("cannot batch an empty split")
-    rows = tf.range(n, dtype=tf.int64)
 
     def one_epoch(epoch):
-        idx = rows
-        if shuffle:
-            idx = tf.random.experimental.stateless_shuffle(rows, seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+        idx = epoch_order(n, shuffle, seed, epoch)
         return tf.data.Dataset.from_tensor_slices(idx).batch(batch_size, drop_remainder=drop_remainder)
 
     count = -1 if epochs is None else epochs
     return tf.data.Dataset.range(count if count >= 0 else np.iinfo(np.int64).max).flat_map(one_epoch)
+
+
+def epoch_order(n: int, shuffle: bool, seed, epoch) -> tf.Tensor:
+    """Row order of epoch `epoch`: file order, or the stateless permutation (seed, epoch).
+
+    The one definition of an epoch's order, shared by `epoch_indices` and the in-graph
+    `training.EpochRunner`, so both feed the same batches and resume at the same place.
+    """
+    rows = tf.range(n, dtype=tf.int64)
+    if not shuffle:
+        return rows
+    return tf.random.experimental.stateless_shuffle(
+        rows, seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]))
 
 
 def gather_rows(tensors: dict):

@@ -28,6 +28,7 @@ from jfse_tf.model import Regressor
 from jfse_tf.train import JFSETrainer, summarise
 
 run.define_run_flags(default_output_dir="runs/jfse")
+run.define_execution_flags()
 flags.DEFINE_enum("method", "jfse", ["jfse", "cfsa"], "cfsa: zero-shot only, CMPM, no modality adversary.")
 flags.DEFINE_enum("scenario", "all", ["all", "standard", "zs", "gzs"], "Retrieval scenario(s).")
 flags.DEFINE_enum("align", "cmpm", ["cmpm", "cmmd", "cmca"], "Alignment loss in the two alignment slots.")
@@ -78,7 +79,8 @@ def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir, unseen=None, r
                             f"with a row per class): {e}") from None
     trainer = JFSETrainer(cfg, ds.image_dim, ds.text_dim, ds.class_embeddings.shape[1], ds.num_classes,
                           unseen_class_emb=unseen_emb, unseen_classes=unseen, replicas=replicas)
-    iterator = trainer.make_iterator(train, ds.class_embedding_rows(train.labels))
+    runner = trainer.make_runner(train, ds.class_embedding_rows(train.labels), FLAGS.steps_per_execution,
+                                 run.jit_compile(trainer.replicas))
     reg = (Regressor, {"emb_dim": int(ds.class_embeddings.shape[1]), "hidden": cfg.hidden})
     if trainer.replicas.is_chief:
         export.write_spec(out_dir, cfg.method,
@@ -90,13 +92,13 @@ def train_scenario(name, cfg, ds, train, eval_sets, val, out_dir, unseen=None, r
     objects = {m.name: m for group in trainer.nets.groups.values() for m in group}
     objects.update({f"opt_{g}": (o, trainer.nets.variables(g)) for g, o in trainer.optimizers.items()})
     state = training.RunState(out_dir, replicas=trainer.replicas, rng=trainer.rng, grl=trainer.grl_scale,
-                              iterator=iterator, **objects)
+                              **objects)
     if state.resumed:
         print(f"[{name}] resumed after epoch {state.start_epoch - 1}")
     history = state.history
     start_epoch = state.start_epoch
     start = time.time()
-    trainer.fit(train, iterator, eval_sets, val=val, epochs=cfg.epochs, start_epoch=start_epoch,
+    trainer.fit(runner, eval_sets, val=val, epochs=cfg.epochs, start_epoch=start_epoch,
                 writer=training.SummaryWriter(run.tensorboard_dir(out_dir), trainer.replicas), on_eval=state.record,
                 log=lambda text: print(f"[{name}] {text}", flush=True))
     if not history:

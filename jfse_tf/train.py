@@ -192,14 +192,17 @@ class JFSETrainer:
 
     # ------------------------------------------------------------------ loop
 
-    def make_iterator(self, train: Split, class_emb_rows: np.ndarray):
-        """Endless batches in file order (or reshuffled per epoch); checkpointable position."""
-        tensors = {"image": tf.constant(train.image), "text": tf.constant(train.text),
-                   "class_emb": tf.constant(class_emb_rows, tf.float32), "label": tf.constant(train.labels)}
-        ds = pipelines.epoch_indices(len(train), self.cfg.batch_size, self.cfg.shuffle, self.cfg.seed)
-        return iter(ds.map(pipelines.gather_rows(tensors)))
+    def make_runner(self, train: Split, class_emb_rows: np.ndarray, steps_per_execution: int = 0,
+                    jit_compile: bool = False) -> training.EpochRunner:
+        """The epoch loop in the graph: batches in file order (or reshuffled per epoch), every
+        step's 14 logged losses (plus the unseen-synthesis term) per batch."""
+        tensors = dict(pipelines.split_tensors(train), class_emb=tf.constant(class_emb_rows, tf.float32))
+        outputs = LOSS_NAMES + (("loss_unseen_syn",) if self.unseen is not None else ())
+        return training.EpochRunner(self._train_step, tensors, ("image", "text", "class_emb", "label"), outputs,
+                                    self.cfg.batch_size, self.cfg.shuffle, self.cfg.seed,
+                                    steps_per_execution=steps_per_execution, jit_compile=jit_compile)
 
-    def fit(self, train: Split, iterator, eval_sets: Dict[str, Split], val: Optional[Split] = None,
+    def fit(self, runner: training.EpochRunner, eval_sets: Dict[str, Split], val: Optional[Split] = None,
             epochs: Optional[int] = None, start_epoch: int = 0, writer=None,
             on_eval: Callable[[dict], None] = lambda record: None, log=print) -> list:
         """Train to `epochs`, evaluating every `eval_every` epochs and after the last one.
@@ -209,17 +212,16 @@ class JFSETrainer:
         """
         cfg = self.cfg
         epochs = cfg.epochs if epochs is None else epochs
-        steps = -(-len(train) // cfg.batch_size)
         history = []
         for epoch in range(start_epoch, epochs):
             self.grl_scale.assign(float(grl_schedule(epoch, epochs)))
-            for _ in range(steps):
-                b = next(iterator)
-                logs = self.train_step(b["image"], b["text"], b["class_emb"], b["label"])
-            logs = {k: float(v) for k, v in logs.items()}
-            if not all(np.isfinite(v) for v in logs.values()):
-                raise DivergenceError(f"non-finite loss at epoch {epoch}: {logs}; the last good checkpoint "
-                                      "and results are kept")
+            values = runner.run_epoch(epoch)
+            bad = [k for k, v in values.items() if not np.all(np.isfinite(v))]
+            if bad:
+                batch = int(np.argmin(np.all([np.isfinite(values[k]) for k in bad], axis=0)))
+                raise DivergenceError(f"non-finite {', '.join(bad)} at epoch {epoch} batch {batch}; the last good "
+                                      "checkpoint and results are kept")
+            logs = {k: float(v[-1]) for k, v in values.items()}  # the epoch's last batch (release)
             if writer is not None:
                 writer.scalars(logs, epoch)
             if epoch % cfg.eval_every == 0 or epoch == epochs - 1:

@@ -8,13 +8,14 @@ of the real shapes (`common.synthetic`): wiki = 2,170 train / 690 test pairs, 40
 5000-d (ACMR, cmhash) or 300-d (JFSE, ZSCRGAN) texts; xmn = 32,000 / 4,000 pairs, 4096 / 300.
 Per variant, `--steps` steps are timed (median of `--repeats`, after a warm-up that traces)
 and scaled to an epoch:
-  loop      the entry point's loop: its input pipeline, one compiled step per batch
-  floor     the same step applied `--steps` times to one cached batch inside one tf.function
-  epoch_fn  in-graph shuffle + gather and the step, a whole block of steps in one tf.function
-  eager     the step without tf.function (fewer steps)
-  xla       the loop with the step compiled by XLA (`jit_compile=True`)
-ZSCRGAN's unit is its E-step round (n_critic critic steps + 1 generator step); its batches come
-from the release's class-block sampler (Python), so it has no in-graph epoch variant.
+  loop        the entry point's default loop (`training.EpochRunner`): in-graph epoch order,
+              gather and step, `--steps` batches per call
+  floor       the same step applied `--steps` times to one cached batch inside one tf.function
+  batch_loop  one compiled call per batch fed by a `tf.data` iterator (the previous default)
+  eager       the step without tf.function, per batch (fewer steps)
+  xla         the loop with its step compiled by XLA (`--jit_compile`); floor_xla its floor
+ZSCRGAN's unit is its E-step round (n_critic critic steps + 1 generator step), fed by the
+release's class-block sampler; it reports loop and floor only.
 `--gallery_sizes` adds mAP@all over a large gallery (streamed in query chunks).
 """
 
@@ -33,9 +34,10 @@ from absl import app, flags
 
 flags.DEFINE_list("methods", ["acmr_simple", "acmr_triplet", "jfse", "zscrgan", "cmhash"], "Methods.")
 flags.DEFINE_list("sizes", ["wiki", "xmn"], "wiki (2,170 pairs), xmn (32,000 pairs), tiny (tests).")
-flags.DEFINE_list("variants", ["loop", "floor", "epoch_fn", "eager", "xla"], "Variants to time.")
-flags.DEFINE_integer("steps", 30, "Timed steps per repeat (scaled to an epoch).")
-flags.DEFINE_integer("repeats", 3, "Repeats per variant (median).")
+flags.DEFINE_list("variants", ["loop", "floor", "xla", "floor_xla", "batch_loop", "eager"], "Variants to time.")
+flags.DEFINE_integer("steps", 100, "Timed steps per repeat, at most an epoch's full batches (scaled to an epoch).")
+flags.DEFINE_integer("jfse_steps", 5, "JFSE's timed steps (its release-width step takes seconds on CPU).")
+flags.DEFINE_integer("repeats", 5, "Repeats per variant, taken round-robin (median).")
 flags.DEFINE_list("gallery_sizes", ["100000", "1000000"], "Gallery sizes of the streamed mAP@all case ('' for none).")
 flags.DEFINE_integer("queries", 200, "Queries of the streamed mAP@all case.")
 flags.DEFINE_string("output", "docs/benchmarks.json", "JSON results (the markdown table is printed).")
@@ -63,7 +65,7 @@ def _peak_rss_mib() -> float:
 
 
 class Case:
-    """What the harness needs of one method: its step, batches and evaluation."""
+    """What the harness needs of one method: its step, runners and evaluation."""
 
     def __init__(self, method, size):
         import tensorflow as tf
@@ -76,30 +78,30 @@ class Case:
         self.eval_kind = "cosine i2t + t2i mAP@all on the test split"
         if method.startswith("acmr"):
             from acmr_tf.config import ACMRConfig
-            from acmr_tf.train import ACMRTrainer
+            from acmr_tf.train import LOG_FIELDS, ACMRTrainer
 
             t = ACMRTrainer(ACMRConfig(variant=method.split("_")[1]), ds.image_dim, ds.text_dim, ds.num_classes)
             t.grl_scale.assign(0.5)
-            self.batch_size, self.keys = t.cfg.batch_size, ("image", "text", "label")
-            self.iterator = t.make_iterator(self.train)
+            self.make_runner = t.make_runner
+            self.keys, self.outputs = ("image", "text", "label"), LOG_FIELDS[t.cfg.variant]
             self.tensors = pipelines.split_tensors(self.train)
         elif method == "jfse":
             from jfse_tf.config import JFSEConfig
-            from jfse_tf.train import JFSETrainer
+            from jfse_tf.train import LOSS_NAMES, JFSETrainer
 
             t = JFSETrainer(JFSEConfig().for_method(), ds.image_dim, ds.text_dim, ds.class_embeddings.shape[1],
                             ds.num_classes)
-            self.batch_size, self.keys = t.cfg.batch_size, ("image", "text", "class_emb", "label")
             rows = ds.class_embedding_rows(self.train.labels)
-            self.iterator = t.make_iterator(self.train, rows)
+            self.make_runner = lambda train, spe, jit: t.make_runner(train, rows, spe, jit)
+            self.keys, self.outputs = ("image", "text", "class_emb", "label"), LOSS_NAMES
             self.tensors = dict(pipelines.split_tensors(self.train), class_emb=tf.constant(rows, tf.float32))
         elif method == "cmhash":
-            from cmhash_tf.train import CMHashConfig, CMHashTrainer, feature_batches, multi_hot
+            from cmhash_tf.train import CMHashConfig, CMHashTrainer, multi_hot
 
             t = CMHashTrainer(CMHashConfig(), ds.image_dim, ds.text_dim)
             self.train = self.train.__class__(self.train.image, self.train.text, multi_hot(self.train.labels, ds.num_classes))
-            self.batch_size, self.keys = t.cfg.batch_size, ("image", "text", "label")
-            self.iterator = iter(feature_batches(self.train, t.cfg))
+            self.make_runner = t.make_runner
+            self.keys, self.outputs = ("image", "text", "label"), ("loss", "applied")
             self.tensors = pipelines.split_tensors(self.train)
             self.eval_kind = "Hamming i2t + t2i mAP, test queries against the train split"
         else:
@@ -107,32 +109,50 @@ class Case:
             from zscrgan_tf.train import ZSCRGANConfig, ZSCRGANTrainer
 
             t = ZSCRGANTrainer(ZSCRGANConfig(), zdata.from_dataset(ds))
-            self.batch_size, self.keys = t.cfg.batch_size * (t.cfg.n_critic + 1), None
             self.eval_kind = "P@50 + t2i mAP@all, unseen text queries against unseen images"
         self.trainer, self.metrics = t, metrics
+        if method == "zscrgan":
+            self.batch_size = t.cfg.batch_size * (t.cfg.n_critic + 1)  # unit: one E-step round
+        else:
+            self.batch_size = t.cfg.batch_size
+            self.shuffle = bool(getattr(t.cfg, "shuffle", method == "cmhash"))
         self.steps_per_epoch = -(-len(self.train) // self.batch_size)
         self.pairs_per_step = self.batch_size
+        self.epoch = 0
 
-    # ------------------------------------------------------------------ steps
-    def _args(self, b):
-        return [b[k] for k in self.keys]
-
-    def run_loop(self, steps, step_fn=None):
-        """The entry point's loop: next batch from its pipeline, one compiled call."""
+    # ------------------------------------------------------------------ variants
+    def loop(self, steps, jit_compile=False):
+        """The entry point's loop: `steps` batches of the in-graph epoch in one call (the real
+        epoch makes the same call with all its batches). ZSCRGAN: its sampler-fed E-step rounds."""
         t = self.trainer
         if self.method == "zscrgan":
-            out = None
-            for _ in range(steps):
-                for _ in range(t.cfg.n_critic):
-                    out = t.step("critic")["d_loss"]
-                out = t.step("generator")["g_loss"]
-            return float(out)
-        fn = step_fn or t.train_step
-        for _ in range(steps):
-            out = fn(*self._args(next(self.iterator)))
-        return float(next(iter(out.values())))
+            def run():
+                out = None
+                for _ in range(steps):
+                    for _ in range(t.cfg.n_critic):
+                        out = t.step("critic")["d_loss"]
+                    out = t.step("generator")["g_loss"]
+                return float(out)
+            return run
+        runner = self.make_runner(self.train, steps, jit_compile)
 
-    def floor_fn(self, steps):
+        def run():
+            self.epoch += 1
+            return runner.run_block(self.epoch, 0, min(steps, runner.steps))
+        return run
+
+    def batch_loop(self, steps, step_fn=None):
+        """One call per batch, batches from a `tf.data` iterator (the previous default; end-to-end
+        cmhash still feeds this way)."""
+        from common import pipelines, training
+
+        t = self.trainer
+        ds = pipelines.epoch_indices(len(self.train), self.batch_size, self.shuffle, 0).map(
+            pipelines.gather_rows(self.tensors))
+        runner = training.BatchRunner(step_fn or t.train_step, ds, self.keys, self.outputs, steps)
+        return lambda: runner.run_epoch(0)
+
+    def floor_fn(self, steps, jit_compile=False):
         """The step applied `steps` times to one cached batch inside one tf.function."""
         tf, t = self.tf, self.trainer
         if self.method == "zscrgan":
@@ -147,32 +167,20 @@ class Case:
                     out = t._generator_step(*rows)["g_loss"]
                 return out
         else:
-            args = self._args(next(self.iterator))
+            from common import pipelines
+
+            # a batch of random rows (the first rows in file order may be one class: no mining work)
+            rows = pipelines.epoch_order(len(self.train), True, 0, 0)[:self.batch_size]
+            b = pipelines.gather_rows(self.tensors)(rows)
+            args = [b[k] for k in self.keys]
+            step = tf.function(t._train_step, jit_compile=True) if jit_compile else t._train_step
 
             @tf.function
             def run():
                 out = tf.constant(0.0)
                 for _ in tf.range(steps):
-                    out = next(iter(t._train_step(*args).values()))
+                    out = step(*args)[self.outputs[0]]
                 return out
-        return lambda: float(run())
-
-    def epoch_fn(self, steps):
-        """In-graph shuffle and gather of `steps` batches and the step, one tf.function."""
-        tf, t, n, b = self.tf, self.trainer, len(self.train), self.batch_size
-        seed = tf.Variable(0, dtype=tf.int64)
-
-        @tf.function
-        def run():
-            idx = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
-                                                           seed=tf.stack([tf.constant(0, tf.int64), seed]))
-            out = tf.constant(0.0)
-            for s in tf.range(steps):
-                start = (s * b) % (n - b)
-                rows = idx[start:start + b]
-                out = next(iter(t._train_step(*[tf.gather(self.tensors[k], rows) for k in self.keys]).values()))
-            seed.assign_add(1)
-            return out
         return lambda: float(run())
 
     def evaluate(self):
@@ -189,52 +197,58 @@ class Case:
         return self.metrics.cross_modal_map_all(e_v, e_t, self.test.labels, self.test.labels)["i2t_map_all"]
 
 
-def _time(fn, repeats):
-    fn()  # warm-up: tracing
-    times = []
+def _time_interleaved(fns: dict, repeats: int):
+    """Median seconds per call of each function, the repeats taken round-robin so that a slow
+    spell of the (shared, virtual) machine hits every variant alike; a variant that fails to
+    run is reported, not fatal."""
+    times, errors = {}, {}
+    for name, fn in fns.items():
+        try:
+            fn()  # warm-up: tracing and compilation
+            times[name] = []
+        except Exception as e:  # noqa: BLE001 - a variant that cannot compile is a result
+            errors[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for name in times:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}, errors
 
 
 def run_case(method: str, size: str) -> dict:
-    import tensorflow as tf
-
     from common import training
 
     training.set_seed(0)
     rss_start = _peak_rss_mib()
     case = Case(method, size)
-    steps = FLAGS.steps
+    steps = FLAGS.jfse_steps if method == "jfse" else FLAGS.steps
+    steps = min(steps, max(1, len(case.train) // case.batch_size))  # at most the epoch's full batches
     out = {"method": method, "size": size, "train_pairs": len(case.train), "test_pairs": len(case.test),
            "pairs_per_step": case.pairs_per_step, "steps_per_epoch": case.steps_per_epoch, "timed_steps": steps,
            "seconds_per_epoch": {}}
-    variants = {
-        "loop": lambda: case.run_loop(steps),
-        "floor": case.floor_fn(steps),
-        "epoch_fn": None, "eager": None, "xla": None,  # ZSCRGAN: sampler-fed compiled steps only
-    }
-    if method != "zscrgan":
-        xla = tf.function(case.trainer._train_step, jit_compile=True)
-        variants.update(epoch_fn=case.epoch_fn(steps), xla=lambda: case.run_loop(steps, step_fn=xla),
-                        eager=lambda: case.run_loop(max(2, steps // 10), step_fn=case.trainer._train_step))
+    eager_steps = max(2, steps // 10)
+    variants = {"loop": case.loop(steps), "floor": case.floor_fn(steps)}
+    if method != "zscrgan":  # ZSCRGAN: sampler-fed compiled steps only
+        variants.update(xla=case.loop(steps, jit_compile=True), floor_xla=case.floor_fn(steps, jit_compile=True),
+                        batch_loop=case.batch_loop(steps),
+                        eager=case.batch_loop(eager_steps, step_fn=case.trainer._train_step))
+    seconds, errors = {}, {}
+    # the floor comparison first, among itself: slow variants run before it left the process
+    # measurably slower for a while (up to 1.6x on cmhash), so they come after, on their own
+    for group in (("loop", "floor", "xla", "floor_xla"), ("batch_loop", "eager")):
+        wanted = {name: variants[name] for name in FLAGS.variants if name in group and variants.get(name) is not None}
+        sec, err = _time_interleaved(wanted, FLAGS.repeats)
+        seconds.update(sec)
+        errors.update(err)
+    if errors:
+        out["errors"] = errors
     for name in FLAGS.variants:
-        fn = variants.get(name)
-        if fn is None:
-            out["seconds_per_epoch"][name] = None
-            continue
-        try:
-            sec = _time(fn, FLAGS.repeats)
-        except Exception as e:  # noqa: BLE001 - a variant that cannot compile is a result, not a crash
-            out["seconds_per_epoch"][name] = None
-            out.setdefault("errors", {})[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
-            continue
-        timed = max(2, steps // 10) if name == "eager" else steps
-        out["seconds_per_epoch"][name] = sec / timed * case.steps_per_epoch
+        timed = eager_steps if name == "eager" else steps
+        out["seconds_per_epoch"][name] = seconds[name] / timed * case.steps_per_epoch if name in seconds else None
     spe = out["seconds_per_epoch"]
-    out["loop_over_floor"] = spe["loop"] / spe["floor"] if spe.get("loop") and spe.get("floor") else None
+    ratio = lambda a, b: spe[a] / spe[b] if spe.get(a) and spe.get(b) else None  # noqa: E731
+    out["loop_over_floor"], out["xla_over_floor_xla"] = ratio("loop", "floor"), ratio("xla", "floor_xla")
     out["pairs_per_second"] = {k: len(case.train) / v for k, v in spe.items() if v}
     t0 = time.perf_counter()
     case.evaluate()
@@ -264,7 +278,7 @@ def run_gallery(n_gallery: int) -> dict:
 
 def _child(case: str) -> dict:
     argv = [sys.executable, "-m", "tools.benchmark", f"--case={case}", f"--steps={FLAGS.steps}",
-            f"--repeats={FLAGS.repeats}", f"--variants={','.join(FLAGS.variants)}", f"--queries={FLAGS.queries}"]
+            f"--repeats={FLAGS.repeats}", f"--jfse_steps={FLAGS.jfse_steps}", f"--variants={','.join(FLAGS.variants)}", f"--queries={FLAGS.queries}"]
     r = subprocess.run(argv, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
     if r.returncode != 0 or not lines:
@@ -273,8 +287,8 @@ def _child(case: str) -> dict:
 
 
 def markdown(results: dict) -> str:
-    rows = ["| method | size | loop s/epoch | pairs/s | floor s/epoch | loop / floor | epoch_fn | eager | XLA | "
-            "eval s | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| method | size | loop s/epoch | pairs/s | floor | loop / floor | XLA loop | XLA floor | XLA loop / floor "
+            "| per-batch loop | eager | eval s | peak RSS MiB |", "|---" * 13 + "|"]
     f = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
     for r in results["cases"]:
         if "error" in r:
@@ -282,8 +296,9 @@ def markdown(results: dict) -> str:
             continue
         s = r["seconds_per_epoch"]
         rows.append(f"| {r['method']} | {r['size']} | {f(s.get('loop'))} | {r['pairs_per_second'].get('loop', 0):,.0f} | "
-                    f"{f(s.get('floor'))} | {f(r['loop_over_floor'])} | {f(s.get('epoch_fn'))} | {f(s.get('eager'))} | "
-                    f"{f(s.get('xla'))} | {r['eval_seconds']:.2f} | {r['peak_rss_mib']:,.0f} |")
+                    f"{f(s.get('floor'))} | {f(r['loop_over_floor'])} | {f(s.get('xla'))} | {f(s.get('floor_xla'))} | "
+                    f"{f(r.get('xla_over_floor_xla'))} | {f(s.get('batch_loop'))} | {f(s.get('eager'))} | "
+                    f"{r['eval_seconds']:.2f} | {r['peak_rss_mib']:,.0f} |")
     if results.get("gallery"):
         rows += ["", "| gallery | queries | mAP@all time | peak RSS MiB | gallery MiB |", "|---|---|---|---|---|"]
         for g in results["gallery"]:

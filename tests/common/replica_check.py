@@ -4,8 +4,9 @@ Run as `python -m tests.common.replica_check [method ...]` in a fresh process: l
 must be configured before TensorFlow initialises, which a pytest worker has long done. Prints
 one JSON line per method with the largest relative differences of (1) the losses and the
 one-step updates with every optimiser replaced by SGD(lr=1), whose update is minus the
-gradient, and (2, with --train3) the losses and weights after three steps with the method's own
-optimisers.
+gradient, (2) the same through the in-graph epoch loop (`training.EpochRunner`: two batches in
+one `tf.function`, the replicas' step inside its while loop), and (3, with --train3) the losses
+and weights after three steps with the method's own optimisers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 import keras  # noqa: E402
 
-from common import distribute  # noqa: E402
+from common import distribute, training  # noqa: E402
 
 # odd global batch: the two replicas get 4 and 5 rows
 B = 9
@@ -37,7 +38,7 @@ def _rel(a, b) -> float:
 
 def acmr(replicas, variant):
     from acmr_tf.config import ACMRConfig
-    from acmr_tf.train import ACMRTrainer
+    from acmr_tf.train import LOG_FIELDS, ACMRTrainer
 
     t = ACMRTrainer(ACMRConfig(variant=variant, preset="paper"), 16, 12, 3, replicas=replicas)
     t.grl_scale.assign(0.7)
@@ -45,12 +46,19 @@ def acmr(replicas, variant):
     batch = (tf.constant(rng.normal(size=(B, 16)), tf.float32), tf.constant(rng.normal(size=(B, 12)), tf.float32),
              tf.constant(rng.integers(0, 3, B), tf.int64))
     models = [m for g in t.nets.groups.values() for m in g]
-    return t, models, t.optimizers, lambda: t.train_step(*batch)
+    return t, models, t.optimizers, lambda: t.train_step(*batch), _epoch(t, batch, ("image", "text", "label"), LOG_FIELDS[variant])
+
+
+def _epoch(trainer, batch, keys, outputs):
+    """One in-graph epoch of two batches: `batch` and its rows reversed."""
+    tensors = {k: tf.concat([x, tf.reverse(x, [0])], 0) for k, x in zip(keys, batch)}
+    runner = training.EpochRunner(trainer._train_step, tensors, keys, outputs, B)
+    return lambda: {k: tf.constant(v[-1]) for k, v in runner.run_epoch(0).items()}
 
 
 def jfse(replicas):
     from jfse_tf.config import JFSEConfig
-    from jfse_tf.train import JFSETrainer
+    from jfse_tf.train import LOSS_NAMES, JFSETrainer
 
     cfg = JFSEConfig(batch_size=B, hidden=8, noise_dim=4, n_critic=2, align="cmpm", synthesize_unseen=True).for_method()
     t = JFSETrainer(cfg, 10, 7, 5, 4, unseen_class_emb=np.eye(5, dtype=np.float32)[:2],
@@ -61,7 +69,8 @@ def jfse(replicas):
     batch = (tf.constant(rng.normal(size=(B, 10)), tf.float32), tf.constant(rng.normal(size=(B, 7)), tf.float32),
              tf.constant(np.eye(5, dtype=np.float32)[labels] + 0.1), tf.constant(labels, tf.int64))
     models = [m for g in t.nets.groups.values() for m in g]
-    return t, models, t.optimizers, lambda: t.train_step(*batch)
+    return t, models, t.optimizers, lambda: t.train_step(*batch), _epoch(t, batch, ("image", "text", "class_emb", "label"),
+                                                                     LOSS_NAMES + ("loss_unseen_syn",))
 
 
 def cmhash(replicas):
@@ -72,7 +81,7 @@ def cmhash(replicas):
     batch = (tf.constant(rng.normal(size=(B, 10)), tf.float32), tf.constant(rng.normal(size=(B, 7)), tf.float32),
              tf.constant((rng.random((B, 4)) < 0.4).astype(np.float32)))
     models = [m for g in t.nets.groups.values() for m in g]
-    return t, models, t.optimizers, lambda: t.train_step(*batch)
+    return t, models, t.optimizers, lambda: t.train_step(*batch), _epoch(t, batch, ("image", "text", "label"), ("loss",))
 
 
 def zscrgan(replicas):
@@ -92,14 +101,14 @@ def zscrgan(replicas):
         out.update(t.csem_step(*rows))
         return out
 
-    return t, [t.gen, t.critic, t.csem], {"d": t.d_opt, "g": t.g_opt, "c": t.c_opt}, step
+    return t, [t.gen, t.critic, t.csem], {"d": t.d_opt, "g": t.g_opt, "c": t.c_opt}, step, None  # sampler-fed
 
 
-def _sgd(trainer, optimizers, replicas):
-    """Every optimiser replaced by SGD(lr=1) over the same variables (the update is -gradient)."""
+def _sgd(trainer, optimizers, replicas, lr):
+    """Every optimiser replaced by SGD(lr) over the same variables (lr = 1: the update is -gradient)."""
     with replicas.scope():
         for name, opt in list(optimizers.items()):
-            sgd = keras.optimizers.SGD(1.0)
+            sgd = keras.optimizers.SGD(lr)
             sgd.build(list(opt._trainable_variables))
             optimizers[name] = sgd
             if hasattr(trainer, f"{name}_opt"):  # ZSCRGAN keeps its optimisers as attributes
@@ -114,22 +123,24 @@ def _losses(out):
     return {k: float(v) for k, v in out.items() if tf.as_dtype(v.dtype).is_floating}
 
 
-def build(name, replicas, sgd):
+def build(name, replicas, sgd, epoch=False):
     keras.utils.set_random_seed(0)
     fn = {"acmr_simple": lambda r: acmr(r, "simple"), "acmr_triplet": lambda r: acmr(r, "triplet"),
           "jfse": jfse, "cmhash": cmhash, "zscrgan": zscrgan}[name]
-    trainer, models, optimizers, step = fn(replicas)
-    if sgd:
-        _sgd(trainer, optimizers, replicas)
-    return trainer, models, step
+    trainer, models, optimizers, step, epoch_fn = fn(replicas)
+    if sgd:  # two steps of SGD(1) diverge; the epoch's two steps take a small rate
+        _sgd(trainer, optimizers, replicas, 0.01 if epoch else 1.0)
+    return trainer, models, (epoch_fn if epoch else step)
 
 
 def compare(name: str) -> dict:
     strategy = STRATEGY
     out = {"method": name, "replicas": strategy.num_replicas_in_sync}
-    for label, sgd, steps in (("gradient", True, 1),) + ((("train3", False, 3),) if TRAIN3 else ()):
-        one, one_models, one_step = build(name, distribute.Replicas(), sgd)
-        two, two_models, two_step = build(name, distribute.Replicas(strategy), sgd)
+    # the in-graph epoch: one ACMR variant (the loop is the same for both), JFSE and cmhash
+    runs = (("gradient", True, 1),) + ((("epoch", True, 1),) if name in ("acmr_simple", "jfse", "cmhash") else ())
+    for label, sgd, steps in runs + ((("train3", False, 3),) if TRAIN3 else ()):
+        one, one_models, one_step = build(name, distribute.Replicas(), sgd, label == "epoch")
+        two, two_models, two_step = build(name, distribute.Replicas(strategy), sgd, label == "epoch")
         for a, b in zip([v for m in one_models for v in m.variables], [v for m in two_models for v in m.variables]):
             b.assign(a.numpy())  # identical starting weights
         w0 = _weights(one_models)
@@ -141,10 +152,12 @@ def compare(name: str) -> dict:
         worst = max(l1, key=lambda k: abs(l1[k] - l2[k]))
         out[f"{label}_loss_rel"] = abs(l1[worst] - l2[worst]) / scale
         out[f"{label}_loss_worst"] = [worst, l1[worst], l2[worst]]
-        if sgd:  # SGD(1): the update is -gradient
+        if label == "gradient":  # SGD(1): the update is -gradient
             out["gradient_rel"] = max(_rel(a1 - a0, a2 - a0) for a0, a1, a2 in zip(w0, w1, w2))
             out["gradient_nonzero"] = sum(bool(np.any(a1 != a0)) for a0, a1 in zip(w0, w1))
             out["variables"] = len(w0)
+        elif label == "epoch":  # the two steps' summed updates
+            out["epoch_update_rel"] = max(_rel(a1 - a0, a2 - a0) for a0, a1, a2 in zip(w0, w1, w2))
         else:
             out["train3_weight_rel"] = max(_rel(a, b) for a, b in zip(w1, w2))
     return out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import io, training
+from common import io, pipelines, training
 from common.layers import GradientReversal, gradient_reversal, grl_schedule
 
 
@@ -138,3 +138,28 @@ def test_checkpointer_saves_data_position_with_the_model(tmp_path):
     ckpt2 = training.Checkpointer(str(tmp_path), model=make_model(1)[0], iterator=it2)
     assert ckpt2.restore_or_initialize() and int(ckpt2.step.numpy()) == 5
     np.testing.assert_array_equal(next(it2)["index"].numpy(), expected)
+
+
+@pytest.mark.parametrize("shuffle,drop_remainder,per_call", [(True, False, 2), (False, True, 0), (True, True, 1)])
+def test_epoch_runner_feeds_the_pipeline_batches(shuffle, drop_remainder, per_call):
+    """The in-graph epoch gives the batches `pipelines.epoch_indices` gives (order, tail, size)."""
+    x = tf.constant(np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32))
+
+    def step(a):
+        return {"first": a[0, 0], "size": tf.shape(a)[0], "sum": tf.reduce_sum(a[:, 0])}
+
+    runner = training.EpochRunner(step, {"x": x}, ["x"], ["first", "size", "sum"], 4, shuffle, 3,
+                                  drop_remainder, steps_per_execution=per_call)
+    blocks = []
+    for epoch in (0, 1, 5):
+        out = runner.run_epoch(epoch, on_block=lambda first, v: blocks.append((first, len(v["sum"]))))
+        ref = [b.numpy() for b in pipelines.epoch_indices(10, 4, shuffle, 3, drop_remainder)
+               .skip(runner.steps * epoch).take(runner.steps)]
+        np.testing.assert_array_equal(out["first"], [b[0] for b in ref])
+        np.testing.assert_array_equal(out["sum"], [b.sum() for b in ref])
+        np.testing.assert_array_equal(out["size"], [len(b) for b in ref])
+    assert runner.steps == (2 if drop_remainder else 3)
+    calls = -(-runner.full_steps // (per_call or runner.full_steps)) + (runner.steps - runner.full_steps)
+    assert len(blocks) == 3 * calls and sum(n for _, n in blocks) == 3 * runner.steps
+    assert runner._block.experimental_get_tracing_count() == 1  # one trace for every epoch and block
+    assert runner._tail.experimental_get_tracing_count() == (0 if drop_remainder else 1)

@@ -11,6 +11,7 @@ from tests.common import fixtures
 from tests.conftest import REPO
 
 TINY = ["--hidden", "64", "--noise_dim", "8", "--eval_every", "1", "--n_critic", "1"]
+NOJIT = ["--nojit_compile"]  # compiling the step with XLA (the default) costs ~10 s a run at this size
 
 
 def demo(*args):
@@ -42,7 +43,7 @@ def test_all_scenarios_write_contract_results(tmp_path):
 
 
 def test_cfsa_runs_zero_shot_only(tmp_path):
-    res = demo("--method", "cfsa", "--epochs", "1", "--output_dir", str(tmp_path), *TINY)
+    res = demo("--method", "cfsa", "--epochs", "1", "--output_dir", str(tmp_path), *TINY, *NOJIT)
     assert res.returncode == 0, res.stderr[-2000:]
     assert sorted(os.listdir(tmp_path)) == ["zs"]
     cfg = json.loads((tmp_path / "zs" / "results.json").read_text())["config"]
@@ -63,7 +64,7 @@ def test_feature_folder_with_class_embeddings(tmp_path):
     np.save(folder / "class_emb.npy", np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32))
     (folder / "unseen_classes.txt").write_text("3\n")
     res = demo("--dataset", "features", "--data_dir", str(folder), "--epochs", "1", "--batch_size", "4", "--scenario", "zs",
-               "--output_dir", str(tmp_path / "o"), *TINY)
+               "--output_dir", str(tmp_path / "o"), *TINY, *NOJIT)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((tmp_path / "o" / "zs" / "results.json").read_text())["dataset"] == "f"
 
@@ -72,14 +73,14 @@ def test_xmn_release_pickles_end_to_end(tmp_path):
     """`--dataset xmn` on the release's layout: seen classes train, the test set is unseen-only."""
     fixtures.write_xmn(str(tmp_path / "xmn"), n_train=16, n_test=6)
     res = demo("--dataset", "xmn", "--data_dir", str(tmp_path / "xmn"), "--scenario", "zs", "--epochs", "1",
-               "--batch_size", "8", "--output_dir", str(tmp_path / "o"), *TINY)
+               "--batch_size", "8", "--output_dir", str(tmp_path / "o"), *TINY, *NOJIT)
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.loads((tmp_path / "o" / "zs" / "results.json").read_text())
     assert r["dataset"] == "xmn" and 0 < r["i2t_map_all"] <= 1 and 0 < r["t2i_map_all"] <= 1
     assert "16 train / 6 test pairs, dims 4096/300" in res.stdout
     # the release's attribute rows cover seen classes only: synthesising unseen ones needs class_emb.npy
     res = demo("--dataset", "xmn", "--data_dir", str(tmp_path / "xmn"), "--scenario", "zs", "--epochs", "1",
-               "--synthesize_unseen", "--output_dir", str(tmp_path / "o2"), *TINY)
+               "--synthesize_unseen", "--output_dir", str(tmp_path / "o2"), *TINY, *NOJIT)
     assert res.returncode == 2 and "class_emb.npy" in res.stderr.splitlines()[-1], res.stderr[-800:]
     assert not (tmp_path / "o2" / "zs" / "results.json").exists()
     res = demo("--dataset", "xmn", "--data_dir", str(tmp_path / "xmn"), "--scenario", "standard",

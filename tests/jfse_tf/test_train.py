@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import metrics, training
+from common import metrics, pipelines, training
 from common.synthetic import make_synthetic
 from jfse_tf.config import JFSEConfig
 from jfse_tf.train import LOSS_NAMES, JFSETrainer, summarise
@@ -16,6 +16,11 @@ SMALL = dict(hidden=256, noise_dim=16)
 def data():
     ds = make_synthetic("small")
     return ds, ds.zero_shot()
+
+
+def first_batch(ds, split):
+    b = next(iter(pipelines.paired_batches(split, 64)))
+    return dict(b, class_emb=tf.constant(ds.class_embedding_rows(b["label"].numpy()), tf.float32))
 
 
 def trainer_for(ds, **kwargs):
@@ -35,9 +40,8 @@ def test_optimizers_match_release(data):
 def test_one_step_logs_all_losses_and_moves_the_right_groups(data):
     ds, zs = data
     t = trainer_for(ds)
-    it = t.make_iterator(zs.train, ds.class_embedding_rows(zs.train.labels))
     before = {g: [v.numpy().copy() for v in t.nets.variables(g)] for g in t.nets.groups}
-    b = next(it)
+    b = first_batch(ds, zs.train)
     logs = t.train_step(b["image"], b["text"], b["class_emb"], b["label"])
     assert set(logs) == set(LOSS_NAMES) and all(np.isfinite(float(v)) for v in logs.values())
     for group, old in before.items():
@@ -51,17 +55,15 @@ def test_cfsa_preset_leaves_the_modality_classifier_alone(data):
     ds, zs = data
     t = trainer_for(ds, method="cfsa")
     assert t.cfg.align == "cmpm" and t.cfg.weights["w_adv_real"] == 0 and not t.cfg.train_modality_classifier
-    it = t.make_iterator(zs.train, ds.class_embedding_rows(zs.train.labels))
     old = [v.numpy().copy() for v in t.nets.variables("modality_classifier")]
-    b = next(it)
+    b = first_batch(ds, zs.train)
     t.train_step(b["image"], b["text"], b["class_emb"], b["label"])
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(old, t.nets.variables("modality_classifier")))
 
 
 def test_align_flag_changes_only_alignment_slots(data):
     ds, zs = data
-    b = next(JFSETrainer(JFSEConfig(**SMALL), ds.image_dim, ds.text_dim, 32, 10)
-             .make_iterator(zs.train, ds.class_embedding_rows(zs.train.labels)))
+    b = first_batch(ds, zs.train)
     out = {}
     for align in ("cmpm", "cmca"):
         t = trainer_for(ds, align=align, n_critic=0)
@@ -81,8 +83,8 @@ def test_zero_shot_learns_unseen_classes_beyond_chance(data):
     chance = metrics.expected_random_map(zs.test_unseen.labels, zs.test_unseen.labels)
     untrained = t.evaluate(zs.test_unseen)["minmax"]["avg"]
     assert abs(untrained - chance) < 0.05 + 0.05  # untrained embeddings: chance plus init structure
-    it = t.make_iterator(zs.train, ds.class_embedding_rows(zs.train.labels))
-    history = t.fit(zs.train, it, {"unseen": zs.test_unseen, "seen": zs.test_seen}, log=lambda s: None)
+    runner = t.make_runner(zs.train, ds.class_embedding_rows(zs.train.labels))
+    history = t.fit(runner, {"unseen": zs.test_unseen, "seen": zs.test_seen}, log=lambda s: None)
     unseen = summarise(history, "unseen")["final"]["minmax"]["avg"]
     seen = summarise(history, "seen")["final"]["minmax"]["avg"]
     assert unseen >= chance + 0.15, (unseen, chance)
@@ -102,7 +104,7 @@ def test_synthesize_unseen_trains_only_the_regressors_on_unseen_classes(data):
     """--synthesize_unseen: same critic/generator/classifier update as the release, regressors differ."""
     ds, zs = data
     rows = ds.class_embedding_rows(zs.unseen_classes)
-    b = next(trainer_for(ds).make_iterator(zs.train, ds.class_embedding_rows(zs.train.labels)))
+    b = first_batch(ds, zs.train)
     weights, logs = {}, {}
     for on in (False, True):
         training.set_seed(0)

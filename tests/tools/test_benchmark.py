@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_benchmark_harness_tiny(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "-m", "tools.benchmark", "--methods", "acmr_simple,cmhash", "--sizes", "tiny",
-                        "--steps", "3", "--repeats", "1", "--variants", "loop,floor,epoch_fn,eager",
+                        "--steps", "3", "--repeats", "1", "--variants", "loop,floor,batch_loop,eager",
                         "--gallery_sizes", "3000", "--queries", "20", "--output", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -20,7 +20,7 @@ def test_benchmark_harness_tiny(tmp_path):
     for c in res["cases"]:
         assert "errors" not in c, c
         spe = c["seconds_per_epoch"]
-        assert all(spe[k] > 0 for k in ("loop", "floor", "epoch_fn", "eager")), spe
+        assert all(spe[k] > 0 for k in ("loop", "floor", "batch_loop", "eager")), spe
         assert "xla" not in spe  # not requested
         assert c["loop_over_floor"] == spe["loop"] / spe["floor"]
         assert c["steps_per_epoch"] == -(-c["train_pairs"] // c["pairs_per_step"])
