@@ -123,9 +123,15 @@ class JFSETrainer:
             return losses.batch_minmax(v), losses.batch_minmax(t), losses.batch_minmax(c)
         return v, t, c
 
-    def _train_step(self, image, text, class_emb, labels):
+    def _train_step(self, image, text, class_emb, labels, replica_step=None):
         noise = self._draw_noise(tf.shape(image)[0])
-        return self.replicas.run(self._replica_step, image, text, class_emb, labels, noise)
+        return self.replicas.run(replica_step or self._replica_step, image, text, class_emb, labels, noise)
+
+    def xla_step(self) -> Callable:
+        """The step with everything after the noise draw compiled by XLA. The draw stays outside:
+        XLA's kernels for `tf.random.Generator` produce other numbers than TF's from the same state."""
+        compiled = tf.function(self._replica_step, jit_compile=True)
+        return lambda *batch: self._train_step(*batch, replica_step=compiled)
 
     def _replica_step(self, image, text, class_emb, labels, noise):
         """Per-batch min-max and every loss on the global batch; networks on this replica's rows."""
@@ -198,9 +204,10 @@ class JFSETrainer:
         step's 14 logged losses (plus the unseen-synthesis term) per batch."""
         tensors = dict(pipelines.split_tensors(train), class_emb=tf.constant(class_emb_rows, tf.float32))
         outputs = LOSS_NAMES + (("loss_unseen_syn",) if self.unseen is not None else ())
-        return training.EpochRunner(self._train_step, tensors, ("image", "text", "class_emb", "label"), outputs,
+        step = self.xla_step() if jit_compile else self._train_step
+        return training.EpochRunner(step, tensors, ("image", "text", "class_emb", "label"), outputs,
                                     self.cfg.batch_size, self.cfg.shuffle, self.cfg.seed,
-                                    steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+                                    steps_per_execution=steps_per_execution)
 
     def fit(self, runner: training.EpochRunner, eval_sets: Dict[str, Split], val: Optional[Split] = None,
             epochs: Optional[int] = None, start_epoch: int = 0, writer=None,

@@ -21,7 +21,7 @@ def demo(*args):
 
 
 def test_all_scenarios_write_contract_results(tmp_path):
-    res = demo("--epochs", "2", "--output_dir", str(tmp_path), *TINY)
+    res = demo("--epochs", "2", "--output_dir", str(tmp_path), *TINY, *NOJIT)  # XLA: test_train.py
     assert res.returncode == 0, res.stderr[-2000:]
     std = json.loads((tmp_path / "standard" / "results.json").read_text())
     zs = json.loads((tmp_path / "zs" / "results.json").read_text())

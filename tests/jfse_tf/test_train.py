@@ -120,3 +120,17 @@ def test_synthesize_unseen_trains_only_the_regressors_on_unseen_classes(data):
         assert same == (group != "regressors"), group
     with pytest.raises(ValueError, match="unseen"):
         JFSETrainer(JFSEConfig(**SMALL, synthesize_unseen=True), ds.image_dim, ds.text_dim, 32, 10)
+
+
+def test_xla_epoch_matches_the_plain_one(data):
+    """The entry point compiles the step with XLA by default: one epoch gives the losses of the
+    plain compiled step, to floating-point tolerance (full batches and the partial last one)."""
+    ds, zs = data
+    rows = ds.class_embedding_rows(zs.train.labels)
+    out = {}
+    for jit in (False, True):
+        runner = trainer_for(ds, n_critic=1, hidden=64, noise_dim=8).make_runner(zs.train, rows, jit_compile=jit)
+        out[jit] = runner.run_epoch(0)
+    assert runner.tail and len(out[True]["loss_G"]) == runner.steps
+    for k in out[False]:
+        np.testing.assert_allclose(out[True][k], out[False][k], rtol=1e-4, atol=1e-5, err_msg=k)

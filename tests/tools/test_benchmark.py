@@ -10,13 +10,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_benchmark_harness_tiny(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "tools.benchmark", "--methods", "acmr_simple,cmhash", "--sizes", "tiny",
+    r = subprocess.run([sys.executable, "-m", "tools.benchmark", "--methods", "cmhash", "--sizes", "tiny",
                         "--steps", "3", "--repeats", "1", "--variants", "loop,floor,batch_loop,eager",
                         "--gallery_sizes", "3000", "--queries", "20", "--output", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert [c["method"] for c in res["cases"]] == ["acmr_simple", "cmhash"]
+    assert [c["method"] for c in res["cases"]] == ["cmhash"]
     for c in res["cases"]:
         assert "errors" not in c, c
         spe = c["seconds_per_epoch"]
@@ -27,4 +27,4 @@ def test_benchmark_harness_tiny(tmp_path):
         assert c["peak_rss_mib"] > 0 and c["eval_seconds"] > 0
     g = res["gallery"][0]
     assert g["gallery"] == 3000 and 0 < g["map"] <= 1
-    assert "| acmr_simple | tiny |" in r.stdout
+    assert "| cmhash | tiny |" in r.stdout
