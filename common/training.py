@@ -191,12 +191,15 @@ class EpochRunner:
     run in one graph, `steps_per_execution` batches per call (0: the whole epoch). Full batches
     have a static batch dimension; a last partial batch runs in a call of its own (a dynamic
     batch dimension made the whole step slower). The step's outputs named in `outputs` come
-    back per batch (as float32) for logs and the NaN guard.
+    back per batch (as float32) for logs and the NaN guard. With `jit_compile` (or an XLA
+    `step` and a plain `tail_step`) the once-per-epoch partial batch runs the plain step: a
+    second XLA compilation for its shape cost more than it saves (README command 1: 94 s -> 81 s).
     """
 
     def __init__(self, step: Callable, tensors: Dict[str, tf.Tensor], args: Sequence[str],
                  outputs: Sequence[str], batch_size: int, shuffle: bool = False, seed: int = 0,
-                 drop_remainder: bool = False, steps_per_execution: int = 0, jit_compile: bool = False):
+                 drop_remainder: bool = False, steps_per_execution: int = 0, jit_compile: bool = False,
+                 tail_step: Optional[Callable] = None):
         self.n = int(tensors[args[0]].shape[0])
         if self.n == 0:
             raise ValueError("cannot batch an empty split")
@@ -210,6 +213,7 @@ class EpochRunner:
         self.per_call = max(self.full_steps, 1) if steps_per_execution <= 0 else int(steps_per_execution)
         # XLA compiles the step, not the loop around it (XLA has no stateless shuffle)
         self.step = tf.function(step, jit_compile=True) if jit_compile else step
+        self.tail_step = step if tail_step is None else tail_step
         self._block = tf.function(self._run_block)
         self._tail = tf.function(self._run_tail)
 
@@ -226,7 +230,7 @@ class EpochRunner:
 
     def _run_tail(self, epoch):
         order = pipelines.epoch_order(self.n, self.shuffle, self.seed, epoch)
-        out = self.step(*self._batch(order[self.n - self.tail:]))
+        out = self.tail_step(*self._batch(order[self.n - self.tail:]))
         return {k: tf.cast(out[k], tf.float32)[None] for k in self.outputs}
 
     def run_block(self, epoch: int, first: int, count: int) -> Dict[str, np.ndarray]:

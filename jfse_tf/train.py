@@ -207,7 +207,7 @@ class JFSETrainer:
         step = self.xla_step() if jit_compile else self._train_step
         return training.EpochRunner(step, tensors, ("image", "text", "class_emb", "label"), outputs,
                                     self.cfg.batch_size, self.cfg.shuffle, self.cfg.seed,
-                                    steps_per_execution=steps_per_execution)
+                                    steps_per_execution=steps_per_execution, tail_step=self._train_step)
 
     def fit(self, runner: training.EpochRunner, eval_sets: Dict[str, Split], val: Optional[Split] = None,
             epochs: Optional[int] = None, start_epoch: int = 0, writer=None,

@@ -163,3 +163,20 @@ def test_epoch_runner_feeds_the_pipeline_batches(shuffle, drop_remainder, per_ca
     assert len(blocks) == 3 * calls and sum(n for _, n in blocks) == 3 * runner.steps
     assert runner._block.experimental_get_tracing_count() == 1  # one trace for every epoch and block
     assert runner._tail.experimental_get_tracing_count() == (0 if drop_remainder else 1)
+
+
+def test_epoch_runner_xla_full_batches_plain_tail():
+    """With XLA the full batches run the compiled step and the partial batch the plain one
+    (no second compilation for the tail's shape); an explicit `tail_step` takes the tail."""
+    x = tf.constant(np.arange(10, dtype=np.float32)[:, None])
+
+    def step(a):
+        return {"sum": tf.reduce_sum(a)}
+
+    runner = training.EpochRunner(step, {"x": x}, ["x"], ["sum"], 4, jit_compile=True)
+    np.testing.assert_allclose(runner.run_epoch(0)["sum"], [6, 22, 17])
+    assert runner.tail_step is step and runner.step is not step
+    assert runner.step.experimental_get_tracing_count() == 1  # compiled for the full-batch shape only
+
+    marked = training.EpochRunner(step, {"x": x}, ["x"], ["sum"], 4, tail_step=lambda a: {"sum": -tf.reduce_sum(a)})
+    np.testing.assert_allclose(marked.run_epoch(0)["sum"], [6, 22, -17])
