@@ -13,7 +13,8 @@ and scaled to an epoch:
   floor       the same step applied `--steps` times to one cached batch inside one tf.function
   batch_loop  one compiled call per batch fed by a `tf.data` iterator (the previous default)
   eager       the step without tf.function, per batch (fewer steps)
-  xla         the loop with its step compiled by XLA (`--jit_compile`); floor_xla its floor
+  xla         the loop as `--jit_compile` runs it (ACMR, cmhash: the loop over a call's batches
+              compiled by XLA; JFSE: its step); floor_xla its floor, compiled the same way
 ZSCRGAN's unit is its E-step round (n_critic critic steps + 1 generator step), fed by the
 release's class-block sampler; it reports loop and floor only.
 `--gallery_sizes` adds mAP@all over a large gallery (streamed in query chunks).
@@ -41,6 +42,7 @@ flags.DEFINE_integer("repeats", 5, "Repeats per variant, taken round-robin (medi
 flags.DEFINE_list("gallery_sizes", ["100000", "1000000"], "Gallery sizes of the streamed mAP@all case ('' for none).")
 flags.DEFINE_integer("queries", 200, "Queries of the streamed mAP@all case.")
 flags.DEFINE_string("output", "docs/benchmarks.json", "JSON results (the markdown table is printed).")
+flags.DEFINE_bool("merge", False, "Keep the other cases already in --output (re-measure some methods only).")
 flags.DEFINE_string("case", None, "Internal: run one case in this process and print its JSON.")
 FLAGS = flags.FLAGS
 
@@ -174,14 +176,17 @@ class Case:
             b = pipelines.gather_rows(self.tensors)(rows)
             args = [b[k] for k in self.keys]
             step = t._train_step
-            if jit_compile:  # as the entry point compiles it (JFSE: its noise draw outside XLA)
-                step = t.xla_step() if hasattr(t, "xla_step") else tf.function(t._train_step, jit_compile=True)
+            # compiled as the entry point compiles it: JFSE's step with its noise draw outside XLA,
+            # the others' whole loop (training.EpochRunner)
+            whole = jit_compile and not hasattr(t, "xla_step")
+            if jit_compile and not whole:
+                step = t.xla_step()
 
-            @tf.function
+            @tf.function(jit_compile=whole)
             def run():
                 out = tf.constant(0.0)
                 for _ in tf.range(steps):
-                    out = step(*args)[self.outputs[0]]
+                    out = tf.cast(step(*args)[self.outputs[0]], tf.float32)
                 return out
         return lambda: float(run())
 
@@ -288,11 +293,22 @@ def _child(case: str) -> dict:
     return json.loads(lines[-1])
 
 
+def _case_id(key: str, record: dict) -> str:
+    if "case" in record:  # a case that failed
+        return record["case"]
+    return f"gallery:{record['gallery']}" if key == "gallery" else f"{record['method']}:{record['size']}"
+
+
+def _order(record: dict):
+    method, size = _case_id("cases", record).split(":")
+    return list(SIZES).index(size) if size in SIZES else 99, list(TEXT_DIM).index(method) if method in TEXT_DIM else 99
+
+
 def markdown(results: dict) -> str:
     rows = ["| method | size | loop s/epoch | pairs/s | floor | loop / floor | XLA loop | XLA floor | XLA loop / floor "
-            "| per-batch loop | eager | eval s | peak RSS MiB |", "|---" * 13 + "|"]
+            "| per-batch loop | eager | eval s | peak RSS MiB | measured |", "|---" * 14 + "|"]
     f = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
-    for r in results["cases"]:
+    for r in sorted(results["cases"], key=_order):
         if "error" in r:
             rows.append(f"| {r['case']} | error: {r['error']} |")
             continue
@@ -300,15 +316,15 @@ def markdown(results: dict) -> str:
         rows.append(f"| {r['method']} | {r['size']} | {f(s.get('loop'))} | {r['pairs_per_second'].get('loop', 0):,.0f} | "
                     f"{f(s.get('floor'))} | {f(r['loop_over_floor'])} | {f(s.get('xla'))} | {f(s.get('floor_xla'))} | "
                     f"{f(r.get('xla_over_floor_xla'))} | {f(s.get('batch_loop'))} | {f(s.get('eager'))} | "
-                    f"{r['eval_seconds']:.2f} | {r['peak_rss_mib']:,.0f} |")
+                    f"{r['eval_seconds']:.2f} | {r['peak_rss_mib']:,.0f} | {r.get('measured', '')} |")
     if results.get("gallery"):
-        rows += ["", "| gallery | queries | mAP@all time | peak RSS MiB | gallery MiB |", "|---|---|---|---|---|"]
+        rows += ["", "| gallery | queries | mAP@all time | peak RSS MiB | gallery MiB | measured |", "|---" * 6 + "|"]
         for g in results["gallery"]:
             if "error" in g:
                 rows.append(f"| error: {g['error']} |")
             else:
                 rows.append(f"| {g['gallery']:,} | {g['queries']} | {g['seconds']:.2f} s | {g['peak_rss_mib']:,.0f} | "
-                            f"{g['gallery_mib']:.0f} |")
+                            f"{g['gallery_mib']:.0f} | {g.get('measured', '')} |")
     return "\n".join(rows)
 
 
@@ -333,9 +349,15 @@ def main(argv):
 
     jobs = [("cases", f"{m}:{s}") for s in FLAGS.sizes for m in FLAGS.methods]
     jobs += [("gallery", f"gallery:{g}") for g in FLAGS.gallery_sizes if g]
+    if FLAGS.merge and os.path.exists(FLAGS.output):
+        with open(FLAGS.output) as f:
+            old = json.load(f)
+        redo = {case for _, case in jobs}
+        for key in ("cases", "gallery"):
+            results[key] = [r for r in old.get(key, []) if _case_id(key, r) not in redo]
     for key, case in jobs:
         print(f"{case} ...", file=sys.stderr, flush=True)
-        results[key].append(_child(case))
+        results[key].append(dict(_child(case), measured=time.strftime("%Y-%m-%d")))
         io.write_json(FLAGS.output, results)  # after every case: a long run stopped early keeps what it measured
     print(markdown(results))
 

@@ -140,8 +140,9 @@ def test_checkpointer_saves_data_position_with_the_model(tmp_path):
     np.testing.assert_array_equal(next(it2)["index"].numpy(), expected)
 
 
-@pytest.mark.parametrize("shuffle,drop_remainder,per_call", [(True, False, 2), (False, True, 0), (True, True, 1)])
-def test_epoch_runner_feeds_the_pipeline_batches(shuffle, drop_remainder, per_call):
+@pytest.mark.parametrize("shuffle,drop_remainder,per_call,jit", [(True, False, 2, False), (False, True, 0, False),
+                                                                  (True, True, 1, False), (True, False, 0, True)])
+def test_epoch_runner_feeds_the_pipeline_batches(shuffle, drop_remainder, per_call, jit):
     """The in-graph epoch gives the batches `pipelines.epoch_indices` gives (order, tail, size)."""
     x = tf.constant(np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32))
 
@@ -149,7 +150,7 @@ def test_epoch_runner_feeds_the_pipeline_batches(shuffle, drop_remainder, per_ca
         return {"first": a[0, 0], "size": tf.shape(a)[0], "sum": tf.reduce_sum(a[:, 0])}
 
     runner = training.EpochRunner(step, {"x": x}, ["x"], ["first", "size", "sum"], 4, shuffle, 3,
-                                  drop_remainder, steps_per_execution=per_call)
+                                  drop_remainder, steps_per_execution=per_call, jit_compile=jit)
     blocks = []
     for epoch in (0, 1, 5):
         out = runner.run_epoch(epoch, on_block=lambda first, v: blocks.append((first, len(v["sum"]))))
@@ -166,17 +167,25 @@ def test_epoch_runner_feeds_the_pipeline_batches(shuffle, drop_remainder, per_ca
 
 
 def test_epoch_runner_xla_full_batches_plain_tail():
-    """With XLA the full batches run the compiled step and the partial batch the plain one
-    (no second compilation for the tail's shape); an explicit `tail_step` takes the tail."""
+    """With XLA the loop over full batches is compiled (once per block length) and the partial
+    batch runs the plain step; an explicit `tail_step` takes the tail."""
     x = tf.constant(np.arange(10, dtype=np.float32)[:, None])
 
     def step(a):
         return {"sum": tf.reduce_sum(a)}
 
-    runner = training.EpochRunner(step, {"x": x}, ["x"], ["sum"], 4, jit_compile=True)
-    np.testing.assert_allclose(runner.run_epoch(0)["sum"], [6, 22, 17])
-    assert runner.tail_step is step and runner.step is not step
-    assert runner.step.experimental_get_tracing_count() == 1  # compiled for the full-batch shape only
+    runner = training.EpochRunner(step, {"x": x}, ["x"], ["sum"], 4, shuffle=True, seed=1, jit_compile=True)
+    plain = training.EpochRunner(step, {"x": x}, ["x"], ["sum"], 4, shuffle=True, seed=1)
+    for epoch in (0, 3):
+        np.testing.assert_allclose(runner.run_epoch(epoch)["sum"], plain.run_epoch(epoch)["sum"])
+
+    def no_xla_kernel(a):  # string ops have no XLA kernel: fails only where XLA compiles
+        return {"sum": tf.cast(tf.strings.length(tf.strings.as_string(tf.reduce_sum(a))), tf.float32)}
+
+    compiled = training.EpochRunner(no_xla_kernel, {"x": x}, ["x"], ["sum"], 4, jit_compile=True)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        compiled.run_block(0, 0, 2)
+    assert compiled._tail(tf.constant(0, tf.int64))["sum"].numpy().tolist() == [len("17.000000")]
 
     marked = training.EpochRunner(step, {"x": x}, ["x"], ["sum"], 4, tail_step=lambda a: {"sum": -tf.reduce_sum(a)})
     np.testing.assert_allclose(marked.run_epoch(0)["sum"], [6, 22, -17])

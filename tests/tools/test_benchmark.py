@@ -28,3 +28,13 @@ def test_benchmark_harness_tiny(tmp_path):
     g = res["gallery"][0]
     assert g["gallery"] == 3000 and 0 < g["map"] <= 1
     assert "| cmhash | tiny |" in r.stdout
+
+    # --merge re-measures the named cases and keeps the rest (here the gallery case)
+    r = subprocess.run([sys.executable, "-m", "tools.benchmark", "--methods", "cmhash", "--sizes", "tiny",
+                        "--steps", "2", "--repeats", "1", "--variants", "loop,floor", "--gallery_sizes", "",
+                        "--merge", "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    merged = json.loads(out.read_text())
+    assert merged["gallery"] == res["gallery"]
+    assert [c["method"] for c in merged["cases"]] == ["cmhash"]
+    assert set(merged["cases"][0]["seconds_per_epoch"]) == {"loop", "floor"} and merged["cases"][0]["measured"]
