@@ -299,6 +299,11 @@ def _case_id(key: str, record: dict) -> str:
     return f"gallery:{record['gallery']}" if key == "gallery" else f"{record['method']}:{record['size']}"
 
 
+def kept_records(old: dict, redo) -> dict:
+    """`--merge`: the cases and gallery records of an earlier run that this run does not redo."""
+    return {key: [r for r in old.get(key, []) if _case_id(key, r) not in set(redo)] for key in ("cases", "gallery")}
+
+
 def _order(record: dict):
     method, size = _case_id("cases", record).split(":")
     return list(SIZES).index(size) if size in SIZES else 99, list(TEXT_DIM).index(method) if method in TEXT_DIM else 99
@@ -351,10 +356,8 @@ def main(argv):
     jobs += [("gallery", f"gallery:{g}") for g in FLAGS.gallery_sizes if g]
     if FLAGS.merge and os.path.exists(FLAGS.output):
         with open(FLAGS.output) as f:
-            old = json.load(f)
-        redo = {case for _, case in jobs}
-        for key in ("cases", "gallery"):
-            results[key] = [r for r in old.get(key, []) if _case_id(key, r) not in redo]
+            kept = kept_records(json.load(f), [case for _, case in jobs])
+        results.update(kept)
     for key, case in jobs:
         print(f"{case} ...", file=sys.stderr, flush=True)
         results[key].append(dict(_child(case), measured=time.strftime("%Y-%m-%d")))

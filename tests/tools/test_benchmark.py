@@ -29,12 +29,20 @@ def test_benchmark_harness_tiny(tmp_path):
     assert g["gallery"] == 3000 and 0 < g["map"] <= 1
     assert "| cmhash | tiny |" in r.stdout
 
-    # --merge re-measures the named cases and keeps the rest (here the gallery case)
-    r = subprocess.run([sys.executable, "-m", "tools.benchmark", "--methods", "cmhash", "--sizes", "tiny",
-                        "--steps", "2", "--repeats", "1", "--variants", "loop,floor", "--gallery_sizes", "",
-                        "--merge", "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    merged = json.loads(out.read_text())
-    assert merged["gallery"] == res["gallery"]
-    assert [c["method"] for c in merged["cases"]] == ["cmhash"]
-    assert set(merged["cases"][0]["seconds_per_epoch"]) == {"loop", "floor"} and merged["cases"][0]["measured"]
+
+
+def test_merge_keeps_what_is_not_redone_and_orders_the_table():
+    from tools.benchmark import kept_records, markdown
+
+    def case(method, size):
+        return {"method": method, "size": size, "seconds_per_epoch": {"loop": 1.0}, "pairs_per_second": {"loop": 1.0},
+                "loop_over_floor": None, "eval_seconds": 0.1, "peak_rss_mib": 1.0, "measured": "2026-11-22"}
+
+    old = {"cases": [case("cmhash", "wiki"), case("jfse", "xmn"), {"case": "zscrgan:wiki", "error": "boom"},
+                     case("acmr_simple", "wiki")],
+           "gallery": [{"gallery": 1000, "queries": 2, "seconds": 1.0, "peak_rss_mib": 1.0, "gallery_mib": 1.0}]}
+    kept = kept_records(old, ["cmhash:wiki", "zscrgan:wiki", "gallery:1000"])
+    assert [c["method"] for c in kept["cases"]] == ["jfse", "acmr_simple"] and kept["gallery"] == []
+    table = markdown({"cases": kept["cases"] + [case("cmhash", "wiki")]})
+    methods = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert methods == ["acmr_simple", "cmhash", "jfse"]  # wiki before xmn, methods in their fixed order
