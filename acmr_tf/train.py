@@ -205,13 +205,12 @@ def main(argv):
 
     def show(epoch, first, values):
         """The release's per-batch loss lines, printed as each compiled block returns."""
-        count = len(values[fields[0]])
-        bad = [i for i in range(count) if not all(np.isfinite(values[k][i]) for k in fields)]
-        if bad:
-            raise DivergenceError(f"non-finite loss at epoch {epoch} batch {first + bad[0]}: "
-                                  f"{ {k: float(values[k][bad[0]]) for k in fields} }; the last good checkpoint "
+        bad = training.first_nonfinite(values)
+        if bad is not None:
+            raise DivergenceError(f"non-finite loss at epoch {epoch} batch {first + bad}: "
+                                  f"{ {k: float(values[k][bad]) for k in fields} }; the last good checkpoint "
                                   "and results are kept")
-        for j in range(count):
+        for j in range(len(values[fields[0]])):
             i = first + j
             if i % FLAGS.log_every == 0 or i == steps - 1:
                 print(f"Epoch: [{epoch:2d}][{i:4d}/{steps:4d}] time: {time.time() - start:.4f}, "

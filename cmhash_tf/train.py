@@ -264,8 +264,9 @@ def train_bits(cfg, train, val, queries, database, out_dir, select_on_test, trai
     for epoch in range(first, cfg.epochs):
         values = runner.run_epoch(epoch)
         logs = {"loss": float(np.mean(values["loss"])), "skipped_batches": int(np.sum(values["applied"] == 0))}
-        if not np.isfinite(logs["loss"]):
-            raise DivergenceError(f"non-finite loss at epoch {epoch}; the last good checkpoint is kept")
+        bad = training.first_nonfinite(values)
+        if bad is not None:
+            raise DivergenceError(f"non-finite loss at epoch {epoch} batch {bad}; the last good checkpoint is kept")
         writer.scalars(logs, epoch)
         progress.update(1, loss=logs["loss"])
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs - 1:

@@ -43,8 +43,8 @@ def define_execution_flags() -> None:
     flags.DEFINE_integer("steps_per_execution", 0, lower_bound=0,
                          help="Batches per compiled call: 0 = a whole epoch in one call (the fastest), 1 = one "
                               "call per batch (per-batch output as it happens).")
-    flags.DEFINE_bool("jit_compile", None, "Compile the training step with XLA. Default: on with one device (1.3-2x "
-                      "faster per epoch on CPU, docs/benchmarks.md), off under --distribute.")
+    flags.DEFINE_bool("jit_compile", None, "Compile the training loop (JFSE: its step) with XLA. Default: on with one "
+                      "device (1.4-2x faster per epoch on CPU, docs/benchmarks.md), off under --distribute.")
 
 
 def jit_compile(replicas) -> bool:

@@ -225,8 +225,11 @@ class EpochRunner:
     def _batch(self, rows):
         return [tf.gather(self.tensors[k], rows) for k in self.args]
 
-    def _run_block(self, epoch, first, count):
-        order = pipelines.epoch_order(self.n, self.shuffle, self.seed, epoch)
+    def order(self, epoch: int) -> tf.Tensor:
+        """Epoch `epoch`'s row order, drawn once and shared by its calls."""
+        return pipelines.epoch_order(self.n, self.shuffle, self.seed, tf.constant(epoch, tf.int64))
+
+    def _run_block(self, order, first, count):
         rows = tf.slice(order, [first * self.batch_size], [count * self.batch_size])
         return self._loop(tf.reshape(rows, [-1, self.batch_size]))
 
@@ -239,29 +242,37 @@ class EpochRunner:
             arrays = {k: arrays[k].write(j, tf.cast(out[k], tf.float32)) for k in self.outputs}
         return {k: a.stack() for k, a in arrays.items()}
 
-    def _run_tail(self, epoch):
-        order = pipelines.epoch_order(self.n, self.shuffle, self.seed, epoch)
+    def _run_tail(self, order):
         out = self.tail_step(*self._batch(order[self.n - self.tail:]))
         return {k: tf.cast(out[k], tf.float32)[None] for k in self.outputs}
 
-    def run_block(self, epoch: int, first: int, count: int) -> Dict[str, np.ndarray]:
+    def run_block(self, epoch: int, first: int, count: int, order: Optional[tf.Tensor] = None) -> Dict[str, np.ndarray]:
         """Full batches first .. first + count - 1 of epoch `epoch` in one call."""
-        out = self._block(tf.constant(epoch, tf.int64), tf.constant(first, tf.int32), tf.constant(count, tf.int32))
+        order = self.order(epoch) if order is None else order
+        out = self._block(order, tf.constant(first, tf.int32), tf.constant(count, tf.int32))
         return {k: v.numpy() for k, v in out.items()}
 
     def run_epoch(self, epoch: int, on_block: Optional[Callable[[int, dict], None]] = None) -> Dict[str, np.ndarray]:
         """Every batch of epoch `epoch`; returns each output per batch. `on_block(first, values)`
         sees each call's values as they arrive (progress lines, early NaN checks)."""
+        order = self.order(epoch)
         parts = []
         for first in range(0, self.full_steps, self.per_call):
-            parts.append((first, self.run_block(epoch, first, min(self.per_call, self.full_steps - first))))
+            parts.append((first, self.run_block(epoch, first, min(self.per_call, self.full_steps - first), order)))
             if on_block is not None:
                 on_block(*parts[-1])
         if self.tail:
-            parts.append((self.full_steps, {k: v.numpy() for k, v in self._tail(tf.constant(epoch, tf.int64)).items()}))
+            parts.append((self.full_steps, {k: v.numpy() for k, v in self._tail(order).items()}))
             if on_block is not None:
                 on_block(*parts[-1])
         return {k: np.concatenate([p[k] for _, p in parts]) for k in self.outputs}
+
+
+def first_nonfinite(values: Dict[str, np.ndarray]) -> Optional[int]:
+    """The first batch whose logged outputs (per batch, as runners return them) are not all
+    finite, or None: the divergence guard's test, shared by every method."""
+    ok = np.all([np.isfinite(np.asarray(v)) for v in values.values()], axis=0)
+    return None if ok.all() else int(np.argmin(ok))
 
 
 class BatchRunner:

@@ -223,9 +223,9 @@ class JFSETrainer:
         for epoch in range(start_epoch, epochs):
             self.grl_scale.assign(float(grl_schedule(epoch, epochs)))
             values = runner.run_epoch(epoch)
-            bad = [k for k, v in values.items() if not np.all(np.isfinite(v))]
-            if bad:
-                batch = int(np.argmin(np.all([np.isfinite(values[k]) for k in bad], axis=0)))
+            batch = training.first_nonfinite(values)
+            if batch is not None:
+                bad = [k for k, v in values.items() if not np.isfinite(v[batch])]
                 raise DivergenceError(f"non-finite {', '.join(bad)} at epoch {epoch} batch {batch}; the last good "
                                       "checkpoint and results are kept")
             logs = {k: float(v[-1]) for k, v in values.items()}  # the epoch's last batch (release)

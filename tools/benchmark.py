@@ -301,7 +301,8 @@ def _case_id(key: str, record: dict) -> str:
 
 def kept_records(old: dict, redo) -> dict:
     """`--merge`: the cases and gallery records of an earlier run that this run does not redo."""
-    return {key: [r for r in old.get(key, []) if _case_id(key, r) not in set(redo)] for key in ("cases", "gallery")}
+    redo = set(redo)
+    return {key: [r for r in old.get(key, []) if _case_id(key, r) not in redo] for key in ("cases", "gallery")}
 
 
 def _order(record: dict):

@@ -185,7 +185,12 @@ def test_epoch_runner_xla_full_batches_plain_tail():
     compiled = training.EpochRunner(no_xla_kernel, {"x": x}, ["x"], ["sum"], 4, jit_compile=True)
     with pytest.raises(tf.errors.InvalidArgumentError):
         compiled.run_block(0, 0, 2)
-    assert compiled._tail(tf.constant(0, tf.int64))["sum"].numpy().tolist() == [len("17.000000")]
+    assert compiled._tail(compiled.order(0))["sum"].numpy().tolist() == [len("17.000000")]
 
     marked = training.EpochRunner(step, {"x": x}, ["x"], ["sum"], 4, tail_step=lambda a: {"sum": -tf.reduce_sum(a)})
     np.testing.assert_allclose(marked.run_epoch(0)["sum"], [6, 22, -17])
+
+
+def test_first_nonfinite_names_the_first_bad_batch():
+    assert training.first_nonfinite({"a": np.array([1.0, 2.0]), "b": np.array([0.0, -1.0])}) is None
+    assert training.first_nonfinite({"a": np.array([1.0, 2.0, np.nan]), "b": np.array([0.0, np.inf, 0.0])}) == 1

@@ -134,3 +134,19 @@ def test_xla_epoch_matches_the_plain_one(data):
     assert runner.tail and len(out[True]["loss_G"]) == runner.steps
     for k in out[False]:
         np.testing.assert_allclose(out[True][k], out[False][k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_fit_stops_at_the_first_non_finite_batch_before_evaluating(data):
+    """The divergence guard: a non-finite loss in any batch stops training with the batch and the
+    losses named, before the epoch is logged or evaluated (the last good results stay)."""
+    from common.errors import DivergenceError
+
+    class Diverging:
+        def run_epoch(self, epoch, on_block=None):
+            return {"loss_G": np.array([1.0, 2.0, np.inf]), "loss_D": np.array([0.5, np.nan, 0.1])}
+
+    ds, zs = data
+    seen = []
+    with pytest.raises(DivergenceError, match=r"non-finite loss_D at epoch 0 batch 1"):
+        trainer_for(ds).fit(Diverging(), {"unseen": zs.test_unseen}, on_eval=seen.append, log=lambda s: None)
+    assert seen == []
