@@ -1,0 +1,97 @@
+"""One cmhash step against an independent NumPy computation (issue 19; spec cmhash.md §3, §4).
+
+The release's pivot mining is rebuilt here with its own loops (every (a, p, n) with a < p in P_r
+and n in N_r, for every pivot r, duplicates kept), the four triplet terms on squared distances of
+tanh-relaxed codes, and Adam with PyTorch's coupled weight decay (wd * theta added to the
+gradient). Losses and weights after two compiled steps equal float64 NumPy to float32 precision;
+a batch without any triplet leaves every weight and the optimiser's step count alone.
+"""
+
+import numpy as np
+import pytest
+
+from cmhash_tf.train import CMHashConfig, CMHashTrainer
+from common import training
+from tests.common import npgrad as ng
+
+B, D_IMG, D_TXT, BITS = 6, 5, 4, 8
+
+
+def batch():
+    rng = np.random.default_rng(4)
+    labels = np.array([[1, 0, 0, 1], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 1, 0], [0, 0, 0, 1]],
+                      np.float32)
+    return rng.normal(size=(B, D_IMG)).astype(np.float32), rng.normal(size=(B, D_TXT)).astype(np.float32), labels
+
+
+def release_triplets(labels):
+    """W[a, p, n]: how many times the release's loops emit (a, p, n)."""
+    s = (labels @ labels.T) > 0
+    w = np.zeros((B, B, B))
+    for r in range(B):
+        pos, neg = np.flatnonzero(s[r]), np.flatnonzero(~s[r])
+        for i, a in enumerate(pos):
+            for p in pos[i + 1:]:
+                for n in neg:
+                    w[a, p, n] += 1
+    return w
+
+
+def sq_dist(a, b):
+    return (ng.total(ng.square(a), axis=1, keepdims=True) + ng.total(ng.square(b), axis=1).reshape(1, B)
+            - 2.0 * (a @ b.T))
+
+
+def reference_loss(p, x_v, x_t, w, margin):
+    u = ng.tanh(ng.dense(ng.V(x_v), p["image/kernel"], p["image/bias"]))
+    v = ng.tanh(ng.dense(ng.V(x_t), p["text/kernel"], p["text/bias"]))
+
+    def term(anchor, other):
+        d = sq_dist(anchor, other)
+        return ng.total(ng.V(w) * ng.relu(margin + d.reshape(B, B, 1) - d.reshape(B, 1, B))) / w.sum()
+
+    terms = {"loss_ii": term(u, u), "loss_tt": term(v, v), "loss_it": term(u, v), "loss_ti": term(v, u)}
+    terms["loss"] = terms["loss_ii"] + terms["loss_tt"] + terms["loss_it"] + terms["loss_ti"]
+    return terms
+
+
+def snapshot(t):
+    n = t.nets
+    return {f"{m}/{k}": getattr(getattr(n, f"{m}_head").out, k).numpy().astype(np.float64)
+            for m in ("image", "text") for k in ("kernel", "bias")}
+
+
+@pytest.mark.parametrize("weight_decay", [5e-4, 0.5])  # 0.5: large enough to steer Adam's direction
+def test_two_steps_equal_numpy(weight_decay):
+    training.set_seed(1)
+    cfg = CMHashConfig(bits=BITS, weight_decay=weight_decay)
+    t = CMHashTrainer(cfg, D_IMG, D_TXT)
+    x_v, x_t, labels = batch()
+    w = release_triplets(labels)
+    assert w.sum() > 0
+    params = snapshot(t)
+    adam = ng.Adam(cfg.lr, 0.9, 0.999, 1e-8)
+    for step in range(2):
+        p = {k: ng.V(v) for k, v in params.items()}
+        terms = reference_loss(p, x_v, x_t, w, cfg.margin_value)
+        out = t.train_step(x_v, x_t, labels)
+        assert float(out["triplets"]) == w.sum() and bool(out["applied"])
+        for k, v in terms.items():
+            assert float(out[k]) == pytest.approx(float(v.value), rel=2e-5, abs=1e-5), (step, k)
+        keys = list(params)
+        grads = ng.grad(terms["loss"], [p[k] for k in keys])
+        adam.step(params, {k: g + cfg.weight_decay * params[k] for k, g in zip(keys, grads)})
+        after = snapshot(t)
+        for k in keys:
+            np.testing.assert_allclose(after[k], params[k], rtol=0, atol=0.02 * cfg.lr, err_msg=f"step {step}: {k}")
+
+
+def test_batch_without_triplets_is_skipped():
+    training.set_seed(1)
+    t = CMHashTrainer(CMHashConfig(bits=BITS), D_IMG, D_TXT)
+    x_v, x_t, _ = batch()
+    before = snapshot(t)
+    out = t.train_step(x_v, x_t, np.tile([[1, 0, 0, 0]], (B, 1)).astype(np.float32))  # one shared label
+    assert float(out["triplets"]) == 0 and not bool(out["applied"]) and float(out["loss"]) == 0
+    assert all(np.array_equal(before[k], v) for k, v in snapshot(t).items())
+    assert int(t.optimizers["joint"].iterations) == 0
