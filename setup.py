@@ -1,10 +1,15 @@
 """cmr-tf: TensorFlow 2 / Keras 3 ports of cross-modal retrieval methods (ACMR, JFSE/CFSA, ZSCRGAN, CMHash)."""
 
+import re
+
 from setuptools import find_packages, setup
+
+with open("common/__init__.py", encoding="utf-8") as f:
+    VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
 setup(
     name="cmr-tf",
-    version="0.1.0",
+    version=VERSION,
     description="TF2/Keras ports of cross-modal retrieval research with one data and metric layer",
     python_requires=">=3.11",
     packages=find_packages(include=["common", "common.*", "acmr_tf", "acmr_tf.*", "jfse_tf", "jfse_tf.*",
@@ -20,6 +25,7 @@ setup(
         "absl-py",
         "tensorboard",
         "scipy",
+        "tqdm",  # progress lines (already a dependency of tensorflow-datasets)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist"],  # the suite runs on both CI cores (-n 2)

@@ -1,1 +1,1 @@
-"""ACMR (ACM MM 2017); spec ../shared/specs/acmr.md. Port pending (its own issue)."""
+"""ACMR (ACM MM 2017); spec ../shared/specs/acmr.md. `python -m acmr_tf.train`."""

@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from acmr_tf.losses import WEIGHTS
-
+# embedding-loss weights per release file: (label, similar, dissimilar) or (label, triplet)
+WEIGHTS = {"simple_wiki": (100.0, 1.0, 0.02), "simple_nuswide": (50.0, 1.0, 0.2), "triplet_wiki": (100.0, 1.0)}
 PRESETS = {
     "release": dict(adv_to_projectors=False, train_label_classifier=False, shuffle=False, eval_full_test=False),
     "paper": dict(adv_to_projectors=True, train_label_classifier=True, shuffle=True, eval_full_test=True),

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from acmr_tf.config import WEIGHTS  # noqa: F401  (the release files' loss weights)
 from common.losses import modality_loss  # noqa: F401  (§3.6, shared with JFSE)
-
-# embedding-loss weights per release file: (label, similar, dissimilar) or (label, triplet)
-WEIGHTS = {"simple_wiki": (100.0, 1.0, 0.02), "simple_nuswide": (50.0, 1.0, 0.2), "triplet_wiki": (100.0, 1.0)}
 
 
 def label_loss(logits_v, logits_t, onehot):

@@ -1,1 +1,1 @@
-"""Triplet deep cross-modal hashing (IAPR TC-12); spec ../shared/specs/cmhash.md. Port pending (its own issue)."""
+"""Triplet deep cross-modal hashing (IAPR TC-12, ResNet-18 + BERT); spec ../shared/specs/cmhash.md. `python -m cmhash_tf.train`."""

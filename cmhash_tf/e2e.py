@@ -100,21 +100,6 @@ def build_backbones(image_preset: Optional[str], text_preset: Optional[str], tok
                            vocabulary_size=tokenizer.vocabulary_size()))
 
 
-def define_flags() -> None:
-    """The backbone and raw-data flags shared by `cmhash_tf.train --mode e2e` and `cmhash_tf.extract`."""
-    from absl import flags
-
-    flags.DEFINE_string("image_dir", None, "Folder of the IAPR images (DD/NNNNN.jpg).")
-    flags.DEFINE_string("text_dir", None, "Folder of the annotation texts (DD/NNNNN.txt; the last line is used).")
-    flags.DEFINE_string("image_preset", None, "Local keras-hub ResNet-18 preset folder or .weights.h5.")
-    flags.DEFINE_string("text_preset", None, "Local keras-hub BERT preset folder or .weights.h5.")
-    flags.DEFINE_string("vocab", None, "WordPiece vocab.txt (default: the text preset's own).")
-    flags.DEFINE_integer("max_len", 128, "Tokens per text incl. [CLS]/[SEP]; longer texts are cut and counted.")
-    flags.DEFINE_integer("image_size", IMAGE_SIZE, "Images are resized to this square (release 224).")
-    flags.DEFINE_bool("allow_random_init", False, "Untrained backbones when no preset is given (tests only).")
-    flags.DEFINE_bool("tiny_text", False, "A 2-layer, width-32 BERT (tests only).")
-
-
 def load_tokenizer(vocab: Optional[str] = None, text_preset: Optional[str] = None):
     """Uncased WordPiece over a local vocab.txt (or the preset's own vocabulary)."""
     kh = keras_hub()
@@ -265,6 +250,18 @@ class E2ESplit:
         """In order, no augmentation."""
         return (tf.data.Dataset.range(len(self)).batch(batch_size).enumerate()
                 .map(self._loader(False, 0)).prefetch(tf.data.AUTOTUNE))
+
+
+def fingerprint(splits: dict) -> str:
+    """Digest of the end-to-end splits (image paths, token ids, labels) for the run's identity."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, split in sorted(splits.items()):
+        h.update(name.encode())
+        for array in (np.asarray(split.paths).astype("S"), split.token_ids, split.padding_mask, split.labels):
+            h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
 
 
 def text_path(text_dir: str, image_path: str) -> str:

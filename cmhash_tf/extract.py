@@ -13,11 +13,13 @@ text_source="txt"). The file is written atomically, after every item has been en
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 from absl import flags
+from tqdm import tqdm
 
-from common import io, run, training
+from common import io, run
 from common.errors import ConfigError
 
 
@@ -34,14 +36,14 @@ def extract(data_dir, image_dir, text_dir, image_preset, text_preset, vocab=None
         if rows:
             parts.append(split.subset(rows))
     total = sum(len(p) for p in parts)
-    progress = training.Progress(total, desc="items")
     paths, img, txt = [], [], []
-    for part in parts:
-        paths.append(part.paths)
-        for b in part.eval_batches(batch_size):
-            img.append(np.asarray(e2e.pooled(image_bb, b["image"])))
-            txt.append(np.asarray(e2e.cls_state(text_bb, b["text"])))
-            progress.update(int(b["image"].shape[0]))
+    with tqdm(total=total, unit="item", ascii=True, mininterval=10, file=sys.stderr) as progress:
+        for part in parts:
+            paths.append(part.paths)
+            for b in part.eval_batches(batch_size):
+                img.append(np.asarray(e2e.pooled(image_bb, b["image"])))
+                txt.append(np.asarray(e2e.cls_state(text_bb, b["text"])))
+                progress.update(int(b["image"].shape[0]))
     return {"path": np.concatenate(paths), "img": np.concatenate(img).astype(np.float32),
             "txt": np.concatenate(txt).astype(np.float32), "texts_cut": cut}
 
@@ -62,11 +64,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from cmhash_tf import e2e
+    from cmhash_tf.config import define_e2e_flags
 
     flags.DEFINE_string("data_dir", None, "Folder with iapr_train, iapr_test, iapr_retrieval.")
     flags.DEFINE_string("out", None, "Output .npz (default <data_dir>/features.npz).")
     flags.DEFINE_integer("batch_size", 64, "Items per forward pass.")
-    e2e.define_flags()
+    define_e2e_flags()
     FLAGS = flags.FLAGS
     run.run_main(main)

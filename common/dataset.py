@@ -8,6 +8,8 @@ readers, the TFDS builders and the `tf.data` pipelines all agree on one layout.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -124,6 +126,21 @@ class CrossModalDataset:
     def splits(self) -> dict:
         return {n: getattr(self, n) for n in SPLIT_NAMES if getattr(self, n) is not None}
 
+    def fingerprint(self) -> dict:
+        """What identifies this data in a run's fingerprint: name, where it was read from, and a
+        digest of every array (features, labels, ids, class embeddings and class lists)."""
+        h = hashlib.blake2b(digest_size=16)
+        for name, split in self.splits().items():
+            for part in ("image", "text", "labels", "text_labels", "ids", "text_ids"):
+                _digest(h, f"{name}.{part}", getattr(split, part))
+        for part in ("class_embeddings", "seen_classes", "unseen_classes"):
+            _digest(h, part, getattr(self, part))
+        source = self.source
+        if source and os.path.isdir(source):
+            source = os.path.abspath(source)
+        return {"dataset": self.name, "source": source, "num_classes": int(self.num_classes),
+                "sizes": {k: [len(s), s.num_texts] for k, s in self.splits().items()}, "digest": h.hexdigest()}
+
     @property
     def multilabel(self) -> bool:
         return self.train.multilabel
@@ -226,6 +243,18 @@ class ZeroShotView:
     test_all: Split  # generalized zero-shot: seen + unseen pooled
     seen_classes: np.ndarray
     unseen_classes: np.ndarray
+
+
+def _digest(h, name: str, array) -> None:
+    h.update(name.encode())
+    if array is None:
+        h.update(b"none")
+        return
+    a = np.asarray(array)
+    if a.dtype == object or a.dtype.kind == "U":
+        a = np.asarray([str(x) for x in a.ravel()]).astype("S")
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
 
 
 def _infer_num_classes(splits) -> int:

@@ -15,7 +15,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from common import io, run, training
+from common import io, training
 from common.errors import DataError
 
 SPEC = "encoders.json"
@@ -76,8 +76,11 @@ def load_encoders(run_dir: str, checkpoint: Optional[str] = None) -> Encoders:
     enc = Encoders(spec, models)
     for side in ("image", "text"):  # build every variable before restoring
         enc.embed(side, tf.zeros((1, spec[side]["dim"])))
-    ckpt_dir = run.checkpoint_dir(run_dir)
-    checkpoint = checkpoint or tf.train.latest_checkpoint(ckpt_dir)
+    ckpt_dir = os.path.join(run_dir, training.CHECKPOINTS)
+    if checkpoint is not None and not os.path.exists(checkpoint + ".index"):
+        raise DataError(f"--checkpoint {checkpoint}: no such checkpoint (its .index file is missing); the run's "
+                        f"checkpoints are {ckpt_dir}/ckpt-N")
+    checkpoint = checkpoint or training.latest_checkpoint(ckpt_dir)
     if checkpoint is None:
         raise DataError(f"{ckpt_dir}: no checkpoint to export (train first, or pass the checkpoint path)")
     # each model's variables by their own names (see training.variable_index)

@@ -20,6 +20,15 @@ from common.errors import DataError
 ARRAY_EXTENSIONS = (".npy", ".mat", ".h5")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
 def require_files(folder: str, names: Sequence[str], how_to_get: str) -> None:
     """Raise one message listing every missing file of a release layout."""
     if not folder or not os.path.isdir(folder):
@@ -190,6 +199,7 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; a result file gets the modes open() would give
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()

@@ -1,50 +1,209 @@
-"""The run contract every method entry point follows.
+"""The command-line layer every entry point shares: run flags, flag validation, exit codes, quiet start.
 
-Flags `--dataset --data_dir --output_dir --seed --epochs`; outputs
-`<output_dir>/results.json`, `<output_dir>/flags.json`, TensorBoard logs under
-`<output_dir>/tb`. `results.json` always carries `i2t_map_all` / `t2i_map_all` (mAP over the
-whole ranking from `common.metrics`) so every method compares on one scale; zero-shot runs
-add `seen_*`, generalized zero-shot runs `gzs_*` (see `write_results`).
+Nothing here imports TensorFlow: entry modules validate flags and read data before TensorFlow
+loads, so a bad flag or a missing file fails in a fraction of a second, and the TF C++ log level
+can still be chosen (`quiet`). The run contract itself (results.json, the run folder, resume)
+is in `common.driver`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-import time
 from typing import Callable, Optional
 
 from absl import app, flags
 
-from common import io
 from common.errors import ConfigError, DataError, DivergenceError
 
-REQUIRED_METRICS = ("i2t_map_all", "t2i_map_all")
+# flags that change what is printed or where, never a number: left out of a run's fingerprint
+LOGGING_FLAGS = frozenset({"output_dir", "overwrite", "log_every", "log_batches", "histogram_every",
+                           "steps_per_execution", "res_dir"})
+PROJECT_MODULES = ("__main__", "common", "tools", "acmr_tf", "jfse_tf", "zscrgan_tf", "cmhash_tf")
+VERBOSE_ENV = "CMR_VERBOSE"
 
 
 def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optional[int] = None,
-                     default_output_dir: str = "runs/latest") -> None:
-    """Define the contract's flags (call once, at import time of an entry module)."""
+                     default_output_dir: Optional[str] = "runs/latest") -> None:
+    """The contract's flags (call once, from the entry module's `define_flags`)."""
     flags.DEFINE_string("dataset", default_dataset,
                         "synthetic[:small|medium|large], synthetic-multilabel, features, "
-                        "wikipedia, nuswide, xmn, zscrgan, iapr.")
+                        "wikipedia, nuswide, xmn, zscrgan, iapr, mirflickr.")
     flags.DEFINE_string("data_dir", None, "Folder with the dataset's files (not needed for synthetic).")
     flags.DEFINE_string("output_dir", default_output_dir,
-                        "Where results.json, flags.json, tb/ and checkpoints/ are written.")
+                        "Run folder: results.json, flags.json, run.json, history.json, tb/, checkpoints/. "
+                        "Re-running the same command resumes; other settings are refused unless --overwrite.")
+    flags.DEFINE_bool("overwrite", False, "Start --output_dir over: remove this project's outputs in it (only "
+                      "those) and train from scratch.")
     flags.DEFINE_integer("seed", 0, "Seed for data generation, initialisation and sampling.")
     flags.DEFINE_integer("epochs", default_epochs, "Training epochs (default: the release's).")
     flags.DEFINE_enum("distribute", "none", ["none", "mirrored", "multiworker"],
                       "none: one device; mirrored: every local GPU (tf.distribute.MirroredStrategy); multiworker: "
                       "the machines in TF_CONFIG (MultiWorkerMirroredStrategy). --batch_size stays the global batch.")
+    flags.DEFINE_integer("histogram_every", 10, "TensorBoard weight histograms every N epochs/cycles and at the "
+                         "last (0: none).")
 
 
 def define_execution_flags() -> None:
-    """How the training loop runs (methods whose epochs run in the graph, `training.EpochRunner`)."""
-    flags.DEFINE_integer("steps_per_execution", 0, lower_bound=0,
-                         help="Batches per compiled call: 0 = a whole epoch in one call (the fastest), 1 = one "
-                              "call per batch (per-batch output as it happens).")
+    """How the in-graph training loop runs (methods whose epochs run in `training.EpochRunner`)."""
+    flags.DEFINE_integer("steps_per_execution", 0,
+                         "Batches per compiled call: 0 = a whole epoch in one call (the fastest; 1 with "
+                         "--log_batches), 1 = one call per batch. Results do not depend on it.")
     flags.DEFINE_bool("jit_compile", None, "Compile the training loop (JFSE: its step) with XLA. Default: on with one "
                       "device (1.4-2x faster per epoch on CPU, docs/benchmarks.md), off under --distribute.")
+    flags.DEFINE_bool("log_batches", False, "Print the release's per-batch loss lines (each with the time its "
+                      "batch ended) besides the one progress line per epoch.")
+    flags.DEFINE_integer("log_every", 1, "With --log_batches: every N-th batch line.")
+
+
+def flag_values() -> dict:
+    """This project's flags as a plain dict (flags.json); TF's and absl's own are left out."""
+    values = {}
+    for module, flag_list in flags.FLAGS.flags_by_module_dict().items():
+        # the running script is keyed by its path ("tools/baseline.py" under `python -m`)
+        if module.endswith(".py") or module.split(".")[0] in PROJECT_MODULES:
+            values.update({f.name: f.value for f in flag_list})
+    return values
+
+
+def settings() -> dict:
+    """Every result-affecting flag (the run's fingerprint): all project flags but `LOGGING_FLAGS`."""
+    return {k: v for k, v in sorted(flag_values().items()) if k not in LOGGING_FLAGS}
+
+
+# --------------------------------------------------------------------------- validation
+
+def require_positive(*names: str) -> None:
+    """Each named integer flag, when set, must be >= 1 (epochs, batch sizes, widths)."""
+    for name in names:
+        value = flags.FLAGS[name].value
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be a positive integer, got {value}")
+
+
+def require_nonnegative(*names: str) -> None:
+    for name in names:
+        value = flags.FLAGS[name].value
+        if value is not None and value < 0:
+            raise ConfigError(f"--{name} must be 0 or more, got {value}")
+
+
+def require_float(name: str, low: float = 0.0, high: float = math.inf, low_open: bool = True,
+                  high_open: bool = False) -> None:
+    """A float flag, when set, must be finite and inside the range ((low, high] by default)."""
+    value = flags.FLAGS[name].value
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"--{name} must be a finite number, got {value}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        lo = f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if math.isinf(high) else f" and {'<' if high_open else '<='} {high:g}"
+        raise ConfigError(f"--{name} must be {lo}{hi}, got {value}")
+
+
+def int_list(name: str, minimum: int = 1) -> list:
+    """A list flag of integers, each >= minimum (e.g. --bits 16,32)."""
+    raw = flags.FLAGS[name].value or []
+    try:
+        values = [int(v) for v in raw]
+    except ValueError:
+        raise ConfigError(f"--{name} must be integers separated by commas, got {','.join(raw)}") from None
+    bad = [v for v in values if v < minimum]
+    if bad or not values:
+        raise ConfigError(f"--{name} needs integers >= {minimum}, got {','.join(raw) or 'nothing'}")
+    return values
+
+
+def no_arguments(argv) -> None:
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]} (flags are written --name value)")
+
+
+# --------------------------------------------------------------------------- process setup
+
+def verbose() -> bool:
+    """Library INFO/WARNING lines are shown only when asked: --verbosity 0 (or more) or CMR_VERBOSE=1."""
+    if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        return True
+    return flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 0
+
+
+def quiet() -> None:
+    """Before TensorFlow loads: C++ INFO/WARNING lines and the CUDA probe's error line off, unless
+    asked for (`verbose`) or the user set TF_CPP_MIN_LOG_LEVEL. After it loads: Python-side TF and
+    absl INFO/WARNING off as well."""
+    if not verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        silence_python_logs()
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow and Keras with their load-time banners (oneDNN, CUDA probes: written
+    through absl before TF_CPP_MIN_LOG_LEVEL applies) held back; they are shown if the import
+    fails, and always when verbose."""
+    if "tensorflow" in sys.modules or verbose():
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+        silence_python_logs()
+        return
+    import tempfile
+
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    silence_python_logs()
+
+
+def silence_python_logs() -> None:
+    if verbose():
+        return
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run's files: always, except a non-chief worker of a
+    `--distribute multiworker` run (the TF_CONFIG rule of `distribute.Replicas.is_chief`, read
+    without TensorFlow so the run folder can be locked before it loads)."""
+    if flags.FLAGS.distribute != "multiworker":
+        return True
+    import json
+
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError as e:
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
+    task, cluster = config.get("task", {}), config.get("cluster", {})
+    kind, index = task.get("type"), int(task.get("index", 0))
+    return kind in (None, "chief") or (kind == "worker" and index == 0 and "chief" not in cluster)
+
+
+def replicas():
+    """The `--distribute` strategy as a `common.distribute.Replicas`."""
+    from common import distribute
+
+    return distribute.Replicas(distribute.make_strategy(flags.FLAGS.distribute))
 
 
 def jit_compile(replicas) -> bool:
@@ -56,67 +215,17 @@ def jit_compile(replicas) -> bool:
     return replicas.strategy is None if value is None else bool(value)
 
 
-def replicas():
-    """The `--distribute` strategy as a `common.distribute.Replicas`."""
-    from common import distribute
-
-    return distribute.Replicas(distribute.make_strategy(flags.FLAGS.distribute))
-
-
-PROJECT_MODULES = ("__main__", "common", "tools", "acmr_tf", "jfse_tf", "zscrgan_tf", "cmhash_tf")
-
-
-def flag_values() -> dict:
-    """This project's flags as a plain dict (for flags.json); TF's and absl's own are left out."""
-    values = {}
-    for module, flag_list in flags.FLAGS.flags_by_module_dict().items():
-        # the running script is keyed by its path ("tools/baseline.py" under `python -m`)
-        if module.endswith(".py") or module.split(".")[0] in PROJECT_MODULES:
-            values.update({f.name: f.value for f in flag_list})
-    return values
-
-
-def require_positive(*names: str) -> None:
-    """Each named integer flag, when set, must be >= 1 (epochs, batch sizes, widths)."""
-    for name in names:
-        value = flags.FLAGS[name].value
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name} must be a positive integer, got {value}")
-
-
-def tensorboard_dir(output_dir: str) -> str:
-    return os.path.join(output_dir, "tb")
-
-
-def checkpoint_dir(output_dir: str) -> str:
-    return os.path.join(output_dir, "checkpoints")
-
-
-def write_results(output_dir: str, *, dataset: str, method: str, seed: int, flag_dict: dict,
-                  metrics: dict, text_to_image_only: bool = False, required=None, **extra) -> dict:
-    """Validate and atomically write results.json and flags.json.
-
-    `metrics` holds the method's headline numbers under their true names plus the
-    contract's `i2t_map_all` / `t2i_map_all` (a text->image-only method: `t2i_map_all`; a
-    single-modality run names its own `required` metrics).
-    """
-    if required is None:
-        required = ("t2i_map_all",) if text_to_image_only else REQUIRED_METRICS
-    missing = [k for k in required if k not in metrics]
-    if missing:
-        raise ConfigError(f"results for {method} lack the contract's metrics {missing}")
-    results = {"dataset": dataset, "method": method, "seed": seed, "flags": flag_dict,
-               "metrics": metrics, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
-    results.update({k: v for k, v in metrics.items()})
-    io.write_json(os.path.join(output_dir, "flags.json"), flag_dict)
-    io.write_json(os.path.join(output_dir, "results.json"), results)
-    return results
+def steps_per_execution() -> int:
+    """--steps_per_execution, 1 by default with --log_batches (so each line's time is its batch's)."""
+    value = flags.FLAGS.steps_per_execution
+    return value if value or not flags.FLAGS.log_batches else 1
 
 
 def run_main(main: Callable) -> None:
     """`absl.app.run(main)` with one-line errors and no traceback for what a user can fix:
     unknown or invalid flags, data and configuration errors and unreadable/unwritable paths exit
-    with code 2; a diverged training (NaN/inf loss) exits with code 3."""
+    with code 2; a diverged training (NaN/inf loss) exits with code 3; Ctrl-C exits with 130."""
+    quiet()
 
     def parse(argv):
         try:
@@ -126,17 +235,25 @@ def run_main(main: Callable) -> None:
             sys.exit(2)
 
     def wrapped(argv):
+        quiet()  # --verbosity is known now; TensorFlow is not loaded yet
         try:
             return main(argv)
         except (DataError, ConfigError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _fail(f"error: {e}", 2)
         except DivergenceError as e:  # not bad input: the run itself went wrong
-            print(f"error: training diverged: {e}", file=sys.stderr)
-            sys.exit(3)
-        except OSError as e:  # e.g. an output folder that cannot be created or written
-            where = e.filename if e.filename is not None else ""
-            print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
-            sys.exit(2)
+            _fail(f"error: training diverged: {e}", 3)
+        except KeyboardInterrupt:
+            _fail("error: interrupted; re-run the same command to resume from the last checkpoint", 130)
+        except OSError as e:  # e.g. an output folder that cannot be created or written, a full disk
+            where = e.filename if e.filename is not None else None
+            reason = e.strerror or str(e)
+            _fail(f"error: {where}: {reason}" if where else f"error: {reason}", 2)
 
     app.run(wrapped, flags_parser=parse)
+
+
+def _fail(message: str, code: int) -> None:
+    """One line on stderr, then exit without TensorFlow's teardown chatter."""
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)

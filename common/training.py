@@ -1,19 +1,21 @@
-"""Training utilities: seeding, checkpoint/resume, TensorBoard summaries, progress."""
+"""Training utilities: seeding, checkpoint/resume, TensorBoard summaries, in-graph epochs."""
 
 from __future__ import annotations
 
-import json
+import errno
+import glob
 import os
-import sys
-import time
+import shutil
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from common import io, pipelines, run
+from common import io, pipelines
 from common.errors import DataError
+
+CHECKPOINTS = "checkpoints"
 
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
@@ -51,6 +53,37 @@ def variable_index(model) -> tf.Module:
     return index
 
 
+def latest_checkpoint(directory: str) -> Optional[str]:
+    """The checkpoint the index in `directory` names; None when there is no checkpoint yet.
+
+    Anything else is damage and raises `DataError` naming the file (TensorFlow's own lookup
+    returns None for a garbled index, which would silently restart a run from scratch).
+    """
+    if not os.path.isdir(directory):
+        return None
+    index = os.path.join(directory, "checkpoint")
+    what_to_do = "repair or remove it, or pass --overwrite to start the run over"
+    if not os.path.exists(index):
+        if any(name.startswith("ckpt-") and not name.endswith("_temp") for name in os.listdir(directory)):
+            raise DataError(f"{directory}: holds checkpoint files but no index file 'checkpoint'; {what_to_do}")
+        return None
+    from google.protobuf import text_format
+    from tensorflow.python.checkpoint.checkpoint_management import CheckpointState
+
+    try:
+        with open(index, encoding="utf-8") as f:
+            state = text_format.Parse(f.read(), CheckpointState())
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
+        raise DataError(f"{index}: unreadable checkpoint index ({str(e).splitlines()[0][:120]}); {what_to_do}") from None
+    path = state.model_checkpoint_path
+    if not path:
+        raise DataError(f"{index}: the checkpoint index names no checkpoint; {what_to_do}")
+    path = path if os.path.isabs(path) else os.path.join(directory, path)
+    if not os.path.exists(path + ".index"):
+        raise DataError(f"{index}: names {os.path.basename(path)}, whose files are missing; {what_to_do}")
+    return path
+
+
 class Checkpointer:
     """`tf.train.Checkpoint` + `CheckpointManager` with resume of step and data position.
 
@@ -62,6 +95,8 @@ class Checkpointer:
         """`write_directory`: where saves go when not `directory` (a non-chief worker restores
         the chief's checkpoints but writes its own, throwaway ones)."""
         self.directory = directory
+        self.write_directory = write_directory or directory
+        self.latest = latest_checkpoint(directory)  # before the manager, which reads the index itself
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         tracked = {}
@@ -74,12 +109,11 @@ class Checkpointer:
             if isinstance(obj, keras.Model):
                 tracked[f"{name}__variables"] = variable_index(obj)
         self.checkpoint = tf.train.Checkpoint(step=self.step, epoch=self.epoch, **tracked)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, write_directory or directory,
-                                                  max_to_keep=max_to_keep)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_directory, max_to_keep=max_to_keep)
 
     def restore_or_initialize(self) -> bool:
         """Restore the latest checkpoint if there is one; True when resumed."""
-        latest = tf.train.latest_checkpoint(self.directory)
+        latest = self.latest
         if latest is None:
             return False
         try:
@@ -87,33 +121,55 @@ class Checkpointer:
         except (tf.errors.OpError, ValueError, AssertionError) as e:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise DataError(f"{latest}: cannot resume from this checkpoint ({first}); it is damaged or from "
-                            f"another configuration. Move {os.path.dirname(latest)} away to start afresh") from None
+                            "another configuration. Pass --overwrite to start the run over") from None
         return True
 
     def save(self, number: int | None = None) -> str:
-        return self.manager.save(checkpoint_number=int(self.step.numpy()) if number is None else number)
+        """Save; a failed save (a full disk) leaves the previous checkpoints and no temporary files."""
+        number = int(self.step.numpy()) if number is None else number
+        try:
+            return self.manager.save(checkpoint_number=number)
+        except (tf.errors.OpError, OSError) as e:
+            for leftover in glob.glob(os.path.join(self.write_directory, f"ckpt-{number}_temp*")):
+                if os.path.isdir(leftover):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    os.unlink(leftover)
+            reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+            raise OSError(errno.EIO, f"cannot save checkpoint {number} ({str(reason).splitlines()[0][:160]}); the "
+                          "previous checkpoint is kept", self.write_directory) from None
 
 
 class RunState:
-    """One run's evaluation history (`history.json`) and checkpoints under an output folder.
+    """One model's evaluation history (`history.json`) and checkpoints under a run folder.
 
     Every entry point resumes the same way: re-running the command restores the latest
     checkpoint and the history written before it. `record` writes the history first, then the
-    checkpoint that refers to it, so a crash between the two never loses a recorded epoch.
+    checkpoint that refers to it; records of evaluations after the restored checkpoint (a crash
+    between the two writes) are dropped on resume, since that work is done again. An unreadable
+    checkpoint index, checkpoint or history is a `DataError`, never a silent restart.
     """
 
     def __init__(self, out_dir: str, replicas=None, **objects):
         """`replicas` (common.distribute.Replicas): only its chief writes history and checkpoints."""
         self.chief = replicas is None or replicas.is_chief
-        directory = run.checkpoint_dir(out_dir)
+        directory = os.path.join(out_dir, CHECKPOINTS)
         write = directory if self.chief else replicas.write_dir(directory)
         self.ckpt = Checkpointer(directory, write_directory=write, **objects)
         self.history_path = os.path.join(out_dir, "history.json")
         self.history: list = []
         self.resumed = self.ckpt.restore_or_initialize()
-        if self.resumed and os.path.exists(self.history_path):
-            with open(self.history_path) as f:
-                self.history = json.load(f)["history"]
+        if self.resumed:
+            if not os.path.exists(self.history_path):
+                raise DataError(f"{self.history_path}: missing beside the checkpoints in {directory}; pass "
+                                "--overwrite to start the run over")
+            try:
+                history = io.read_json(self.history_path)["history"]
+                if not isinstance(history, list):
+                    raise TypeError("not a list")
+            except (DataError, KeyError, TypeError) as e:
+                raise DataError(f"{self.history_path}: damaged ({e}); pass --overwrite to start the run over") from None
+            self.history = [r for r in history if r.get("epoch", -1) < self.start_epoch]
 
     @property
     def start_epoch(self) -> int:
@@ -268,13 +324,6 @@ class EpochRunner:
         return {k: np.concatenate([p[k] for _, p in parts]) for k in self.outputs}
 
 
-def first_nonfinite(values: Dict[str, np.ndarray]) -> Optional[int]:
-    """The first batch whose logged outputs (per batch, as runners return them) are not all
-    finite, or None: the divergence guard's test, shared by every method."""
-    ok = np.all([np.isfinite(np.asarray(v)) for v in values.values()], axis=0)
-    return None if ok.all() else int(np.argmin(ok))
-
-
 class BatchRunner:
     """`EpochRunner`'s interface over a `tf.data` iterator, one compiled call per batch.
 
@@ -297,34 +346,3 @@ class BatchRunner:
         if on_block is not None:
             on_block(0, values)
         return values
-
-
-class Progress:
-    """Progress for long loops: a live line on a terminal, a line every `interval` s otherwise."""
-
-    def __init__(self, total: int, desc: str = "", interval: float = 10.0, stream=None):
-        self.total, self.desc, self.interval = int(total), desc, interval
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = self.last = time.time()
-        self.count = 0
-
-    def update(self, n: int = 1, **info) -> None:
-        self.count += n
-        now = time.time()
-        if self.tty or now - self.last >= self.interval or self.count >= self.total:
-            self.last = now
-            self._write(now, info)
-
-    def _write(self, now, info):
-        elapsed = now - self.start
-        rate = self.count / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.count) / rate if rate > 0 else float("nan")
-        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
-        line = (f"{self.desc} {self.count}/{self.total} [{elapsed:.0f}s elapsed, "
-                f"{rate:.2f}/s, eta {eta:.0f}s] {extra}").strip()
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if self.count >= self.total else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from jfse_tf.losses import RELEASE_WEIGHTS
+# spec §3.5: the release's loss weights
+RELEASE_WEIGHTS = dict(w_cyc_g=0.1, w_adv_g=0.01, w_align_real=1e-4, w_adv_real=0.01, w_syn_r=0.01,
+                       w_adv_syn_r=0.01, w_align_syn=1e-4)
+SYNTHETIC_EPOCHS = 20  # demo-sized default on the synthetic data; files default to the release's 500
 
 
 @dataclasses.dataclass

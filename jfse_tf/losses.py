@@ -8,6 +8,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from common import distribute
+from jfse_tf.config import RELEASE_WEIGHTS  # noqa: F401  (spec §3.5)
 
 from common.losses import modality_loss  # noqa: F401  (re-exported: spec §3.3)
 
@@ -115,8 +116,6 @@ def regressor_objective(terms: dict, w: dict):
                               + w["w_align_syn"] * terms["align_syn"]))
 
 
-RELEASE_WEIGHTS = dict(w_cyc_g=0.1, w_adv_g=0.01, w_align_real=1e-4, w_adv_real=0.01, w_syn_r=0.01,
-                       w_adv_syn_r=0.01, w_align_syn=1e-4)
 
 
 def batch_minmax(x):

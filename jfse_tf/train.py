@@ -1,279 +1,238 @@
-"""JFSE training step and loop (spec jfse.md §4) and the release's evaluation (§6).
+"""JFSE / CFSA entry point (the project's main job): flags -> config -> task -> run driver.
 
-One compiled step per batch holds the n_critic critic updates (same batch, same noise, fresh
-alpha each) and the joint generator / regressor / modality-classifier update, whose three
-gradient sets come from one forward pass on pre-update weights; a final forward pass only
-computes the 14 logged losses (with a fresh alpha, as the release).
+    python -m jfse_tf.train                                  # synthetic, scenarios standard + zs + gzs
+    python -m jfse_tf.train --method cfsa                    # CFSA preset: zero-shot only
+    python -m jfse_tf.train --dataset xmn --data_dir data/xmn --scenario zs   # the release's setting
+    python -m jfse_tf.train --dataset features --data_dir DIR # needs class_emb.npy, unseen_classes.txt
+
+`python -m jfse_tf.demo` is the same program under the release's name. One sub-folder of
+--output_dir per trained scenario (`standard`, `zs`; `gzs` holds the results of the zs model on
+the pooled test set), each with results.json, flags.json, history.json, tb/ and checkpoints/.
+Re-running the same command resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+import dataclasses
+import os
 
-import keras
 import numpy as np
-import tensorflow as tf
+from absl import flags
 
-from common import distribute, metrics, pipelines, training
-from common.dataset import Split
-from common.errors import DivergenceError
-from common.layers import grl_schedule
-from jfse_tf import losses
-from jfse_tf.config import JFSEConfig
-from jfse_tf.model import JFSENetworks
+from common import run
+from common.errors import ConfigError, DataError
+from jfse_tf.config import RELEASE_WEIGHTS, SYNTHETIC_EPOCHS, JFSEConfig
 
-LOSS_NAMES = ("loss_D", "loss_G", "loss_Re", "loss_corr", "loss_adv", "loss_cyc", "loss_ori_cyc_img",
-              "loss_ori_cyc_txt", "loss_cyc_img", "loss_cyc_txt", "loss_ori_corr", "loss_sys_corr",
-              "loss_ori_adv", "loss_sys_adv")
-VARIANTS = ("raw", "softmax", "minmax", "minmax_softmax")
+FLAGS = flags.FLAGS
 
 
-class JFSETrainer:
-    """Owns the networks, the four Adam optimisers, the noise generator and the GRL scale."""
+def define_flags():
+    run.define_run_flags(default_output_dir="runs/jfse")
+    run.define_execution_flags()
+    flags.DEFINE_enum("method", "jfse", ["jfse", "cfsa"], "cfsa: zero-shot only, CMPM, no modality adversary.")
+    flags.DEFINE_enum("scenario", "all", ["all", "standard", "zs", "gzs"], "Retrieval scenario(s).")
+    flags.DEFINE_enum("align", "cmpm", ["cmpm", "cmmd", "cmca"],
+                      "Alignment loss in the two alignment slots (release: cmpm).")
+    flags.DEFINE_integer("batch_size", 64, "Batch size (release 64).")
+    flags.DEFINE_integer("n_critic", 5, "Critic updates per batch (release 5).")
+    flags.DEFINE_float("lr", 1e-4, "Adam learning rate of all four optimisers (release 1e-4).")
+    flags.DEFINE_float("beta1", 0.5, "Adam beta_1 (release 0.5).")
+    flags.DEFINE_float("gp_lambda", 10.0, "Gradient-penalty weight (release 10).")
+    flags.DEFINE_integer("noise_dim", 300, "Generator noise width (release 300).")
+    flags.DEFINE_integer("hidden", 4096, "Hidden width of G, D and R (release 4096).")
+    flags.DEFINE_integer("eval_every", 2, "Evaluate every N epochs (release 2) and after the last.")
+    flags.DEFINE_enum("norm", "batch_minmax", ["batch_minmax", "none"],
+                      "batch_minmax (release): per-batch min-max of features and class embeddings; none: raw inputs.")
+    flags.DEFINE_bool("shuffle", False, "Default (release): file order every epoch; --shuffle: reshuffle per epoch.")
+    flags.DEFINE_enum("eval_variants", "all", ["all", "minmax"],
+                      "all (release): four test-time variants; minmax: only the one matching training.")
+    flags.DEFINE_bool("synthesize_unseen", False,
+                      "Not in the release: in zs/gzs training the regressors also learn from features the "
+                      "generators make for unseen classes from their class embeddings.")
+    for key, value in RELEASE_WEIGHTS.items():
+        flags.DEFINE_float(key, value, f"Loss weight {key} (spec jfse.md §3.5; release {value}).")
 
-    def __init__(self, cfg: JFSEConfig, image_dim: int, text_dim: int, emb_dim: int, num_classes: int,
-                 unseen_class_emb: Optional[np.ndarray] = None, unseen_classes: Optional[np.ndarray] = None,
-                 replicas: Optional[distribute.Replicas] = None):
-        self.cfg, self.num_classes = cfg, num_classes
-        self.replicas = replicas or distribute.Replicas()
-        self.unseen = None
+
+def validate_flags() -> None:
+    run.require_positive("epochs", "batch_size", "n_critic", "noise_dim", "hidden", "eval_every", "log_every")
+    run.require_nonnegative("histogram_every")
+    run.require_float("lr")
+    run.require_float("beta1", 0.0, 1.0, low_open=False, high_open=True)
+    run.require_float("gp_lambda", 0.0, low_open=False)
+    for key in RELEASE_WEIGHTS:
+        run.require_float(key, 0.0, low_open=False)
+    if FLAGS.batch_size < 2:
+        raise ConfigError("--batch_size must be at least 2 (per-batch min-max and CMPM compare rows)")
+
+
+def config_from_flags() -> JFSEConfig:
+    weights = {k: getattr(FLAGS, k) for k in RELEASE_WEIGHTS}
+    cfg = JFSEConfig(method=FLAGS.method, align=FLAGS.align, batch_size=FLAGS.batch_size,
+                     n_critic=FLAGS.n_critic, lr=FLAGS.lr, beta1=FLAGS.beta1, gp_lambda=FLAGS.gp_lambda,
+                     noise_dim=FLAGS.noise_dim, hidden=FLAGS.hidden, eval_every=FLAGS.eval_every,
+                     norm=FLAGS.norm, shuffle=FLAGS.shuffle, eval_variants=FLAGS.eval_variants,
+                     synthesize_unseen=FLAGS.synthesize_unseen, seed=FLAGS.seed, weights=weights)
+    cfg.epochs = FLAGS.epochs or (SYNTHETIC_EPOCHS if FLAGS.dataset.startswith("synthetic") else 500)
+    return cfg.for_method()
+
+
+def feasible(ds, scenarios):
+    """Drop scenarios the split cannot support (the xmn release: its test set is unseen classes only)."""
+    train_classes, test_classes = set(np.unique(ds.train.labels)), set(np.unique(ds.test.labels))
+    drop = {}
+    if not test_classes <= train_classes:
+        drop["standard"] = "the test split holds classes absent from training (a zero-shot split)"
+    if not test_classes & train_classes:
+        drop["gzs"] = "the test split holds no seen class to pool with the unseen ones"
+    kept = [s for s in scenarios if s not in drop]
+    for s in scenarios:
+        if s in drop:
+            print(f"skipping {s}: {drop[s]}")
+    if not kept:
+        raise ConfigError(f"{ds.source or ds.name}: cannot run {scenarios}: " + "; ".join(drop.values()))
+    return kept
+
+
+def check_zero_shot(ds, zs) -> None:
+    """Refused before training: an unseen class without test rows (its mAP would be undefined)."""
+    present = set(np.unique(zs.test_unseen.labels).tolist())
+    empty = [int(c) for c in zs.unseen_classes if int(c) not in present]
+    if empty:
+        raise DataError(f"{ds.source or ds.name}: unseen classes {empty[:10]} have no test rows; zero-shot retrieval "
+                        "needs every unseen class in the test split (fix unseen_classes.txt or the test split)")
+    if len(zs.test_unseen) == 0:
+        raise DataError(f"{ds.source or ds.name}: the test split holds no row of an unseen class")
+
+
+def main(argv):
+    run.no_arguments(argv)
+    validate_flags()
+    cfg = config_from_flags()
+    from common.datasets import load_dataset
+
+    ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
+    if ds.multilabel:
+        raise ConfigError(f"{ds.source or ds.name}: JFSE needs single-label classes (one class embedding per pair)")
+    ds.class_embedding_rows(ds.train.labels)  # JFSE needs class embeddings: fail early and clearly
+    scenarios = ["zs"] if cfg.method == "cfsa" else (
+        ["standard", "zs", "gzs"] if FLAGS.scenario == "all" else [FLAGS.scenario])
+    scenarios = feasible(ds, scenarios)
+    zs = None
+    if {"zs", "gzs"} & set(scenarios):
+        zs = ds.zero_shot()
+        check_zero_shot(ds, zs)
         if cfg.synthesize_unseen:
-            if unseen_class_emb is None or len(unseen_class_emb) == 0:
-                raise ValueError("synthesize_unseen needs the unseen classes' embeddings (a zero-shot scenario)")
-            self.unseen = (tf.constant(unseen_class_emb, tf.float32), tf.constant(unseen_classes, tf.int64))
-        self.optimizers = {}
-        with self.replicas.scope():
-            self.nets = JFSENetworks(image_dim, text_dim, emb_dim, cfg.noise_dim, cfg.hidden)
-            for group in self.nets.groups:
-                opt = keras.optimizers.Adam(cfg.lr, beta_1=cfg.beta1, beta_2=cfg.beta2, epsilon=cfg.epsilon)
-                opt.build(self.nets.variables(group))
-                self.optimizers[group] = opt
-            self.grl_scale = tf.Variable(0.0, trainable=False, name="grl_scale")
-        # outside the strategy: noise is drawn once for the global batch, before the replicas run
-        self.rng = tf.random.Generator.from_seed(cfg.seed)
-        self.weights = {k: tf.constant(float(v)) for k, v in cfg.weights.items()}
-        self.align = losses.ALIGNMENTS[cfg.align]
-        self.train_step = tf.function(self._train_step, reduce_retracing=True)
-        self._embed_image = tf.function(self.nets.image_regressor, reduce_retracing=True)
-        self._embed_text = tf.function(self.nets.text_regressor, reduce_retracing=True)
+            try:
+                ds.class_embedding_rows(zs.unseen_classes)
+            except DataError as e:
+                raise DataError(f"--synthesize_unseen needs the unseen classes' embeddings (class_emb.npy with a row "
+                                f"per class): {e}") from None
+    print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
+          f"class embeddings {ds.class_embeddings.shape}; method {cfg.method}, align {cfg.align}, "
+          f"{cfg.epochs} epochs, scenarios {scenarios}", flush=True)
+    from common import driver
 
-    # ------------------------------------------------------------------ step
+    parts = [p for p in ("standard", "zs") if p in scenarios or (p == "zs" and "gzs" in scenarios)]
+    parts += ["gzs"] if "gzs" in scenarios else []
+    table = []
+    with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), parts=parts,
+                          overwrite=FLAGS.overwrite, chief=run.is_chief()) as folder:  # refusals: before TF loads
+        run.import_tensorflow()
+        replicas = run.replicas()
+        if "standard" in scenarios:
+            summ, info = train_scenario(folder, "standard", cfg, ds, ds.train, {"test": ds.test}, ds.val, replicas)
+            write(folder, info, "standard", ds, cfg, summ["test"])
+            table.append(("standard", summ["test"]["contract"]))
+        if zs is not None:
+            sets = {"unseen": zs.test_unseen}
+            if len(zs.test_seen):
+                sets.update(seen=zs.test_seen, pooled=zs.test_all)
+            summ, info = train_scenario(folder, "zs", cfg, ds, zs.train, sets, zs.val, replicas,
+                                        unseen=zs.unseen_classes)
+            from common import metrics
 
-    def _draw_noise(self, batch) -> dict:
-        """Every random number of one step, for the global batch, in the release's draw order
-        (z_v, z_t, then alpha_v, alpha_t per critic update, unseen draws, logging alphas)."""
-        rng, nd = self.rng, self.cfg.noise_dim
-        noise = {"z_v": rng.normal([batch, nd]), "z_t": rng.normal([batch, nd])}
-        noise["alpha"] = [(rng.uniform([batch, 1]), rng.uniform([batch, 1])) for _ in range(self.cfg.n_critic)]
-        if self.unseen is not None:
-            noise["unseen"] = (rng.uniform([batch], 0, tf.shape(self.unseen[0])[0], dtype=tf.int32),
-                               rng.normal([batch, nd]), rng.normal([batch, nd]))
-        noise["alpha_log"] = (rng.uniform([batch, 1]), rng.uniform([batch, 1]))
-        return noise
-
-    def _critic_terms(self, v, t, c, fake_v, fake_t, alpha):
-        n = self.nets
-        gp_v = losses.gradient_penalty(n.image_critic, v, fake_v, c, alpha[0], self.cfg.gp_lambda)
-        gp_t = losses.gradient_penalty(n.text_critic, t, fake_t, c, alpha[1], self.cfg.gp_lambda)
-        d = lambda critic, x: distribute.per_row(critic, x, c)  # noqa: E731
-        return (losses.critic_loss(d(n.image_critic, v), d(n.image_critic, fake_v), gp_v)
-                + losses.critic_loss(d(n.text_critic, t), d(n.text_critic, fake_t), gp_t))
-
-    def _generate(self, c, z_v, z_t):
-        n = self.nets
-        return distribute.per_row(n.image_generator, c, z_v), distribute.per_row(n.text_generator, c, z_t)
-
-    def _joint_terms(self, v, t, c, y, z_v, z_t):
-        n, scale = self.nets, self.grl_scale
-        fake_v, fake_t = self._generate(c, z_v, z_t)
-        e_v, e_t = distribute.per_row(n.image_regressor, v), distribute.per_row(n.text_regressor, t)
-        s_v, s_t = distribute.per_row(n.image_regressor, fake_v), distribute.per_row(n.text_regressor, fake_t)
-        terms = {
-            "g_adv_img": losses.generator_adversarial_loss(distribute.per_row(n.image_critic, fake_v, c)),
-            "g_adv_txt": losses.generator_adversarial_loss(distribute.per_row(n.text_critic, fake_t, c)),
-            "cyc_img": losses.regression_loss(s_v, c), "cyc_txt": losses.regression_loss(s_t, c),
-            "reg_img": losses.regression_loss(e_v, c), "reg_txt": losses.regression_loss(e_t, c),
-            "adv_syn": losses.modality_loss(n.modality_classifier(s_v, scale), n.modality_classifier(s_t, scale)),
-            "adv_real": losses.modality_loss(n.modality_classifier(e_v, scale), n.modality_classifier(e_t, scale)),
-            "align_real": self.align(e_v, e_t, y), "align_syn": self.align(s_v, s_t, y),
-        }
-        return terms, fake_v, fake_t
-
-    def _unseen_synthesis_term(self, draws):
-        """--synthesize_unseen (not in the release): the regressors also learn from generated
-        features of unseen classes, made from their class embeddings alone.
-
-        Same form and weight as the synthetic seen-class terms (cycle regression + alignment);
-        the generators get no gradient from it, so unseen classes never shape the synthesis.
-        """
-        emb, ids = self.unseen
-        pick, z_v, z_t = draws
-        c = tf.gather(emb, pick)
-        if self.cfg.norm == "batch_minmax":
-            c = losses.batch_minmax(c)
-        y = tf.one_hot(tf.gather(ids, pick), self.num_classes)
-        n = self.nets
-        fake_v, fake_t = (tf.stop_gradient(f) for f in self._generate(c, z_v, z_t))
-        s_v, s_t = distribute.per_row(n.image_regressor, fake_v), distribute.per_row(n.text_regressor, fake_t)
-        return (losses.regression_loss(s_v, c) + losses.regression_loss(s_t, c)
-                + self.weights["w_align_syn"] * self.align(s_v, s_t, y))
-
-    def _normalise(self, v, t, c):
-        if self.cfg.norm == "batch_minmax":
-            return losses.batch_minmax(v), losses.batch_minmax(t), losses.batch_minmax(c)
-        return v, t, c
-
-    def _train_step(self, image, text, class_emb, labels, replica_step=None):
-        noise = self._draw_noise(tf.shape(image)[0])
-        return self.replicas.run(replica_step or self._replica_step, image, text, class_emb, labels, noise)
-
-    def xla_step(self) -> Callable:
-        """The step with everything after the noise draw compiled by XLA. The draw stays outside:
-        XLA's kernels for `tf.random.Generator` produce other numbers than TF's from the same state."""
-        compiled = tf.function(self._replica_step, jit_compile=True)
-        return lambda *batch: self._train_step(*batch, replica_step=compiled)
-
-    def _replica_step(self, image, text, class_emb, labels, noise):
-        """Per-batch min-max and every loss on the global batch; networks on this replica's rows."""
-        v, t, c = self._normalise(image, text, class_emb)
-        y = tf.one_hot(labels, self.num_classes)
-        z_v, z_t = noise["z_v"], noise["z_t"]  # drawn once per batch (release)
-        w = self.weights
-        critic_vars = self.nets.variables("critics")
-        for alpha in noise["alpha"]:
-            with tf.GradientTape() as tape:
-                fake_v, fake_t = self._generate(c, z_v, z_t)
-                loss_d = self._critic_terms(v, t, c, fake_v, fake_t, alpha)
-            grads = distribute.replica_share(tape.gradient(loss_d, critic_vars))
-            distribute.apply_gradients(self.optimizers["critics"], zip(grads, critic_vars))
-        with tf.GradientTape(persistent=True) as tape:
-            terms, _, _ = self._joint_terms(v, t, c, y, z_v, z_t)
-            loss_g = losses.generator_objective(terms, w)
-            loss_r = losses.regressor_objective(terms, w)
-            loss_mc = terms["adv_syn"] + terms["adv_real"]
-            if self.unseen is not None:
-                unseen_term = self._unseen_synthesis_term(noise["unseen"])
-                loss_r += w["w_syn_r"] * unseen_term
-        updates = [("generators", loss_g), ("regressors", loss_r)]
-        if self.cfg.train_modality_classifier:
-            updates.append(("modality_classifier", loss_mc))
-        grads = [(g, distribute.replica_share(tape.gradient(loss, self.nets.variables(g)))) for g, loss in updates]
-        del tape
-        for group, g in grads:  # all gradients taken before any update (simultaneous)
-            distribute.apply_gradients(self.optimizers[group], zip(g, self.nets.variables(group)))
-        # logging pass (release: post-update values, fresh alpha for loss_D)
-        terms, fake_v, fake_t = self._joint_terms(v, t, c, y, z_v, z_t)
-        extra = {"loss_unseen_syn": unseen_term} if self.unseen is not None else {}
-        return {**extra,
-            "loss_D": self._critic_terms(v, t, c, fake_v, fake_t, noise["alpha_log"]),
-            "loss_G": losses.generator_objective(terms, w), "loss_Re": losses.regressor_objective(terms, w),
-            "loss_corr": w["w_align_real"] * terms["align_real"] + w["w_align_syn"] * terms["align_syn"],
-            "loss_adv": terms["adv_syn"] + terms["adv_real"],
-            "loss_cyc": terms["reg_img"] + terms["reg_txt"] + terms["cyc_img"] + terms["cyc_txt"],
-            "loss_ori_cyc_img": terms["reg_img"], "loss_ori_cyc_txt": terms["reg_txt"],
-            "loss_cyc_img": terms["cyc_img"], "loss_cyc_txt": terms["cyc_txt"],
-            "loss_ori_corr": terms["align_real"], "loss_sys_corr": terms["align_syn"],
-            "loss_ori_adv": terms["adv_real"], "loss_sys_adv": terms["adv_syn"],
-        }
-
-    # ------------------------------------------------------------------ evaluation
-
-    def embed(self, image: np.ndarray, text: np.ndarray, batch: int = 4096):
-        """Regressor outputs of both modalities (the common space), in batches."""
-        return training.batched(self._embed_image, image, batch), training.batched(self._embed_text, text, batch)
-
-    def evaluate(self, split: Split) -> Dict[str, dict]:
-        """The release's four test-time variants, each scored with `metrics.jfse_map`."""
-        wanted = VARIANTS if self.cfg.eval_variants == "all" else ("minmax",)
-        out = {}
-        raw = self.embed(split.image, split.text)
-        scaled = self.embed(_minmax_np(split.image), _minmax_np(split.text))
-        for name in wanted:
-            emb = scaled if name.startswith("minmax") else raw
-            if name.endswith("softmax"):
-                emb = tuple(_softmax_np(e) for e in emb)
-            out[name] = metrics.jfse_map(emb[0], emb[1], split.labels, split.txt_labels)
-        out["_contract"] = metrics.cross_modal_map_all(scaled[0], scaled[1], split.labels, split.txt_labels)
-        return out
-
-    # ------------------------------------------------------------------ loop
-
-    def make_runner(self, train: Split, class_emb_rows: np.ndarray, steps_per_execution: int = 0,
-                    jit_compile: bool = False) -> training.EpochRunner:
-        """The epoch loop in the graph: batches in file order (or reshuffled per epoch), every
-        step's 14 logged losses (plus the unseen-synthesis term) per batch."""
-        tensors = dict(pipelines.split_tensors(train), class_emb=tf.constant(class_emb_rows, tf.float32))
-        outputs = LOSS_NAMES + (("loss_unseen_syn",) if self.unseen is not None else ())
-        step = self.xla_step() if jit_compile else self._train_step
-        return training.EpochRunner(step, tensors, ("image", "text", "class_emb", "label"), outputs,
-                                    self.cfg.batch_size, self.cfg.shuffle, self.cfg.seed,
-                                    steps_per_execution=steps_per_execution, tail_step=self._train_step)
-
-    def fit(self, runner: training.EpochRunner, eval_sets: Dict[str, Split], val: Optional[Split] = None,
-            epochs: Optional[int] = None, start_epoch: int = 0, writer=None,
-            on_eval: Callable[[dict], None] = lambda record: None, log=print) -> list:
-        """Train to `epochs`, evaluating every `eval_every` epochs and after the last one.
-
-        The GRL scale follows p = epoch / epochs. Returns the evaluation records; `on_eval`
-        sees each one as it is made (the entry point saves history and checkpoints there).
-        """
-        cfg = self.cfg
-        epochs = cfg.epochs if epochs is None else epochs
-        history = []
-        for epoch in range(start_epoch, epochs):
-            self.grl_scale.assign(float(grl_schedule(epoch, epochs)))
-            values = runner.run_epoch(epoch)
-            batch = training.first_nonfinite(values)
-            if batch is not None:
-                bad = [k for k, v in values.items() if not np.isfinite(v[batch])]
-                raise DivergenceError(f"non-finite {', '.join(bad)} at epoch {epoch} batch {batch}; the last good "
-                                      "checkpoint and results are kept")
-            logs = {k: float(v[-1]) for k, v in values.items()}  # the epoch's last batch (release)
-            if writer is not None:
-                writer.scalars(logs, epoch)
-            if epoch % cfg.eval_every == 0 or epoch == epochs - 1:
-                record = {"epoch": epoch, "losses": logs,
-                          "test": {name: self.evaluate(s) for name, s in eval_sets.items()}}
-                if val is not None:
-                    record["val"] = self.evaluate(val)
-                history.append(record)
-                log(_format_eval(record))
-                on_eval(record)
-        return history
+            if "zs" in scenarios:
+                write(folder, info, "zs", ds, cfg, summ["unseen"], seen=summ.get("seen"))
+                table.append(("zs unseen", summ["unseen"]["contract"]))
+                if "seen" in summ:
+                    table.append(("zs seen", summ["seen"]["contract"]))
+                chance = metrics.expected_random_map(zs.test_unseen.labels, zs.test_unseen.labels)
+                table.append(("chance (unseen)", {"i2t_map_all": chance, "t2i_map_all": chance}))
+            if "gzs" in scenarios:
+                write(folder, info, "gzs", ds, cfg, summ["pooled"], prefix="gzs_")
+                table.append(("gzs pooled", summ["pooled"]["contract"]))
+    print(f"\n{cfg.method} on {ds.name}: the contract's numbers, cosine mAP@all of the final epoch on min-max "
+          "scaled test inputs (the per-epoch blocks above are the release's z-scored variants):")
+    print(f"{'scenario':<16} {'i2t':>7} {'t2i':>7} {'avg':>7}")
+    for name, r in table:
+        i2t, t2i = r["i2t_map_all"], r["t2i_map_all"]
+        print(f"{name:<16} {i2t:7.4f} {t2i:7.4f} {(i2t + t2i) / 2:7.4f}")
+    print(f"results under {FLAGS.output_dir}/<scenario>/results.json")
 
 
-def _minmax_np(x: np.ndarray) -> np.ndarray:
-    lo, hi = x.min(axis=0), x.max(axis=0)
-    span = hi - lo
-    return np.where(span > 0, (x - lo) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+def train_scenario(folder, name, cfg, ds, train, eval_sets, val, replicas, unseen=None):
+    """Train (or resume) one model in its part folder; returns (summary per evaluation set, info).
+
+    info: `trained` (False when the part was already complete) and `seconds_per_epoch`."""
+    from common import driver, export, training
+    from jfse_tf.task import JFSETask, JFSETrainer, summarise
+
+    training.set_seed(cfg.seed)  # each scenario's result is independent of the ones run before it
+    if unseen is None:
+        cfg = dataclasses.replace(cfg, synthesize_unseen=False)  # nothing unseen in the standard scenario
+    unseen_emb = ds.class_embedding_rows(unseen) if cfg.synthesize_unseen else None
+    trainer = JFSETrainer(cfg, ds.image_dim, ds.text_dim, ds.class_embeddings.shape[1], ds.num_classes,
+                          unseen_class_emb=unseen_emb, unseen_classes=unseen, replicas=replicas)
+    spe = run.steps_per_execution()
+    task = JFSETask(trainer, train, ds.class_embedding_rows(train.labels), eval_sets, val, spe,
+                    run.jit_compile(replicas), label=f"[{name}] ")
+    path = folder.part_path(name)
+    if replicas.is_chief:
+        export.write_spec(path, **task.encoders(ds.class_embeddings.shape[1]))
+    result = driver.fit(task, path, driver.FitOptions(
+        label=f"[{name}]", histogram_every=FLAGS.histogram_every, log_batches=FLAGS.log_batches,
+        log_every=FLAGS.log_every, batch_times=spe == 1, hparams=dict(dataclasses.asdict(cfg), scenario=name)))
+    if result.trained == 0:
+        print(f"[{name}] the run in {path} was already complete")
+    return ({s: summarise(result.history, s) for s in eval_sets},
+            {"trained": result.trained > 0, "seconds_per_epoch": result.seconds_per_unit})
 
 
-def _softmax_np(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+def write(folder, info, scenario, ds, cfg, summary, seen=None, prefix=""):
+    """results.json of one scenario: the contract's numbers and the release's labelled selections
+    (left as it is when the model was already complete and its results exist)."""
+    from common import driver
+
+    path = folder.part_path(scenario)
+    if not info["trained"] and os.path.exists(os.path.join(path, "results.json")):
+        return
+    m = {f"{prefix}{k}": v for k, v in summary["contract"].items()}
+    if seen is not None:
+        m.update({f"seen_{k}": v for k, v in seen["contract"].items()})
+    m["release_max"] = summary["test_selected_max"]
+    m["release_max2"] = summary["test_selected_max2"]
+    m["final_epoch"] = summary["final"]
+    if "val_selected" in summary:
+        m["val_selected"] = summary["val_selected"]
+    if seen is not None:
+        m["seen_release_max"] = seen["test_selected_max"]
+        m["seen_final_epoch"] = seen["final"]
+    if prefix == "gzs_":  # the contract's plain keys stay the comparable pooled numbers too
+        m.update(summary["contract"])
+    m["seconds_per_epoch"] = info["seconds_per_epoch"]
+    folder.write_results(path, dataset=ds.name, method=cfg.method, seed=FLAGS.seed, flags=run.flag_values(),
+                         metrics=m, scenario=scenario, config=dataclasses.asdict(cfg),
+                         note=("release_max/max2 are selected on the TEST set (the release's MAX/MAX2) over the "
+                               "release's four z-scored test-time variants; final_epoch and val_selected are the "
+                               "clean numbers; i2t_map_all/t2i_map_all: cosine mAP@all of the final epoch on "
+                               "min-max scaled test inputs"))
+    driver.write_final(path, m, cfg.epochs)
 
 
-def _format_eval(record: dict) -> str:
-    lines = [f"epoch {record['epoch']}: " + " ".join(f"{k}={v:.4f}" for k, v in list(record["losses"].items())[:3])]
-    for name, variants in record["test"].items():
-        for variant, r in variants.items():
-            if not variant.startswith("_"):
-                lines.append(f"  {name:>8} {variant:<15} i2t {r['i2t']:.4f}  t2i {r['t2i']:.4f}  avg {r['avg']:.4f}")
-    return "\n".join(lines)
+def cli():
+    define_flags()
+    run.run_main(main)
 
 
-def summarise(history: list, set_name: str) -> dict:
-    """Release's MAX / MAX2 (test-selected), the final epoch, and the validation-selected point."""
-    points = [(rec["epoch"], v, r) for rec in history for v, r in rec["test"][set_name].items() if not v.startswith("_")]
-    best_avg = max(points, key=lambda p: p[2]["avg"])
-    best_i2t = max(points, key=lambda p: p[2]["i2t"])
-    last = history[-1]
-    out = {"test_selected_max": dict(best_avg[2], epoch=best_avg[0], variant=best_avg[1]),
-           "test_selected_max2": dict(best_i2t[2], epoch=best_i2t[0], variant=best_i2t[1]),
-           "final": {v: r for v, r in last["test"][set_name].items() if not v.startswith("_")},
-           "contract": last["test"][set_name]["_contract"]}
-    if "val" in last:
-        vals = [(i, v, r) for i, rec in enumerate(history) for v, r in rec["val"].items() if not v.startswith("_")]
-        i, variant, _ = max(vals, key=lambda p: p[2]["avg"])
-        out["val_selected"] = dict(history[i]["test"][set_name][variant], epoch=history[i]["epoch"], variant=variant)
-    return out
+if __name__ == "__main__":
+    cli()

@@ -133,6 +133,6 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     data = next(p for p in ckpt.iterdir() if p.name.endswith(".index"))
     data.write_bytes(b"garbage" * 10)
     before = (tmp_path / "o" / "results.json").read_text()
-    res = subprocess.run(cmd[:4] + ["2"] + cmd[5:], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-1500:]
     assert "cannot resume from this checkpoint" in res.stderr and (tmp_path / "o" / "results.json").read_text() == before

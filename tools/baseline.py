@@ -15,18 +15,10 @@ import time
 import numpy as np
 from absl import flags
 
-from common import metrics, run
+from common import run
 from common.datasets import load_dataset
 from common.errors import ConfigError
 
-run.define_run_flags(default_output_dir="runs/cca")
-flags.DEFINE_enum("method", "cca", ["cca"], "Baseline to run.")
-flags.DEFINE_integer("cca_dim", 0, "Canonical directions kept (0: min(feature dims, 128)).")
-flags.DEFINE_float("cca_reg", 1e-3, "Ridge added to each covariance, relative to its mean variance.")
-flags.DEFINE_float("cca_power", 1.0, "Scale direction k by canonical correlation**power (0: no scaling).")
-flags.DEFINE_list("hash_bits", [], "Also report CCA-then-sign hashing: Hamming mAP of sign(top-K CCA projections), "
-                  "test queries against the database (or train) split, for each K.")
-flags.DEFINE_bool("zero_shot", False, "Fit on seen classes; report unseen, seen and pooled test mAP.")
 FLAGS = flags.FLAGS
 
 
@@ -72,6 +64,8 @@ class CCA:
 
 def evaluate(model: CCA, split) -> dict:
     """Cosine mAP@all (the contract) and, for paired splits, ACMR's Euclidean mAP@50 on every pair."""
+    from common import metrics
+
     img, txt = model.transform(split.image, split.text)
     out = metrics.cross_modal_map_all(img, txt, split.labels, split.txt_labels)
     if split.paired:
@@ -82,6 +76,8 @@ def evaluate(model: CCA, split) -> dict:
 
 def cca_sign_maps(ds, bits, reg: float) -> dict:
     """Hashing baseline: centred top-K canonical projections, sign (0 -> +1), Hamming mAP."""
+    from common import metrics
+
     database = ds.database if ds.database is not None else ds.train
     out = {}
     for k in bits:
@@ -97,43 +93,47 @@ def cca_sign_maps(ds, bits, reg: float) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}")
-    start = time.time()
+    run.no_arguments(argv)
+    run.require_nonnegative("cca_dim")
+    run.require_float("cca_reg", 0.0, low_open=False)
+    run.require_float("cca_power", 0.0, low_open=False)
+    bits = run.int_list("hash_bits") if FLAGS.hash_bits else []
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims "
           f"{ds.image_dim}/{ds.text_dim}, {ds.num_classes} classes ({ds.source})")
-    cca = lambda: CCA(FLAGS.cca_dim, FLAGS.cca_reg, FLAGS.cca_power)  # noqa: E731
-    if FLAGS.zero_shot:
-        zs = ds.zero_shot()
-        model = cca().fit(zs.train.image, zs.train.text)
-        result = evaluate(model, zs.test_unseen)
-        seen = evaluate(model, zs.test_seen)
-        gzs = evaluate(model, zs.test_all)
-        result.update({"seen_" + k: v for k, v in seen.items()})
-        result.update({"gzs_" + k: v for k, v in gzs.items()})
-        result["chance_map_all"] = metrics.expected_random_map(zs.test_unseen.labels, zs.test_unseen.labels)
-    else:
-        if not ds.train.paired:
-            raise ConfigError("CCA needs paired training data")
-        model = cca().fit(ds.train.image, ds.train.text)
-        if ds.database is not None:
-            qi, qt = model.transform(ds.test.image, ds.test.text)
-            di, dt = model.transform(ds.database.image, ds.database.text)
-            result = {"i2t_map_all": metrics.mean_average_precision(qi, dt, ds.test.labels, ds.database.labels),
-                      "t2i_map_all": metrics.mean_average_precision(qt, di, ds.test.labels, ds.database.labels)}
+    from common import driver
+
+    with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite) as folder:
+        run.import_tensorflow()  # a refused run has stopped above, before anything is computed
+        from common import metrics
+
+        cca = lambda: CCA(FLAGS.cca_dim, FLAGS.cca_reg, FLAGS.cca_power)  # noqa: E731
+        if FLAGS.zero_shot:
+            zs = ds.zero_shot()
+            model = cca().fit(zs.train.image, zs.train.text)
+            result = evaluate(model, zs.test_unseen)
+            seen = evaluate(model, zs.test_seen)
+            gzs = evaluate(model, zs.test_all)
+            result.update({"seen_" + k: v for k, v in seen.items()})
+            result.update({"gzs_" + k: v for k, v in gzs.items()})
+            result["chance_map_all"] = metrics.expected_random_map(zs.test_unseen.labels, zs.test_unseen.labels)
         else:
-            result = evaluate(model, ds.test)
-        result["chance_map_all"] = metrics.expected_random_map(ds.test.labels, ds.test.labels)
-    if FLAGS.hash_bits:
-        try:
-            bits = [int(b) for b in FLAGS.hash_bits]
-        except ValueError:
-            raise ConfigError(f"--hash_bits must be integers, got {FLAGS.hash_bits}") from None
-        result.update(cca_sign_maps(ds, bits, FLAGS.cca_reg))
-    result["seconds"] = time.time() - start
-    run.write_results(FLAGS.output_dir, dataset=ds.name, method="cca", seed=FLAGS.seed,
-                      flag_dict=run.flag_values(), metrics=result, source=ds.source)
+            if not ds.train.paired:
+                raise ConfigError("CCA needs paired training data")
+            model = cca().fit(ds.train.image, ds.train.text)
+            if ds.database is not None:
+                qi, qt = model.transform(ds.test.image, ds.test.text)
+                di, dt = model.transform(ds.database.image, ds.database.text)
+                result = {"i2t_map_all": metrics.mean_average_precision(qi, dt, ds.test.labels, ds.database.labels),
+                          "t2i_map_all": metrics.mean_average_precision(qt, di, ds.test.labels, ds.database.labels)}
+            else:
+                result = evaluate(model, ds.test)
+            result["chance_map_all"] = metrics.expected_random_map(ds.test.labels, ds.test.labels)
+        if bits:
+            result.update(cca_sign_maps(ds, bits, FLAGS.cca_reg))
+        result["seconds"] = time.time() - folder.started
+        folder.write_results(FLAGS.output_dir, dataset=ds.name, method="cca", seed=FLAGS.seed,
+                             flags=run.flag_values(), metrics=result, source=ds.source)
     width = max(len(k) for k in result)
     for k, v in result.items():
         print(f"{k:<{width}}  {v:.4f}")
@@ -141,4 +141,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    run.define_run_flags(default_output_dir="runs/cca")
+    flags.DEFINE_enum("method", "cca", ["cca"], "Baseline to run.")
+    flags.DEFINE_integer("cca_dim", 0, "Canonical directions kept (0: min(feature dims, 128)).")
+    flags.DEFINE_float("cca_reg", 1e-3, "Ridge added to each covariance, relative to its mean variance.")
+    flags.DEFINE_float("cca_power", 1.0, "Scale direction k by canonical correlation**power (0: no scaling).")
+    flags.DEFINE_list("hash_bits", [], "Also report CCA-then-sign hashing: Hamming mAP of sign(top-K CCA "
+                      "projections), test queries against the database (or train) split, for each K.")
+    flags.DEFINE_bool("zero_shot", False, "Fit on seen classes; report unseen, seen and pooled test mAP.")
     run.run_main(main)

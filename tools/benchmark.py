@@ -80,7 +80,7 @@ class Case:
         self.eval_kind = "cosine i2t + t2i mAP@all on the test split"
         if method.startswith("acmr"):
             from acmr_tf.config import ACMRConfig
-            from acmr_tf.train import LOG_FIELDS, ACMRTrainer
+            from acmr_tf.task import LOG_FIELDS, ACMRTrainer
 
             t = ACMRTrainer(ACMRConfig(variant=method.split("_")[1]), ds.image_dim, ds.text_dim, ds.num_classes)
             t.grl_scale.assign(0.5)
@@ -89,7 +89,7 @@ class Case:
             self.tensors = pipelines.split_tensors(self.train)
         elif method == "jfse":
             from jfse_tf.config import JFSEConfig
-            from jfse_tf.train import LOSS_NAMES, JFSETrainer
+            from jfse_tf.task import LOSS_NAMES, JFSETrainer
 
             t = JFSETrainer(JFSEConfig().for_method(), ds.image_dim, ds.text_dim, ds.class_embeddings.shape[1],
                             ds.num_classes)
@@ -98,7 +98,9 @@ class Case:
             self.keys, self.outputs = ("image", "text", "class_emb", "label"), LOSS_NAMES
             self.tensors = dict(pipelines.split_tensors(self.train), class_emb=tf.constant(rows, tf.float32))
         elif method == "cmhash":
-            from cmhash_tf.train import CMHashConfig, CMHashTrainer, multi_hot
+            from cmhash_tf.config import CMHashConfig
+            from cmhash_tf.data import multi_hot
+            from cmhash_tf.task import CMHashTrainer
 
             t = CMHashTrainer(CMHashConfig(), ds.image_dim, ds.text_dim)
             self.train = self.train.__class__(self.train.image, self.train.text, multi_hot(self.train.labels, ds.num_classes))
@@ -108,7 +110,8 @@ class Case:
             self.eval_kind = "Hamming i2t + t2i mAP, test queries against the train split"
         else:
             from zscrgan_tf import data as zdata
-            from zscrgan_tf.train import ZSCRGANConfig, ZSCRGANTrainer
+            from zscrgan_tf.config import ZSCRGANConfig
+            from zscrgan_tf.task import ZSCRGANTrainer
 
             t = ZSCRGANTrainer(ZSCRGANConfig(), zdata.from_dataset(ds))
             self.eval_kind = "P@50 + t2i mAP@all, unseen text queries against unseen images"
@@ -196,7 +199,7 @@ class Case:
             return t.evaluate(t.data.test)["p50"]
         if self.method == "cmhash":
             from common.dataset import Split
-            from cmhash_tf.train import multi_hot
+            from cmhash_tf.data import multi_hot
 
             q = Split(self.test.image, self.test.text, multi_hot(self.test.labels, self.train.labels.shape[1]))
             return t.evaluate(q, self.train)["i2t_map"]

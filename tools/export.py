@@ -20,7 +20,7 @@ import tempfile
 import tensorflow as tf
 from absl import flags
 
-from common import export, io, run
+from common import export, io, run, training
 from common.errors import ConfigError
 
 
@@ -64,7 +64,7 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None) -> dict:
     try:
         tf.saved_model.save(module, tmp, signatures=signatures)
         meta = {"run_dir": os.path.abspath(run_dir), "method": enc.spec["method"],
-                "checkpoint": checkpoint or tf.train.latest_checkpoint(run.checkpoint_dir(run_dir)),
+                "checkpoint": checkpoint or training.latest_checkpoint(os.path.join(run_dir, training.CHECKPOINTS)),
                 "signatures": sorted(signatures), "image_dim": enc.spec["image"]["dim"],
                 "text_dim": enc.spec["text"]["dim"], "notes": enc.spec.get("notes", "")}
         io.write_json(os.path.join(tmp, "export.json"), meta)

@@ -22,11 +22,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 
 import numpy as np
 from absl import flags
+from tqdm import tqdm
 
-from common import io, run, training
+from common import io, run
 from common.errors import ConfigError, DataError
 
 CNNS = {
@@ -110,19 +112,19 @@ def image_features(paths, cnn_name: str, model, size: int, out_dir: str, shard: 
     os.makedirs(partial, exist_ok=True)
     shards = range(0, len(paths), shard)
     done = sum(os.path.exists(os.path.join(partial, f"{s:09d}.npy")) for s in shards)
-    progress = training.Progress(len(paths), desc="images")
-    progress.update(min(done * shard, len(paths)))
     parts = []
-    for s in shards:
-        f = os.path.join(partial, f"{s:09d}.npy")
-        if not os.path.exists(f):
-            x = preprocess(_load_images(paths[s:s + shard], size))
-            feats = np.concatenate([np.asarray(model(x[b:b + batch], training=False))
-                                    for b in range(0, len(x), batch)])
-            with io.atomic_open(f, "wb") as fh:
-                np.save(fh, feats.astype(np.float32))
-            progress.update(len(x))
-        parts.append(np.load(f))
+    with tqdm(total=len(paths), initial=min(done * shard, len(paths)), unit="image", ascii=True, mininterval=10,
+              file=sys.stderr) as progress:
+        for s in shards:
+            f = os.path.join(partial, f"{s:09d}.npy")
+            if not os.path.exists(f):
+                x = preprocess(_load_images(paths[s:s + shard], size))
+                feats = np.concatenate([np.asarray(model(x[b:b + batch], training=False))
+                                        for b in range(0, len(x), batch)])
+                with io.atomic_open(f, "wb") as fh:
+                    np.save(fh, feats.astype(np.float32))
+                progress.update(len(x))
+            parts.append(np.load(f))
     return np.concatenate(parts)
 
 

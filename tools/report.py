@@ -47,7 +47,7 @@ def rows_of(path: str) -> list:
     """One row per reported setting of one results.json."""
     r = io.read_json(path)
     method, dataset = r.get("method", "?"), str(r.get("dataset", "?"))
-    base = {"method": method, "dataset": dataset, "path": path}
+    base = {"method": method, "dataset": dataset, "path": path, "run": run_of(path, r)}
     if method == "cmhash":
         keys = [k for k in ("i2t_map", "t2i_map", "t2t_map") if k in r]
         bits = sorted(r[keys[0]], key=int) if keys else []
@@ -65,6 +65,18 @@ def rows_of(path: str) -> list:
         out.append(dict(base, setting="zs (seen classes)", scenario="zs_seen", metric="mAP@all",
                         i2t=r["seen_i2t_map_all"], t2i=r["seen_t2i_map_all"]))
     return out
+
+
+def run_of(path: str, results: dict) -> str:
+    """Which run a row comes from: its folder, the commit and seed, and when it ended."""
+    p = results.get("provenance") or {}
+    commit = (p.get("git_commit") or "")[:8] + ("+" if p.get("git_dirty") else "")
+    parts = [os.path.dirname(path) or ".", f"seed {results.get('seed', '?')}"]
+    if commit:
+        parts.append(commit)
+    if p.get("ended"):
+        parts.append(p["ended"][:16].replace("T", " "))
+    return ", ".join(parts)
 
 
 def published_for(row: dict, groups: list) -> list:
@@ -86,8 +98,8 @@ def published_for(row: dict, groups: list) -> list:
 def report(paths, published: str = PUBLISHED) -> str:
     groups = io.read_json(published)["groups"] if os.path.exists(published) else []
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = ["| method | dataset | setting | metric | ours i2t / t2i | published i2t / t2i | source |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | dataset | setting | metric | ours i2t / t2i | published i2t / t2i | source | run |",
+             "|---|---|---|---|---|---|---|---|"]
     sources = {}
     for path in find_results(paths):
         for row in rows_of(path):
@@ -99,7 +111,7 @@ def report(paths, published: str = PUBLISHED) -> str:
                 sources.setdefault(src, len(sources) + 1)
                 refs.append(f"[{sources[src]}]")
             lines.append(f"| {row['method']} | {row['dataset']} | {row['setting']} | {row['metric']} | {ours} | "
-                         f"{cells} | {' '.join(dict.fromkeys(refs)) or '—'} |")
+                         f"{cells} | {' '.join(dict.fromkeys(refs)) or '—'} | {row['run']} |")
     lines.append("")
     lines += [f"[{n}] {src}" for src, n in sources.items()]
     return "\n".join(lines) + "\n"

@@ -1,1 +1,1 @@
-"""ZSCRGAN (Roy et al., CIKM 2020): zero-shot text -> image retrieval; spec ../shared/specs/zscrgan.md."""
+"""ZSCRGAN (CIKM 2020); spec ../shared/specs/zscrgan.md. `python -m zscrgan_tf.train` (or `zscrgan_tf.run_exp`)."""

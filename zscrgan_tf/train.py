@@ -1,311 +1,182 @@
-"""ZSCRGAN training: compiled critic / generator / CSEM steps and the EM cycle (spec zscrgan.md §4, §6).
+"""ZSCRGAN entry point, with the release's flags and folders (spec zscrgan.md §4-§6).
 
-One cycle = `e_iters` x (`n_critic` critic steps + 1 generator step), then `m_iters` CSEM
-steps, then one zero-shot evaluation; every step draws its own batch from the release's
-sampler. Noise (truncated-normal epsilon of the conditioning augmentation, z) comes from a
-checkpointed `tf.random.Generator`, so a resumed run continues the same random stream.
+    python -m zscrgan_tf.train --dataset CUB          # reads datasets/CUB/ (the release's pickles)
+    python -m zscrgan_tf.train --dataset synthetic    # embedded zero-shot data, runs anywhere
+    python -m zscrgan_tf.train --dataset features --data_dir DIR   # generic feature folder
+
+`python -m zscrgan_tf.run_exp` is the same program under the release's name. Writes
+`ckt_logs/<ds>_logs/` (args.txt, run.json, flags.json, results.json, history.json, tb/,
+checkpoints/) and `retrieved_res/<ds>_res/acc<P@50>.pkl` on every improvement. The release
+loops until killed; here `--max_cycles` (or `--epochs` x `--cycles_per_epoch`) ends the run,
+and re-running the same command resumes from the last cycle's checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import time
-import keras
-import numpy as np
-import tensorflow as tf
 
-from common import distribute, export, io, metrics, training
-from common.errors import ConfigError, DivergenceError
-from common.optimizers import TF1RMSprop
-from zscrgan_tf import losses
-from zscrgan_tf.data import ClassBlockSampler, RetrievalSet, ZSData
-from zscrgan_tf.model import CSEM, Critic, GeneratorNet, embed_text_mean
+from absl import flags
+
+from common import run
+from common.errors import ConfigError
+from zscrgan_tf.config import RELEASE_NUMBER_EXAMPLE, SYNTHETIC_MAX_CYCLES, ZSCRGANConfig
+
+FLAGS = flags.FLAGS
 
 
-@dataclasses.dataclass
-class ZSCRGANConfig:
-    # the release's 13 flags (argparse defaults) ...
-    batch_size: int = 32
-    gf_dim: int = 2048
-    df_dim: int = 1024
-    embed_dim: int = 1024
-    CSEM_lr: float = 2e-3
-    generator_lr: float = 2e-4
-    discriminator_lr: float = 2e-4
-    kl_div_coefficient: float = 1.0
-    mm_reg_coeff: float = 2.0
-    z_dim: int = 256
-    clip_val: float = 0.01
-    # ... its hard-coded constants ...
-    e_iters: int = 100
-    m_iters: int = 100
-    n_critic: int = 5
-    retrieve_k: int = 50
-    # ... and switches whose defaults keep the release (spec §9)
-    kl_form: str = "zscrgan"
-    mm_hinge: bool = False
-    mm_margin: float = 2.0
-    csem_per_sample: bool = False
-    train_text: str = "first"
-    pad_partial_batches: bool = True
-    eval_mode: str = "sample"
-    rmsprop_init: str = "ones"
-    seed: int = 0
+def define_flags():
+    run.define_run_flags(default_dataset="CUB", default_epochs=5000, default_output_dir=None)
+    d = ZSCRGANConfig()
+    # the release's argparse flags, with its defaults
+    flags.DEFINE_integer("batch_size", d.batch_size, "Batch size (release 32).")
+    flags.DEFINE_integer("gf_dim", d.gf_dim, "Generator hidden width; the second layer is twice this (release 2048).")
+    flags.DEFINE_integer("df_dim", d.df_dim, "Critic hidden width (release 1024).")
+    flags.DEFINE_integer("embed_dim", d.embed_dim, "Conditioning / common-space width (release 1024).")
+    flags.DEFINE_float("CSEM_lr", d.CSEM_lr, "CSEM Adam learning rate (release 2e-3).")
+    flags.DEFINE_float("generator_lr", d.generator_lr, "Generator (CA + G) RMSProp learning rate (release 2e-4).")
+    flags.DEFINE_float("discriminator_lr", d.discriminator_lr, "Critic RMSProp learning rate (release 2e-4).")
+    flags.DEFINE_float("kl_div_coefficient", d.kl_div_coefficient, "Weight of the KL term (release 1).")
+    flags.DEFINE_float("mm_reg_coeff", d.mm_reg_coeff, "Weight of the L1 'max-margin' term (release 2).")
+    flags.DEFINE_integer("z_dim", d.z_dim, "Noise width (release 256).")
+    flags.DEFINE_float("clip_val", d.clip_val, "Critic weight clipping bound (release 0.01).")
+    # the release's constants, exposed
+    flags.DEFINE_integer("e_iters", d.e_iters, "E-step iterations per cycle (release 100).")
+    flags.DEFINE_integer("m_iters", d.m_iters, "CSEM steps per cycle (release 100).")
+    flags.DEFINE_integer("n_critic", d.n_critic, "Critic steps per generator step (release 5).")
+    flags.DEFINE_integer("retrieve_k", d.retrieve_k, "K of Precision@K (release 50).")
+    flags.DEFINE_integer("max_cycles", None, "Stop after this many cycles (default: epochs x cycles_per_epoch, "
+                         f"i.e. unbounded in practice, as the release; {SYNTHETIC_MAX_CYCLES} for --dataset synthetic).")
+    flags.DEFINE_integer("cycles_per_epoch", None,
+                         "Cycles per epoch (default int(531000 / batch_size), the release's).")
+    # switches; defaults keep the release (spec §9)
+    flags.DEFINE_enum("kl_form", d.kl_form, ["zscrgan", "standard"],
+                      "KL term: zscrgan (release) = its surrogate, standard = the true KL.")
+    flags.DEFINE_bool("mm_hinge", d.mm_hinge, "Clamp the L1 margin term at zero (release: unclamped).")
+    flags.DEFINE_float("mm_margin", d.mm_margin, "Margin of the L1 term (release: hard-coded 2.0).")
+    flags.DEFINE_bool("csem_per_sample", d.csem_per_sample, "Per-sample softplus CSEM loss (release: batch means).")
+    flags.DEFINE_enum("train_text", d.train_text, ["first", "cycle", "random"],
+                      "Training text per class (release: first).")
+    flags.DEFINE_bool("pad_partial_batches", d.pad_partial_batches,
+                      "Zero-pad the short class block (release) instead of refilling it.")
+    flags.DEFINE_enum("eval_mode", d.eval_mode, ["sample", "mean"],
+                      "Queries: fresh noise (sample, release) or the CA mean with z = 0.")
+    flags.DEFINE_enum("rmsprop_init", d.rmsprop_init, ["ones", "zeros"],
+                      "RMSProp accumulators: TF1's ones (release) or Keras' zeros.")
+    flags.DEFINE_integer("val_classes", 0, "Hold out this many seen classes as validation (an addition; "
+                         "the release selects on the test set).")
+    flags.DEFINE_string("res_dir", None, "Results pickles (default retrieved_res/<dataset>_res).")
 
 
-class ZSCRGANTrainer:
-    def __init__(self, cfg: ZSCRGANConfig, data: ZSData, replicas: distribute.Replicas | None = None):
-        self.cfg, self.data = cfg, data
-        self.replicas = replicas or distribute.Replicas()
-        with self.replicas.scope():
-            self.gen = GeneratorNet(data.text_dim, data.image_dim, cfg.embed_dim, cfg.z_dim, cfg.gf_dim, name="g_net")
-            self.critic = Critic(data.image_dim, data.text_dim, cfg.df_dim, name="d_net")
-            self.csem = CSEM(data.image_dim, cfg.embed_dim, name="CSEM_net")
-            self.d_opt = TF1RMSprop(cfg.discriminator_lr, accumulator_init=cfg.rmsprop_init, name="d_opt")
-            self.g_opt = TF1RMSprop(cfg.generator_lr, accumulator_init=cfg.rmsprop_init, name="g_opt")
-            self.c_opt = keras.optimizers.Adam(cfg.CSEM_lr, beta_1=0.5, beta_2=0.999, epsilon=1e-8, name="csem_opt")
-            for opt, model in ((self.d_opt, self.critic), (self.g_opt, self.gen), (self.c_opt, self.csem)):
-                training.build_optimizer(opt, model.trainable_variables)
-        # outside the strategy: noise is drawn for the global batch before the replicas run, and
-        # the training features are held once, not per replica
-        self.rng = tf.random.Generator.from_seed(cfg.seed)
-        # training features live in variables: captured by reference, not copied into each graph
-        self.images = tf.Variable(data.images, trainable=False, name="train_images")
-        self.texts = tf.Variable(data.texts, trainable=False, name="train_texts")
-        self.sampler = ClassBlockSampler(data, cfg.batch_size, cfg.seed, cfg.pad_partial_batches, cfg.train_text)
-        sig = [tf.TensorSpec([cfg.batch_size], tf.int64)] * 2 + [tf.TensorSpec([cfg.batch_size], tf.float32)]
-        self.critic_step = tf.function(self._critic_step, input_signature=sig)
-        self.generator_step = tf.function(self._generator_step, input_signature=sig)
-        self.csem_step = tf.function(self._csem_step, input_signature=sig)
-        self._embed_queries = tf.function(self._queries, reduce_retracing=True)
-        self._embed_gallery = tf.function(self.csem, reduce_retracing=True)
+def validate_flags() -> None:
+    run.require_positive("batch_size", "gf_dim", "df_dim", "embed_dim", "z_dim", "e_iters", "m_iters", "n_critic",
+                         "retrieve_k", "epochs", "cycles_per_epoch", "max_cycles")
+    run.require_nonnegative("val_classes", "histogram_every")
+    for name in ("CSEM_lr", "generator_lr", "discriminator_lr", "clip_val"):
+        run.require_float(name)
+    for name in ("kl_div_coefficient", "mm_reg_coeff", "mm_margin"):
+        run.require_float(name, 0.0, low_open=False)
+    if FLAGS.batch_size < 2:
+        raise ConfigError("--batch_size must be at least 2 (wrong pairs roll the batch)")
 
-    # ------------------------------------------------------------------ steps
-    def _batch(self, image_rows, text_rows, valid):
-        m = valid[:, None]
-        x_r = tf.gather(self.images, image_rows) * m
-        t = tf.gather(self.texts, text_rows) * m
-        return x_r, tf.roll(x_r, 1, axis=0), t, tf.roll(t, 1, axis=0)
 
-    def _noise(self, b):
-        cfg = self.cfg
-        return (self.rng.truncated_normal([b, cfg.embed_dim]), self.rng.truncated_normal([b, cfg.embed_dim]),
-                self.rng.normal([b, cfg.z_dim]), self.rng.normal([b, cfg.z_dim]))
+def load(name: str, data_dir: str | None, seed: int):
+    from common import readers
+    from common.datasets import load_dataset
 
-    def _generate(self, t, eps, z):
-        """(fake, c, mu, s) of the global batch; the generator runs on this replica's rows."""
-        return distribute.per_row(self.gen, t, eps, z)
+    if name == "synthetic":  # enough seen classes (10 of 20) for zero-shot transfer
+        return load_dataset("synthetic:medium", None, seed=seed)
+    if name.startswith("synthetic:"):
+        return load_dataset(name, None, seed=seed)
+    if name == "features":
+        return load_dataset(name, data_dir, seed=seed)
+    return readers.read_zscrgan(data_dir or os.path.join("datasets", name), name=name)
 
-    def _forward(self, x_r, x_w, t, t_w, noise):
-        """Both branches of the generator and every loss term of the release's graph."""
-        cfg = self.cfg
-        eps, eps_w, z, z_w = noise
-        fake, c, mu, s = self._generate(t, eps, z)
-        fake_w, _, mu_w, s_w = self._generate(t_w, eps_w, z_w)
-        fake_logit = distribute.per_row(self.critic, fake, t)
-        csem = losses.csem_loss(distribute.per_row(self.csem, fake), distribute.per_row(self.csem, fake_w), c,
-                                cfg.csem_per_sample)
-        mm = losses.max_margin(fake, x_r, x_w, cfg.mm_margin, cfg.mm_hinge)
-        kl = losses.kl_divergence(mu, s, cfg.kl_form)
-        kl_w = losses.kl_divergence(mu_w, s_w, cfg.kl_form)
-        g_loss = (-tf.reduce_mean(fake_logit) + csem + cfg.mm_reg_coeff * mm
-                  + cfg.kl_div_coefficient * 0.5 * (kl + kl_w))
-        return {"fake": fake, "fake_logit": fake_logit, "g_loss": g_loss, "csem_loss": csem, "kl": kl, "mm": mm}
 
-    def _critic_step(self, image_rows, text_rows, valid):
-        n = tf.shape(image_rows)[0]
-        noise = (self.rng.truncated_normal([n, self.cfg.embed_dim]), self.rng.normal([n, self.cfg.z_dim]))
-        out = self.replicas.run(self._critic_replica, image_rows, text_rows, valid, noise)
-        for v in self.critic.trainable_variables:  # kernels and biases, after every critic update
-            v.assign(tf.clip_by_value(v, -self.cfg.clip_val, self.cfg.clip_val))
-        return out
+def args_text(values: dict) -> str:
+    """The release's args.txt: the printed argparse namespace."""
+    return "Namespace(" + ", ".join(f"{k}={v!r}" for k, v in sorted(values.items())) + ")\n"
 
-    def _critic_replica(self, image_rows, text_rows, valid, noise):
-        """Only what L_D needs: one generator pass, outside the tape (G does not move here)."""
-        x_r, x_w, t, _ = self._batch(image_rows, text_rows, valid)
-        fake, _, _, _ = self._generate(t, *noise)
-        d = lambda x: distribute.per_row(self.critic, x, t)  # noqa: E731
-        with tf.GradientTape() as tape:
-            d_loss = losses.critic_loss(d(x_r), d(fake), d(x_w))
-        variables = self.critic.trainable_variables
-        grads = distribute.replica_share(tape.gradient(d_loss, variables))
-        distribute.apply_gradients(self.d_opt, zip(grads, variables))
-        return {"d_loss": d_loss}
 
-    def _generator_step(self, image_rows, text_rows, valid):
-        noise = self._noise(tf.shape(image_rows)[0])
-        return self.replicas.run(self._generator_replica, image_rows, text_rows, valid, noise)
+def config_from_flags() -> ZSCRGANConfig:
+    names = [f.name for f in dataclasses.fields(ZSCRGANConfig)]
+    return ZSCRGANConfig(**{n: FLAGS[n].value for n in names})
 
-    def _generator_replica(self, image_rows, text_rows, valid, noise):
-        x_r, x_w, t, t_w = self._batch(image_rows, text_rows, valid)
-        with tf.GradientTape() as tape:
-            out = self._forward(x_r, x_w, t, t_w, noise)
-        variables = self.gen.trainable_variables
-        grads = distribute.replica_share(tape.gradient(out["g_loss"], variables))
-        distribute.apply_gradients(self.g_opt, zip(grads, variables))
-        return {"g_loss": out["g_loss"], "g_loss_kl_loss": out["kl"], "mm": out["mm"]}
 
-    def _csem_step(self, image_rows, text_rows, valid):
-        noise = self._noise(tf.shape(image_rows)[0])
-        return self.replicas.run(self._csem_replica, image_rows, text_rows, valid, noise)
+NOTE = ("Zero-shot text->image retrieval on the unseen classes. p50_best is the best Precision@50 over all cycles' "
+        "TEST evaluations (the release's number, selected on the test set); p50_last is the last cycle's; "
+        "p50_val_selected (with --val_classes) is the test value at the cycle with the best validation P@50. "
+        "t2i_map_all is the last cycle's mAP over the whole ranking (cosine).")
 
-    def _csem_replica(self, image_rows, text_rows, valid, noise):
-        """Both generator branches outside the tape; only CSEM is differentiated and moved."""
-        _, _, t, t_w = self._batch(image_rows, text_rows, valid)
-        eps, eps_w, z, z_w = noise
-        fake, c, _, _ = self._generate(t, eps, z)
-        fake_w, _, _, _ = self._generate(t_w, eps_w, z_w)
-        with tf.GradientTape() as tape:
-            loss = losses.csem_loss(distribute.per_row(self.csem, fake), distribute.per_row(self.csem, fake_w), c,
-                                    self.cfg.csem_per_sample)
-        variables = self.csem.trainable_variables
-        grads = distribute.replica_share(tape.gradient(loss, variables))
-        distribute.apply_gradients(self.c_opt, zip(grads, variables))
-        return {"csem_loss": loss}
 
-    def step(self, kind: str) -> dict:
-        fn = {"critic": self.critic_step, "generator": self.generator_step, "csem": self.csem_step}[kind]
-        image_rows, text_rows, valid, _ = self.sampler.next_batch()
-        return fn(tf.constant(image_rows), tf.constant(text_rows), tf.constant(valid))
+def main(argv):
+    run.no_arguments(argv)
+    validate_flags()
+    ds_name = FLAGS.dataset
+    tag = ds_name.replace(":", "_")
+    out_dir = FLAGS.output_dir or os.path.join("ckt_logs", f"{tag}_logs")
+    res_dir = FLAGS.res_dir or os.path.join("retrieved_res", f"{tag}_res")
+    cfg = config_from_flags()
+    from zscrgan_tf import data as zdata
 
-    def cycle(self) -> dict:
-        """One EM cycle; returns the mean of each logged loss (tensors stay on device until the end)."""
-        cfg = self.cfg
-        logs = {"d_loss": [], "g_loss": [], "g_loss_kl_loss": [], "mm": [], "csem_loss": []}
-        for _ in range(cfg.e_iters):
-            for _ in range(cfg.n_critic):
-                logs["d_loss"].append(self.step("critic")["d_loss"])
-            out = self.step("generator")
-            for k in ("g_loss", "g_loss_kl_loss", "mm"):
-                logs[k].append(out[k])
-        for _ in range(cfg.m_iters):
-            logs["csem_loss"].append(self.step("csem")["csem_loss"])
-        return {k: float(tf.reduce_mean(tf.stack(v))) for k, v in logs.items() if v}
+    ds = load(ds_name, FLAGS.data_dir, FLAGS.seed)
+    data = zdata.from_dataset(ds, FLAGS.val_classes, FLAGS.seed)
+    if FLAGS.batch_size > 0 and len(data.trainids) < 1:
+        raise ConfigError(f"{ds.source or ds.name}: no seen class to train on")
+    cycles_per_epoch = FLAGS.cycles_per_epoch or int(RELEASE_NUMBER_EXAMPLE / cfg.batch_size)
+    if FLAGS.max_cycles is not None:
+        max_cycles = FLAGS.max_cycles
+    elif ds_name.startswith("synthetic"):
+        max_cycles = SYNTHETIC_MAX_CYCLES
+    else:
+        max_cycles = FLAGS.epochs * cycles_per_epoch
+    n_img = {c: data.image_count[c] for c in data.trainids}
+    print(f"{ds.name}: {len(data.trainids)} seen classes ({sum(n_img.values())} images, {len(data.texts)} texts), "
+          f"{len(set(data.test.query_labels.tolist()))} unseen classes ({len(data.test.gallery)} gallery images, "
+          f"{len(data.test.queries)} query texts); dims image {data.image_dim}, text {data.text_dim}; "
+          f"chance P@{cfg.retrieve_k} ~ {data.test.chance_p_at_k:.4f}; up to {max_cycles} cycles", flush=True)
+    from common import driver
 
-    # ------------------------------------------------------------ evaluation
-    def _queries(self, text):
-        mu, s = self.gen.condition(text)
-        n = tf.shape(text)[0]
-        if self.cfg.eval_mode == "mean":
-            c, z = mu, tf.zeros([n, self.cfg.z_dim])
-        else:  # the release: a fresh epsilon and z for every query, at every evaluation
-            c = self.gen.sample(mu, s, self.rng.truncated_normal([n, self.cfg.embed_dim]))
-            z = self.rng.normal([n, self.cfg.z_dim])
-        return self.csem(self.gen.generate(c, z))
+    flag_dict = run.flag_values()
+    with driver.RunFolder(out_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite,
+                          extra_paths=[os.path.abspath(res_dir)], chief=run.is_chief()) as folder:
+        run.import_tensorflow()  # a refused run has stopped above, before TensorFlow loads
+        from common import export, io, training
+        from zscrgan_tf.task import ZSCRGANTask, ZSCRGANTrainer
 
-    def embed(self, rs: RetrievalSet):
-        return training.batched(self._embed_queries, rs.queries), training.batched(self._embed_gallery, rs.gallery)
+        training.set_seed(FLAGS.seed)
+        replicas = run.replicas()
+        if replicas.is_chief:
+            with io.atomic_open(os.path.join(out_dir, "args.txt")) as f:
+                f.write(args_text(flag_dict))
+        task = ZSCRGANTask(ZSCRGANTrainer(cfg, data, replicas), data, out_dir, res_dir, max_cycles)
+        if replicas.is_chief:
+            export.write_spec(out_dir, **task.encoders())
 
-    def evaluate(self, rs: RetrievalSet) -> dict:
-        q, g = self.embed(rs)
-        p, top, t2i = metrics.zscrgan_precision_at_k(q, g, rs.query_labels, rs.gallery_labels,
-                                                     k=self.cfg.retrieve_k, with_map=True)  # one ranking pass
-        retrieved = [{int(c): [int(x) for x in rs.gallery_labels[row]]} for c, row in zip(rs.query_labels, top)]
-        return {"p50": p, "t2i_map_all": t2i, "retrieved": retrieved}
+        def write(history):
+            summary = task.summary(history)
+            folder.write_results(out_dir, dataset=ds.name, method="zscrgan", seed=FLAGS.seed, flags=flag_dict,
+                                 metrics=summary, required=("t2i_map_all",), note=NOTE)
+            return summary
 
-    # ------------------------------------------------------------ checkpoint
-    def checkpoint_objects(self) -> dict:
-        self.sampler_vars = {k: tf.Variable(v, name=f"sampler_{k}") for k, v in self.sampler.state.items()}
-        return {"g_net": self.gen, "d_net": self.critic, "CSEM_net": self.csem, "rng": self.rng,
-                "d_opt": (self.d_opt, self.critic.trainable_variables),
-                "g_opt": (self.g_opt, self.gen.trainable_variables),
-                "csem_opt": (self.c_opt, self.csem.trainable_variables)} | {
-                    f"sampler_{k}": v for k, v in self.sampler_vars.items()}
-
-    def sync_sampler(self, to_checkpoint: bool) -> None:
-        if to_checkpoint:
-            for k, v in self.sampler_vars.items():
-                v.assign(self.sampler.state[k])
+        result = driver.fit(task, out_dir, driver.FitOptions(histogram_every=FLAGS.histogram_every,
+                                                             hparams=dataclasses.asdict(cfg)), on_record=write)
+        summary = task.summary(result.history)
+        if result.trained:
+            write(result.history)
+            driver.write_final(out_dir, summary, max_cycles, replicas)
         else:
-            self.sampler.set_state({k: v.numpy() for k, v in self.sampler_vars.items()})
+            print(f"the run in {out_dir} was already complete; results.json is unchanged")
+    print(f"P@{cfg.retrieve_k}: best {summary['p50_best']:.4f} (cycle {summary['p50_best_cycle']}, selected on test, "
+          f"as the release), last {summary['p50_last']:.4f}, chance {summary['p50_chance']:.4f}; "
+          f"t2i mAP@all {summary['t2i_map_all']:.4f}")
+    print(f"results in {os.path.join(out_dir, 'results.json')}")
 
 
-def results_file_name(p: float) -> str:
-    """Python 2's str(float) (12 significant digits), as the release names its result pickles."""
-    return f"acc{p:.12g}.pkl"
+def cli():
+    define_flags()
+    run.run_main(main)
 
 
-def train(cfg: ZSCRGANConfig, data: ZSData, out_dir: str, res_dir: str, max_cycles: int,
-          log=print, on_record=None, replicas: distribute.Replicas | None = None) -> dict:
-    """Run (or resume) up to `max_cycles` cycles; returns the summary that goes into results.json.
-
-    `on_record(summary)` is called after every evaluation, so an unbounded run (the release's
-    default) always has current results on disk. Only the chief of `replicas` writes files.
-    """
-    trainer = ZSCRGANTrainer(cfg, data, replicas)
-    chief = trainer.replicas.is_chief
-    if chief:
-        export.write_spec(
-            out_dir, "zscrgan",
-            {"g_net": (GeneratorNet, dict(text_dim=data.text_dim, image_dim=data.image_dim, embed_dim=cfg.embed_dim,
-                                          z_dim=cfg.z_dim, gf_dim=cfg.gf_dim)),
-             "CSEM_net": (CSEM, dict(image_dim=data.image_dim, embed_dim=cfg.embed_dim))},
-            image={"dim": data.image_dim, "model": "CSEM_net"}, text={"dim": data.text_dim, "fn": embed_text_mean},
-            notes="embed_text is CSEM(G(mu, z=0)) (deterministic); the release evaluated with fresh noise per query.")
-    state = training.RunState(out_dir, replicas=trainer.replicas, **trainer.checkpoint_objects())
-    untrained_path = os.path.join(out_dir, "untrained.json")
-    if state.resumed:
-        trainer.sync_sampler(to_checkpoint=False)
-        log(f"resumed after cycle {state.start_epoch} (sampler at batch {int(trainer.sampler.state['batches'])})")
-    elif max_cycles > 0:
-        # a reference point next to chance; not part of the release's best-so-far. Every worker
-        # evaluates (query noise comes from the shared random stream), only the chief writes.
-        p50 = trainer.evaluate(data.test)["p50"]
-        if chief:
-            io.write_json(untrained_path, {"p50": p50})
-    writer = training.SummaryWriter(os.path.join(out_dir, "tb"), trainer.replicas)
-    best = max([r["test"]["p50"] for r in state.history], default=0.0)
-    progress = training.Progress(max_cycles - state.start_epoch, desc="cycles")
-    start, first = time.time(), state.start_epoch
-    for cycle in range(first, max_cycles):
-        logs = trainer.cycle()
-        bad = [k for k, v in logs.items() if not np.isfinite(v)]
-        if bad:
-            raise DivergenceError(f"cycle {cycle + 1}: non-finite {bad}; the last good checkpoint and "
-                                  "results are kept")
-        test = trainer.evaluate(data.test)
-        record = {"epoch": cycle, "cycle": cycle + 1, "losses": logs,
-                  "test": {k: test[k] for k in ("p50", "t2i_map_all")}}
-        if data.val is not None:
-            val = trainer.evaluate(data.val)
-            record["val"] = {k: val[k] for k in ("p50", "t2i_map_all")}
-        step = cycle + 1  # the release's `counter`
-        writer.scalars(dict(logs, Accuracy_sum=test["p50"], t2i_map_all=test["t2i_map_all"],
-                            **({"val/p50": record["val"]["p50"]} if "val" in record else {})), step)
-        if test["p50"] > best:
-            best = test["p50"]
-            if chief:
-                os.makedirs(res_dir, exist_ok=True)
-                io.write_pickle(os.path.join(res_dir, results_file_name(best)), test["retrieved"], protocol=2)
-            log(f"New best Prec@50 = {best}")
-            log(f"Cycle {step} | d_loss: {logs['d_loss']}; g_loss: {logs['g_loss']}")
-        trainer.sync_sampler(to_checkpoint=True)
-        state.record(record)
-        progress.update(1, p50=test["p50"], d_loss=logs["d_loss"])
-        if on_record is not None and chief:
-            on_record(summarize(state.history, data, cycle + 1 - first, time.time() - start, untrained_path))
-    writer.flush()
-    return summarize(state.history, data, max_cycles - first, time.time() - start, untrained_path)
-
-
-def summarize(history: list, data: ZSData, cycles_run: int = 0, seconds: float = 0.0,
-              untrained_path: str | None = None) -> dict:
-    if not history:
-        raise ConfigError("no cycle has been evaluated (--max_cycles 0, or a finished run with no history)")
-    best = max(history, key=lambda r: r["test"]["p50"])  # first cycle reaching the maximum
-    last = history[-1]
-    out = {"p50_best": best["test"]["p50"], "p50_best_cycle": best["cycle"],
-           "p50_last": last["test"]["p50"], "t2i_map_all": last["test"]["t2i_map_all"],
-           "t2i_map_all_at_best": best["test"]["t2i_map_all"], "cycles": last["cycle"],
-           "p50_chance": data.test.chance_p_at_k}
-    if "val" in last:
-        sel = max(history, key=lambda r: r["val"]["p50"])
-        out.update(p50_val_selected=sel["test"]["p50"], p50_val_selected_cycle=sel["cycle"],
-                   val_p50_at_selected=sel["val"]["p50"])
-    if cycles_run and seconds > 0:
-        out["cycles_per_minute"] = 60.0 * cycles_run / seconds
-    if untrained_path and os.path.exists(untrained_path):
-        out["p50_untrained"] = io.read_json(untrained_path)["p50"]
-    return out
-
+if __name__ == "__main__":
+    cli()

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from acmr_tf.config import ACMRConfig
-from acmr_tf.train import ACMRTrainer
+from acmr_tf.task import ACMRTrainer
 from common import training
 from tests.common import npgrad as ng
 

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from acmr_tf.config import ACMRConfig
-from acmr_tf.train import ACMRTrainer
+from acmr_tf.task import ACMRTrainer
 from common import metrics, pipelines, training
 from common.dataset import Split
 from common.synthetic import make_synthetic
@@ -156,11 +156,16 @@ def cli(*args, cwd=REPO):
 
 
 def test_cli_simple_and_triplet_contract(tmp_path):
-    res = cli("--variant", "simple", "--dataset", "synthetic", "--epochs", "2", "--output_dir", str(tmp_path / "s"))
+    """§10.12: --log_batches prints the release's per-batch lines (§4 fields, each batch's own end
+    time), then the three [Eval ...] lines; by default one progress line per epoch instead."""
+    res = cli("--variant", "simple", "--dataset", "synthetic", "--epochs", "2", "--output_dir", str(tmp_path / "s"),
+              "--log_batches")
     assert res.returncode == 0, res.stderr[-2000:]
     for field in ("Epoch: [ 1][   5/   6] time:", "emb_loss:", "domain_loss:", "label_loss:", "similar_loss:",
                   "dissimilar_loss:", "[Eval] transformed test features", "[Eval - txt2img] mAP:", "[Eval - img2txt] mAP:"):
         assert field in res.stdout, field
+    times = [float(line.split("time: ")[1].split(",")[0]) for line in res.stdout.splitlines() if "Epoch: [ 0]" in line]
+    assert len(times) == 6 and len(set(times)) == 6, times  # one call per batch: a time per batch
     r = json.loads((tmp_path / "s" / "results.json").read_text())
     assert {"i2t_map_at_50", "t2i_map_at_50", "i2t_map_all", "t2i_map_all", "seconds_per_epoch"} <= set(r)
     assert r["preset"] == "release" and r["config"]["w_dis"] == 0.02 and os.listdir(tmp_path / "s" / "tb")
@@ -172,8 +177,13 @@ def test_cli_simple_and_triplet_contract(tmp_path):
     meta = fixtures.check_export(tmp_path / "s", tmp_path / "exported", models,
                                  lambda m, x: m["image_projector"](x), lambda m, t: m["text_projector"](t), 128, 64)
     assert meta["method"] == "acmr_simple" and meta["signatures"] == ["embed_image", "embed_text"]
-    res = cli("--variant", "triplet", "--epochs", "1", "--output_dir", str(tmp_path / "t"), "--nojit_compile")
+    res = cli("--variant", "triplet", "--epochs", "1", "--output_dir", str(tmp_path / "t"), "--nojit_compile",
+              "--log_batches")
     assert res.returncode == 0 and "triplet_loss:" in res.stdout and "similar_loss" not in res.stdout
+    res = cli("--variant", "triplet", "--epochs", "2", "--output_dir", str(tmp_path / "q"), "--nojit_compile")
+    assert res.returncode == 0 and "Epoch: [" not in res.stdout
+    progress = [line for line in res.stdout.splitlines() if line.startswith("epochs:")]
+    assert len(progress) == 2 and "2/2" in progress[-1] and "i2t_map_at_50=" in progress[-1], res.stdout
 
 
 def test_cli_nuswide_widths_and_errors(tmp_path):

@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from cmhash_tf import losses
 from cmhash_tf.model import CMHashNetworks, binarize
-from cmhash_tf.train import CMHashConfig, CMHashTrainer, random_codes_map
+from cmhash_tf.config import CMHashConfig
+from cmhash_tf.task import CMHashTrainer, random_codes_map
 from common import training
 from common.datasets import load_dataset
 from tests.conftest import REPO

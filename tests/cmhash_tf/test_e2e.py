@@ -11,7 +11,8 @@ pytest.importorskip("keras_hub", reason="end-to-end mode needs the optional extr
 
 from cmhash_tf import e2e  # noqa: E402
 from cmhash_tf.model import CMHashNetworks  # noqa: E402
-from cmhash_tf.train import CMHashConfig, CMHashTrainer  # noqa: E402
+from cmhash_tf.config import CMHashConfig  # noqa: E402
+from cmhash_tf.task import CMHashTrainer  # noqa: E402
 from common import training  # noqa: E402
 from common.errors import ConfigError, DataError  # noqa: E402
 

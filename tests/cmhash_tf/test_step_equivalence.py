@@ -10,7 +10,8 @@ a batch without any triplet leaves every weight and the optimiser's step count a
 import numpy as np
 import pytest
 
-from cmhash_tf.train import CMHashConfig, CMHashTrainer
+from cmhash_tf.config import CMHashConfig
+from cmhash_tf.task import CMHashTrainer
 from common import training
 from tests.common import npgrad as ng
 

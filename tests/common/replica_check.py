@@ -38,7 +38,7 @@ def _rel(a, b) -> float:
 
 def acmr(replicas, variant):
     from acmr_tf.config import ACMRConfig
-    from acmr_tf.train import LOG_FIELDS, ACMRTrainer
+    from acmr_tf.task import LOG_FIELDS, ACMRTrainer
 
     t = ACMRTrainer(ACMRConfig(variant=variant, preset="paper"), 16, 12, 3, replicas=replicas)
     t.grl_scale.assign(0.7)
@@ -58,7 +58,7 @@ def _epoch(trainer, batch, keys, outputs):
 
 def jfse(replicas):
     from jfse_tf.config import JFSEConfig
-    from jfse_tf.train import LOSS_NAMES, JFSETrainer
+    from jfse_tf.task import LOSS_NAMES, JFSETrainer
 
     cfg = JFSEConfig(batch_size=B, hidden=8, noise_dim=4, n_critic=2, align="cmpm", synthesize_unseen=True).for_method()
     t = JFSETrainer(cfg, 10, 7, 5, 4, unseen_class_emb=np.eye(5, dtype=np.float32)[:2],
@@ -74,7 +74,8 @@ def jfse(replicas):
 
 
 def cmhash(replicas):
-    from cmhash_tf.train import CMHashConfig, CMHashTrainer
+    from cmhash_tf.config import CMHashConfig
+    from cmhash_tf.task import CMHashTrainer
 
     t = CMHashTrainer(CMHashConfig(bits=8, hidden=6, weight_decay=0.01), 10, 7, replicas=replicas)
     rng = np.random.default_rng(3)
@@ -87,7 +88,8 @@ def cmhash(replicas):
 def zscrgan(replicas):
     from common.synthetic import make_synthetic
     from zscrgan_tf import data as zdata
-    from zscrgan_tf.train import ZSCRGANConfig, ZSCRGANTrainer
+    from zscrgan_tf.config import ZSCRGANConfig
+    from zscrgan_tf.task import ZSCRGANTrainer
 
     cfg = ZSCRGANConfig(batch_size=B, gf_dim=16, df_dim=8, embed_dim=6, z_dim=3, clip_val=100.0)
     data = zdata.from_dataset(make_synthetic("small", seed=0), 0, 0)

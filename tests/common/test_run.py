@@ -1,20 +1,196 @@
-"""The run contract's results writer."""
+"""The run driver's guarantees, in process (issue 16): identity, one writer, damaged state,
+results with provenance, file modes, the divergence guard and the progress line."""
 
 import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
-from common import run
-from common.errors import ConfigError
+from common import driver, training
+from common.errors import ConfigError, DataError, DivergenceError
+from tests.conftest import REPO
+
+SETTINGS = {"lr": 0.001, "seed": 0}
+DATA = {"dataset": "d", "digest": "abc"}
 
 
-def test_results_need_the_comparable_metrics(tmp_path):
-    with pytest.raises(ConfigError, match="t2i_map_all"):
-        run.write_results(str(tmp_path), dataset="d", method="m", seed=0, flag_dict={},
-                          metrics={"i2t_map_all": 0.5})
-    assert not (tmp_path / "results.json").exists()
-    run.write_results(str(tmp_path), dataset="d", method="zscrgan", seed=1, flag_dict={"a": 1},
-                      metrics={"t2i_map_all": 0.4, "p50_best": 0.6}, text_to_image_only=True)
-    r = json.loads((tmp_path / "results.json").read_text())
-    assert r["t2i_map_all"] == 0.4 and r["metrics"]["p50_best"] == 0.6 and r["flags"] == {"a": 1}
-    assert json.loads((tmp_path / "flags.json").read_text()) == {"a": 1}
+def snapshot(folder):
+    """Every file under `folder` with its bytes (the byte-identity check)."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+def make_run(path, settings=SETTINGS, **kw):
+    with driver.RunFolder(str(path), settings, DATA, **kw) as folder:
+        folder.write_results(str(path), dataset="d", method="m", seed=0, flags=settings,
+                             metrics={"i2t_map_all": 0.5, "t2i_map_all": 0.4})
+        os.makedirs(path / "checkpoints", exist_ok=True)
+        (path / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    return folder
+
+
+def test_same_settings_resume_other_settings_are_refused_untouched(tmp_path):
+    run = tmp_path / "run"
+    assert not make_run(run).resumed
+    with driver.RunFolder(str(run), dict(SETTINGS), DATA) as folder:
+        assert folder.resumed
+    before = snapshot(run)
+    with pytest.raises(ConfigError, match=r"--lr 0.001 -> 0.01; --seed 0 -> 7") as e:
+        with driver.RunFolder(str(run), {"lr": 0.01, "seed": 7}, DATA):
+            pass
+    assert "--overwrite" in str(e.value)
+    with pytest.raises(ConfigError, match=r"data digest abc -> xyz"):
+        driver.RunFolder(str(run), SETTINGS, dict(DATA, digest="xyz")).__enter__()
+    assert snapshot(run) == before
+
+
+def test_overwrite_removes_only_this_projects_outputs(tmp_path):
+    run = tmp_path / "run"
+    make_run(run, parts=("", "bits_8"))
+    os.makedirs(run / "bits_8" / "tb")
+    (run / "notes.txt").write_text("mine")
+    (run / "bits_8" / "mine.txt").write_text("mine too")
+    with driver.RunFolder(str(run), {"lr": 0.5}, DATA, overwrite=True) as folder:
+        assert not folder.resumed
+    left = sorted(snapshot(run))
+    assert left == [".lock", "bits_8/mine.txt", "notes.txt", "run.json"], left
+    assert json.loads((run / "run.json").read_text())["settings"] == {"lr": 0.5}
+
+
+def test_outputs_without_run_file_or_a_damaged_one_are_refused(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.json").write_text("{}")
+    with pytest.raises(ConfigError, match="no run.json"):
+        driver.RunFolder(str(old), SETTINGS, DATA).__enter__()
+    assert sorted(os.listdir(old)) == ["results.json"]
+    run = tmp_path / "run"
+    make_run(run)
+    (run / "run.json").write_text('{"settings": ')
+    with pytest.raises(DataError, match="run.json: damaged"):
+        driver.RunFolder(str(run), SETTINGS, DATA).__enter__()
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "photo.jpg").write_bytes(b"\xff")
+    with driver.RunFolder(str(user), SETTINGS, DATA):  # unrelated files are no obstacle, and stay
+        pass
+    assert (user / "photo.jpg").read_bytes() == b"\xff"
+
+
+def test_one_writer_per_folder_and_a_dead_holder_never_blocks(tmp_path):
+    run = tmp_path / "run"
+    holder = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {REPO!r})
+        from common import driver
+        with driver.RunFolder({str(run)!r}, {SETTINGS!r}, {DATA!r}):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=rf"being written by another run \(PID {proc.pid}\)"):
+            driver.RunFolder(str(run), SETTINGS, DATA).__enter__()
+    finally:
+        proc.kill()
+        proc.wait()
+    with driver.RunFolder(str(run), SETTINGS, DATA) as folder:  # the kernel released the dead holder's lock
+        assert folder.resumed
+        assert (run / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_results_carry_provenance_and_files_keep_umask_modes(tmp_path):
+    run = tmp_path / "run"
+    make_run(run)
+    r = json.loads((run / "results.json").read_text())
+    p = r["provenance"]
+    for key in ("version", "python", "tensorflow", "keras", "numpy", "devices", "command", "started", "ended",
+                "wall_seconds", "data", "git_commit"):
+        assert key in p, key
+    assert p["data"] == DATA and r["warnings"] == []
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("results.json", "flags.json", "run.json"):
+        assert stat.S_IMODE(os.stat(run / name).st_mode) == 0o666 & ~mask, name
+    with pytest.raises(ConfigError, match="lack the contract's metrics"):
+        driver.RunFolder(str(tmp_path / "x"), SETTINGS, DATA).write_results(
+            str(tmp_path / "x"), dataset="d", method="m", seed=0, flags={}, metrics={"i2t_map_all": 0.5})
+
+
+@pytest.mark.parametrize("index,message", [
+    ('garbage {{{ not a proto', "unreadable checkpoint index"),
+    ("", "names no checkpoint"),
+    ('model_checkpoint_path: "ckpt-9"\n', "ckpt-9, whose files are missing"),
+])
+def test_a_damaged_checkpoint_index_is_an_error_not_a_restart(tmp_path, index, message):
+    v = tf.Variable(1.0)
+    state = training.RunState(str(tmp_path), v=v)
+    state.record({"epoch": 0})
+    (tmp_path / "checkpoints" / "checkpoint").write_text(index)
+    with pytest.raises(DataError, match=message):
+        training.RunState(str(tmp_path), v=v)
+
+
+def test_damaged_history_is_an_error_and_records_after_the_checkpoint_are_dropped(tmp_path):
+    v = tf.Variable(1.0)
+    state = training.RunState(str(tmp_path), v=v)
+    state.record({"epoch": 0})
+    state.record({"epoch": 1})
+    history = json.loads((tmp_path / "history.json").read_text())
+    history["history"].append({"epoch": 2})  # written before a crash that lost its checkpoint
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    resumed = training.RunState(str(tmp_path), v=v)
+    assert resumed.start_epoch == 2 and [r["epoch"] for r in resumed.history] == [0, 1]
+    (tmp_path / "history.json").write_text('{"history": [')
+    with pytest.raises(DataError, match="history.json: damaged"):
+        training.RunState(str(tmp_path), v=v)
+    os.unlink(tmp_path / "history.json")
+    with pytest.raises(DataError, match="history.json: missing"):
+        training.RunState(str(tmp_path), v=v)
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_files(tmp_path, monkeypatch):
+    v = tf.Variable(1.0)
+    state = training.RunState(str(tmp_path), v=v)
+    state.record({"epoch": 0})
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+
+    def full_disk(self, checkpoint_number=None, **kw):
+        os.makedirs(tmp_path / "checkpoints" / f"ckpt-{checkpoint_number}_temp")
+        (tmp_path / "checkpoints" / f"ckpt-{checkpoint_number}_temp" / "part-0").write_bytes(b"half")
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk)
+    with pytest.raises(OSError, match="cannot save checkpoint 2 .*No space left on device.*previous checkpoint is kept"):
+        state.record({"epoch": 1})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+    monkeypatch.undo()
+    assert training.RunState(str(tmp_path), v=v).start_epoch == 1
+
+
+def test_divergence_guard_names_the_first_bad_batch_and_losses():
+    driver.check_finite({"a": np.array([1.0, 2.0]), "b": np.array([0.0, -1.0])}, "epoch", 0)
+    with pytest.raises(DivergenceError, match=r"non-finite b=inf at epoch 4, batch 2; the last good"):
+        driver.check_finite({"a": np.array([1.0, 2.0, np.nan]), "b": np.array([0.0, np.inf, 0.0])}, "epoch", 3)
+    with pytest.raises(DivergenceError, match=r"non-finite d_loss=nan at cycle 2;"):
+        driver.check_finite({"d_loss": float("nan"), "g_loss": 1.0}, "cycle", 1)
+
+
+def test_progress_is_one_line_per_unit_with_elapsed_eta_and_numbers(capsys):
+    p = driver.Progress(4, 1, "epoch", "[zs]")
+    p.update(2, {"loss_G": 0.25, "test/unseen/i2t_map_all": 0.5})
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[zs] epochs:  50%") and " 2/4 [" in line and "<" in line, line
+    assert "loss_G=0.25" in line and "unseen/i2t_map_all=0.5" in line

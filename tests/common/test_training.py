@@ -111,16 +111,6 @@ def test_pr_curve_data_and_summary(tmp_path):
     assert any(f.startswith("events.out") for f in os.listdir(tmp_path))
 
 
-def test_progress_prints_lines_when_not_a_terminal(capsys):
-    import sys
-
-    p = training.Progress(3, desc="epoch", interval=0.0, stream=sys.stdout)
-    for _ in range(3):
-        p.update(loss=0.5)
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 3 and out[-1].startswith("epoch 3/3") and "loss=0.5" in out[-1]
-
-
 def test_checkpointer_saves_data_position_with_the_model(tmp_path):
     from common import pipelines
     from common.dataset import Split
@@ -189,8 +179,3 @@ def test_epoch_runner_xla_full_batches_plain_tail():
 
     marked = training.EpochRunner(step, {"x": x}, ["x"], ["sum"], 4, tail_step=lambda a: {"sum": -tf.reduce_sum(a)})
     np.testing.assert_allclose(marked.run_epoch(0)["sum"], [6, 22, -17])
-
-
-def test_first_nonfinite_names_the_first_bad_batch():
-    assert training.first_nonfinite({"a": np.array([1.0, 2.0]), "b": np.array([0.0, -1.0])}) is None
-    assert training.first_nonfinite({"a": np.array([1.0, 2.0, np.nan]), "b": np.array([0.0, np.inf, 0.0])}) == 1

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from common import training
 from jfse_tf.config import JFSEConfig
-from jfse_tf.train import JFSETrainer
+from jfse_tf.task import JFSETrainer
 from tests.common import npgrad as ng
 
 B, D_IMG, D_TXT, D_EMB, C, HIDDEN, NOISE, N_CRITIC = 6, 5, 4, 3, 3, 8, 3, 2

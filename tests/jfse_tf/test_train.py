@@ -1,13 +1,15 @@
 """JFSE training: smoke, update semantics, zero-shot learning, CFSA preset (spec §10 tests 12-16)."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import metrics, pipelines, training
+from common import driver, metrics, pipelines, training
 from common.synthetic import make_synthetic
 from jfse_tf.config import JFSEConfig
-from jfse_tf.train import LOSS_NAMES, JFSETrainer, summarise
+from jfse_tf.task import LOSS_NAMES, JFSETask, JFSETrainer, summarise
 
 SMALL = dict(hidden=256, noise_dim=16)
 
@@ -76,15 +78,22 @@ def test_align_flag_changes_only_alignment_slots(data):
         assert same != key.startswith("align"), key
 
 
-def test_zero_shot_learns_unseen_classes_beyond_chance(data):
+def test_zero_shot_learns_unseen_classes_beyond_chance(data, tmp_path):
     """Spec §10 tests 14-15: untrained near chance; trained unseen mAP >= chance + 0.15."""
     ds, zs = data
     t = trainer_for(ds, epochs=10, eval_every=100, lr=1e-3)  # a few epochs at a CI-sized width
     chance = metrics.expected_random_map(zs.test_unseen.labels, zs.test_unseen.labels)
     untrained = t.evaluate(zs.test_unseen)["minmax"]["avg"]
     assert abs(untrained - chance) < 0.05 + 0.05  # untrained embeddings: chance plus init structure
-    runner = t.make_runner(zs.train, ds.class_embedding_rows(zs.train.labels))
-    history = t.fit(runner, {"unseen": zs.test_unseen, "seen": zs.test_seen}, log=lambda s: None)
+    task = JFSETask(t, zs.train, ds.class_embedding_rows(zs.train.labels),
+                    {"unseen": zs.test_unseen, "seen": zs.test_seen})
+    # §10.14: every class embedding the model is fed is a row of the tensors the in-graph epoch
+    # gathers from (and, without --synthesize_unseen, nothing else): none is an unseen class's
+    fed = task.runner.tensors["class_emb"].numpy()
+    unseen_rows = ds.class_embeddings[ds.unseen_classes]
+    assert t.unseen is None and len(fed) == len(zs.train)
+    assert not (np.abs(fed[:, None, :] - unseen_rows[None]).max(-1) < 1e-6).any()
+    history = driver.fit(task, str(tmp_path), driver.FitOptions(histogram_every=0)).history
     unseen = summarise(history, "unseen")["final"]["minmax"]["avg"]
     seen = summarise(history, "seen")["final"]["minmax"]["avg"]
     assert unseen >= chance + 0.15, (unseen, chance)
@@ -136,17 +145,17 @@ def test_xla_epoch_matches_the_plain_one(data):
         np.testing.assert_allclose(out[True][k], out[False][k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
-def test_fit_stops_at_the_first_non_finite_batch_before_evaluating(data):
+def test_fit_stops_at_the_first_non_finite_batch_before_evaluating(data, tmp_path):
     """The divergence guard: a non-finite loss in any batch stops training with the batch and the
     losses named, before the epoch is logged or evaluated (the last good results stay)."""
     from common.errors import DivergenceError
 
-    class Diverging:
-        def run_epoch(self, epoch, on_block=None):
-            return {"loss_G": np.array([1.0, 2.0, np.inf]), "loss_D": np.array([0.5, np.nan, 0.1])}
-
     ds, zs = data
+    task = JFSETask(trainer_for(ds), zs.train, ds.class_embedding_rows(zs.train.labels), {"unseen": zs.test_unseen})
     seen = []
-    with pytest.raises(DivergenceError, match=r"non-finite loss_D at epoch 0 batch 1"):
-        trainer_for(ds).fit(Diverging(), {"unseen": zs.test_unseen}, on_eval=seen.append, log=lambda s: None)
-    assert seen == []
+    task.runner.run_epoch = lambda epoch, on_block=None: {"loss_G": np.array([1.0, 2.0, np.inf]),
+                                                         "loss_D": np.array([0.5, np.nan, 0.1])}
+    task.evaluate = lambda epoch: seen.append(epoch)
+    with pytest.raises(DivergenceError, match=r"non-finite loss_D=nan at epoch 1, batch 2"):
+        driver.fit(task, str(tmp_path))
+    assert seen == [] and not os.path.exists(tmp_path / "history.json")

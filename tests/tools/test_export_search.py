@@ -67,18 +67,19 @@ def test_faiss_flat_equals_exact_and_ivf_with_all_lists_too():
 def _train_zscrgan(tmp_path):
     from common.synthetic import make_synthetic
     from zscrgan_tf import data as zdata
-    from zscrgan_tf.train import ZSCRGANConfig, train
+    from zscrgan_tf.config import ZSCRGANConfig
+    from zscrgan_tf.task import fit
 
     training.set_seed(0)
     data = zdata.from_dataset(make_synthetic("small", seed=0))
     cfg = ZSCRGANConfig(batch_size=4, gf_dim=16, df_dim=16, embed_dim=8, z_dim=4, e_iters=2, m_iters=2, n_critic=1,
                         eval_mode="mean")
-    train(cfg, data, str(tmp_path / "run"), str(tmp_path / "res"), 2, log=lambda *a: None)
+    fit(cfg, data, str(tmp_path / "run"), str(tmp_path / "res"), 2)
     return cfg, data
 
 
 def test_export_equals_the_trained_model_and_loads_without_the_project(tmp_path):
-    from zscrgan_tf.train import ZSCRGANTrainer
+    from zscrgan_tf.task import ZSCRGANTrainer
 
     cfg, data = _train_zscrgan(tmp_path)
     meta = export_run(str(tmp_path / "run"), str(tmp_path / "exported"))
@@ -110,7 +111,8 @@ def test_export_equals_the_trained_model_and_loads_without_the_project(tmp_path)
 
 
 def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
-    from cmhash_tf.train import CMHashConfig, CMHashTrainer, train_bits
+    from cmhash_tf.config import CMHashConfig
+    from cmhash_tf.task import CMHashTrainer, fit
     from common.dataset import Split
     from common.datasets import load_dataset
 
@@ -119,7 +121,7 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     train, queries, database = sub(ds.train, 200), sub(ds.test, 30), sub(ds.database, 300)
     cfg = CMHashConfig(bits=16, epochs=2, eval_every=1)
     training.set_seed(0)
-    train_bits(cfg, train, queries, queries, database, str(tmp_path / "bits_16"), False)
+    fit(cfg, train, queries, queries, database, str(tmp_path / "bits_16"))
     export_run(str(tmp_path / "bits_16"), str(tmp_path / "exported"))
     trainer = CMHashTrainer(cfg, ds.image_dim, ds.text_dim)
     objects = {m.name: m for g in trainer.nets.groups.values() for m in g}

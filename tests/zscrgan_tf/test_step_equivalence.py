@@ -15,7 +15,8 @@ from common import training
 from common.synthetic import make_synthetic
 from tests.common import npgrad as ng
 from zscrgan_tf import data as zdata
-from zscrgan_tf.train import ZSCRGANConfig, ZSCRGANTrainer
+from zscrgan_tf.config import ZSCRGANConfig
+from zscrgan_tf.task import ZSCRGANTrainer
 
 CFG = dict(batch_size=5, gf_dim=6, df_dim=7, embed_dim=3, z_dim=2)
 

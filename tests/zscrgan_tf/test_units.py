@@ -11,7 +11,8 @@ from common.optimizers import TF1RMSprop
 from zscrgan_tf import data as zdata
 from zscrgan_tf import losses
 from zscrgan_tf.model import CSEM, Critic, GeneratorNet, lrelu
-from zscrgan_tf.train import ZSCRGANConfig, ZSCRGANTrainer, results_file_name
+from zscrgan_tf.config import ZSCRGANConfig
+from zscrgan_tf.task import ZSCRGANTrainer, results_file_name
 
 
 # ------------------------------------------------------------------ losses

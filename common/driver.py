@@ -1,0 +1,527 @@
+"""The run driver: every method's training runs through `RunFolder` and `fit`.
+
+Modelled on tensorflow/models `official/core` (a task builds its networks, steps and evaluation;
+one runner owns checkpoints, summaries and the schedule), kept small. A method supplies a `Task`;
+this module owns, once for all methods:
+
+- run identity: `run.json` holds the fingerprint of every result-affecting flag and of the data;
+  the same command resumes, a different one is refused (exit 2) before anything is written, and
+  `--overwrite` starts the folder over;
+- one writer per folder (an exclusive `flock` on `<output_dir>/.lock`, released by the kernel
+  when a process dies);
+- damaged state (checkpoint index, checkpoint, history, fingerprint) as an error, never a restart;
+- the divergence guard, progress lines, the TensorBoard layout, and provenance in results.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import errno
+import fcntl
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+
+import common
+from common import io
+from common.errors import ConfigError, DataError, DivergenceError
+
+RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
+# what a run writes into its folder (and into each part folder); --overwrite removes only these
+RUN_ARTIFACTS = ("run.json", "results.json", "flags.json", "history.json", "encoders.json", "splits.npz",
+                 "args.txt", "untrained.json", "checkpoints", "tb")
+
+
+# --------------------------------------------------------------------------- the run folder
+
+class RunFolder:
+    """One `--output_dir`: its lock, identity, parts (sub-runs) and results.
+
+    Use as a context manager. On entry the folder is checked against `settings` and `data`
+    (read-only: a refused run leaves every file byte-identical), then locked and accepted; only
+    then may the caller write encoders, splits or flags. `parts` are sub-folders each holding one
+    model's checkpoints, history and TensorBoard logs ("" = the folder itself).
+    """
+
+    def __init__(self, path: str, settings: dict, data: dict, parts: Sequence[str] = ("",),
+                 overwrite: bool = False, chief: bool = True, extra_paths: Sequence[str] = ()):
+        self.path, self.settings, self.data = path, settings, data
+        self.parts, self.overwrite, self.chief = tuple(parts), overwrite, chief
+        self.extra_paths = tuple(extra_paths)  # e.g. ZSCRGAN's results pickles folder
+        self.started = time.time()
+        self._lock = None
+        self.resumed = False
+
+    # ------------------------------------------------------------------ identity
+    def _record(self) -> dict:
+        return {"settings": self.settings, "data": self.data, "parts": list(self.parts),
+                "extra_paths": list(self.extra_paths)}
+
+    def _existing_artifacts(self) -> list:
+        if not os.path.isdir(self.path):
+            return []
+        names = set(os.listdir(self.path))
+        found = [n for n in RUN_ARTIFACTS if n in names]
+        found += [p for p in self.parts if p and p in names]
+        return found
+
+    def check(self) -> None:
+        """Refuse (ConfigError / DataError) a folder that holds another run; touches nothing."""
+        run_file = os.path.join(self.path, RUN_FILE)
+        if not os.path.exists(run_file):
+            found = self._existing_artifacts()
+            if found and not self.overwrite:
+                raise ConfigError(
+                    f"{self.path} holds run outputs ({', '.join(sorted(found))}) but no {RUN_FILE} (written by an "
+                    "older version, or not this command's folder); pass --overwrite to replace them, or choose "
+                    "another --output_dir")
+            return
+        try:
+            old = io.read_json(run_file)
+            old_settings, old_data = old["settings"], old["data"]
+        except (DataError, KeyError, TypeError) as e:
+            if self.overwrite:
+                return
+            raise DataError(f"{run_file}: damaged ({e}); pass --overwrite to start this folder over, or choose "
+                            "another --output_dir") from None
+        changes = describe_changes(old_settings, self.settings, "--") + describe_changes(old_data, self.data, "data ")
+        if changes and not self.overwrite:
+            raise ConfigError(f"{self.path} holds a run with other settings: {'; '.join(changes)}. Re-run with the "
+                              "same flags to resume it, pass --overwrite to start it over, or choose another "
+                              "--output_dir")
+        self.resumed = not changes
+
+    def __enter__(self) -> "RunFolder":
+        self.check()  # before the lock: a refused run creates nothing
+        if not self.chief:
+            return self
+        os.makedirs(self.path, exist_ok=True)
+        lock_path = os.path.join(self.path, LOCK_FILE)
+        self._lock = open(lock_path, "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "unknown"
+            self._lock.close()
+            self._lock = None
+            raise ConfigError(f"{self.path} is being written by another run (PID {holder}); wait for it to finish "
+                              "or choose another --output_dir") from None
+        try:
+            self.check()  # again under the lock: the folder may have changed while we waited
+            if self.overwrite:
+                self._clear()
+                self.resumed = False
+            self._lock.seek(0)
+            self._lock.truncate()
+            self._lock.write(f"{os.getpid()}\n")
+            self._lock.flush()
+            if not self.resumed:
+                io.write_json(os.path.join(self.path, RUN_FILE),
+                              dict(self._record(), created=_now(), version=common.__version__))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def _clear(self) -> None:
+        """--overwrite: remove this project's outputs (of the old run's parts too), nothing else."""
+        run_file = os.path.join(self.path, RUN_FILE)
+        old_parts, old_extra = [], []
+        with contextlib.suppress(DataError, KeyError, TypeError):
+            old = io.read_json(run_file)
+            old_parts, old_extra = list(old.get("parts", [])), list(old.get("extra_paths", []))
+        for part in set(old_parts) | set(self.parts):
+            folder = os.path.join(self.path, part) if part else self.path
+            for name in RUN_ARTIFACTS:
+                target = os.path.join(folder, name)
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
+                elif os.path.exists(target):
+                    os.unlink(target)
+            if part and os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        for name in RUN_ARTIFACTS:
+            target = os.path.join(self.path, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.unlink(target)
+        for extra in set(old_extra) | set(self.extra_paths):  # result pickles of the old run
+            if os.path.isdir(extra):
+                for name in os.listdir(extra):
+                    if name.startswith("acc") and name.endswith(".pkl"):
+                        os.unlink(os.path.join(extra, name))
+
+    # ------------------------------------------------------------------ outputs
+    def part_path(self, part: str) -> str:
+        return os.path.join(self.path, part) if part else self.path
+
+    def write_flags(self, flags: dict, part: str = "") -> None:
+        if self.chief:
+            io.write_json(os.path.join(self.part_path(part), "flags.json"), flags)
+
+    def write_results(self, folder: str, *, dataset: str, method: str, seed: int, flags: dict, metrics: dict,
+                      required: Sequence[str] = ("i2t_map_all", "t2i_map_all"), warnings: Sequence[str] = (),
+                      **extra) -> dict:
+        """results.json (the run contract) with provenance; flags.json beside it."""
+        missing = [k for k in required if k not in metrics]
+        if missing:
+            raise ConfigError(f"results for {method} lack the contract's metrics {missing}")
+        results = {"dataset": dataset, "method": method, "seed": seed, "flags": flags, "metrics": metrics,
+                   "provenance": provenance(self.started, self.data), "warnings": list(warnings), **extra}
+        results.update(metrics)
+        if self.chief:
+            io.write_json(os.path.join(folder, "flags.json"), flags)
+            io.write_json(os.path.join(folder, "results.json"), results)
+        return results
+
+
+def describe_changes(old: dict, new: dict, prefix: str) -> list:
+    """'name old -> new' for every differing key (flags are listed as --name)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if _canonical(a) != _canonical(b):
+            out.append(f"{prefix}{key} {_show(a)} -> {_show(b)}")
+    return out
+
+
+def _canonical(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _show(value) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+_GIT: Optional[dict] = None
+
+
+def git_state() -> dict:
+    """The checkout's commit (and whether it has uncommitted changes), when run from a git checkout."""
+    global _GIT
+    if _GIT is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        _GIT = {}
+        if os.path.exists(os.path.join(root, ".git")):
+            try:
+                run = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True, text=True,  # noqa: E731
+                                                timeout=10).stdout.strip()
+                _GIT = {"commit": run("rev-parse", "HEAD"),
+                        "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+            except (OSError, subprocess.SubprocessError):
+                _GIT = {}
+    return _GIT
+
+
+def command_line() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
+    return " ".join(head + [_quote(a) for a in sys.argv[1:]])
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def provenance(started: float, data: dict) -> dict:
+    """What produced a result: code, libraries, devices, command, time and data."""
+    import keras
+    import tensorflow as tf
+
+    end = time.time()
+    return {"version": common.__version__, **{f"git_{k}": v for k, v in git_state().items()},
+            "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "devices": [d.name for d in tf.config.list_logical_devices()],
+            "platform": platform.platform(), "command": command_line(),
+            "started": datetime.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
+            "ended": datetime.datetime.fromtimestamp(end).astimezone().isoformat(timespec="seconds"),
+            "wall_seconds": round(end - started, 3), "data": data}
+
+
+# --------------------------------------------------------------------------- the task interface
+
+@dataclasses.dataclass
+class Evaluation:
+    """One evaluation: `record` goes into history.json; `scalars` (flat name -> value, e.g.
+    "test/i2t_map_all") into TensorBoard and the progress line; `curves` are PR curves as
+    (query embeddings, gallery embeddings, query labels, gallery labels, distance)."""
+
+    record: dict
+    scalars: Dict[str, float]
+    curves: dict = dataclasses.field(default_factory=dict)
+
+
+class Task:
+    """What a method supplies to `fit`. Subclasses set `num_units` and implement the methods."""
+
+    unit = "epoch"        # "cycle" for ZSCRGAN
+    num_units = 0
+    replicas = None
+    headline: Sequence[str] = ()  # progress-line metrics (keys of Evaluation.scalars)
+    key_losses: Sequence[str] = ()  # progress-line losses (all when empty)
+
+    def checkpoint_objects(self) -> dict:
+        raise NotImplementedError
+
+    def train_unit(self, unit: int, on_block: Optional[Callable] = None) -> Dict[str, np.ndarray]:
+        """Train one epoch or cycle; per-batch values of the logged outputs (arrays) or unit means."""
+        raise NotImplementedError
+
+    def unit_losses(self, values: Dict[str, np.ndarray]) -> Dict[str, float]:
+        """The unit's scalar losses (default: the last batch's, as the releases logged)."""
+        return {k: float(np.asarray(v).reshape(-1)[-1]) for k, v in values.items()}
+
+    def evaluate_at(self, unit: int) -> bool:
+        return True
+
+    def evaluate(self, unit: int) -> Evaluation:
+        raise NotImplementedError
+
+    def models(self) -> dict:
+        """Networks whose weights go into the histograms."""
+        return {}
+
+    def on_start(self, resumed: bool) -> None:
+        """After restore (or initialisation), before the first unit."""
+
+    def before_record(self, evaluation: Evaluation, history: list) -> None:
+        """Before the evaluation is recorded and checkpointed: Python-side state into checkpointed
+        variables (a sampler), side outputs that must exist once the record does (result pickles)."""
+
+    def after_record(self, evaluation: Evaluation, history: list) -> None:
+        """After the record is checkpointed (e.g. printing it)."""
+
+
+# --------------------------------------------------------------------------- the loop
+
+@dataclasses.dataclass
+class FitOptions:
+    label: str = ""                   # prefix of printed lines ("[zs]")
+    histogram_every: int = 10         # weight histograms every N units (and at the last); 0: never
+    log_batches: bool = False         # the release's per-batch loss lines
+    log_every: int = 1
+    batch_times: bool = True          # print each batch line's end time (exact with one batch per call)
+    hparams: Optional[dict] = None    # config for TensorBoard's HParams view
+
+
+@dataclasses.dataclass
+class FitResult:
+    history: list           # every evaluation record, restored ones included
+    trained: int            # epochs / cycles trained by this process (0: the run was already complete)
+
+    @property
+    def seconds_per_unit(self) -> Optional[float]:
+        """Training seconds per epoch or cycle over the whole run (resumed parts included)."""
+        units = sum(r.get("train_units", 0) for r in self.history)
+        seconds = sum(r.get("train_seconds", 0.0) for r in self.history)
+        return seconds / units if units else None
+
+
+def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
+        on_record: Optional[Callable[[list], None]] = None) -> FitResult:
+    """Train `task` in `folder` (a run part) to `task.num_units`, resuming from its last checkpoint.
+
+    `on_record(history)` runs after each checkpointed evaluation (e.g. to keep results current).
+    Each record carries the training time and units since the previous one (`train_seconds`,
+    `train_units`), so seconds per epoch stay right across resumes.
+    """
+    from common import training
+
+    state = training.RunState(folder, replicas=task.replicas, **task.checkpoint_objects())
+    label = f"{options.label} " if options.label else ""
+    if state.resumed:
+        print(f"{label}resumed after {state.start_epoch} of {task.num_units} {task.unit}s ({folder})", flush=True)
+    task.on_start(state.resumed)
+    writer = Summaries(os.path.join(folder, "tb"), task.replicas)
+    if options.hparams is not None and not state.resumed:
+        writer.hparams(options.hparams, trial=os.path.abspath(folder))
+    first, total = state.start_epoch, task.num_units
+    progress = Progress(total, first, task.unit, label)
+    since, units_since = 0.0, 0
+    for unit in range(first, total):
+        on_block = _block_printer(task, unit, options, label, time.time()) if options.log_batches else None
+        t0 = time.time()
+        values = task.train_unit(unit, on_block=_guarded(task, unit, on_block))
+        since, units_since = since + time.time() - t0, units_since + 1
+        check_finite(values, task.unit, unit)
+        losses = task.unit_losses(values)
+        writer.scalars({f"loss/{k}": v for k, v in losses.items()}, unit)
+        last = unit == total - 1
+        if options.histogram_every and (unit % options.histogram_every == 0 or last):
+            writer.weights(task.models(), unit)
+        shown = {k: v for k, v in losses.items() if k in task.key_losses or not task.key_losses}
+        if task.evaluate_at(unit) or last:
+            evaluation = task.evaluate(unit)
+            writer.scalars(evaluation.scalars, unit)
+            writer.pr_curves(evaluation.curves, unit)
+            evaluation.record = dict({"losses": losses}, **evaluation.record, train_seconds=round(since, 4),
+                                     train_units=units_since)
+            task.before_record(evaluation, state.history)
+            state.record(evaluation.record)
+            since, units_since = 0.0, 0
+            task.after_record(evaluation, state.history)
+            shown.update({k: v for k, v in evaluation.scalars.items() if k in task.headline})
+            if on_record is not None:
+                on_record(state.history)
+        writer.flush()
+        progress.update(unit + 1, shown)
+    if not state.history:
+        raise DataError(f"{folder}: the run is complete but holds no evaluation history; pass --overwrite to "
+                        "train it again")
+    return FitResult(state.history, total - first)
+
+
+def _guarded(task, unit, on_block):
+    def check(first, values):
+        check_finite(values, task.unit, unit, offset=first)
+        if on_block is not None:
+            on_block(first, values)
+    return check
+
+
+def check_finite(values: Dict[str, np.ndarray], unit_name: str, unit: int, offset: int = 0) -> None:
+    """The divergence guard of every method: one message format, exit code 3 (common.run)."""
+    arrays = {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in values.items()}
+    if not arrays:
+        return
+    ok = np.all([np.isfinite(v) for v in arrays.values()], axis=0)
+    if ok.all():
+        return
+    i = int(np.argmin(ok))
+    bad = {k: float(v[i]) for k, v in arrays.items() if not np.isfinite(v[i])}
+    where = f"{unit_name} {unit + 1}" + (f", batch {offset + i + 1}" if len(ok) > 1 or offset else "")
+    raise DivergenceError(f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at {where}; the last good "
+                          "checkpoint and results are kept")
+
+
+def _block_printer(task, unit, options, label, start):
+    """The release's per-batch loss lines, printed as each compiled call returns."""
+    steps = getattr(task, "steps_per_unit", None)
+
+    def show(first, values):
+        now = time.time() - start
+        n = len(next(iter(values.values())))
+        for j in range(n):
+            i = first + j
+            if i % options.log_every == 0 or (steps is not None and i == steps - 1):
+                when = f" time: {now:.4f}," if options.batch_times else ""
+                total = f"/{steps:4d}" if steps is not None else ""
+                print(f"{label}Epoch: [{unit:2d}][{i:4d}{total}]{when} "
+                      + ", ".join(f"{k}: {float(v[j]):.8f}" for k, v in values.items()), flush=True)
+    return show
+
+
+class Progress:
+    """One line per epoch or cycle: count, elapsed, ETA, rate and the key numbers (tqdm's meter)."""
+
+    def __init__(self, total: int, first: int, unit: str, label: str = ""):
+        self.total, self.first, self.unit, self.label = total, first, unit, label.strip()
+        self.start = time.time()
+
+    def update(self, done: int, values: dict) -> None:
+        from tqdm import tqdm
+
+        elapsed = time.time() - self.start
+        rate = (done - self.first) / elapsed if elapsed > 0 else None
+        post = ", ".join(f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in values.items())
+        line = tqdm.format_meter(done, self.total, elapsed, unit=self.unit, ascii=True, ncols=0,
+                                 prefix=f"{self.label} {self.unit}s".strip(), postfix=post, rate=rate)
+        print(line, flush=True)
+
+
+# --------------------------------------------------------------------------- TensorBoard
+
+class Summaries:
+    """The one TensorBoard layout: loss/<name>, test|val/<metric>, weights/<model>/<variable>
+    histograms, pr/<direction> PR curves, an HParams session, final/<metric>. Only the chief writes."""
+
+    def __init__(self, logdir: str, replicas=None):
+        from common import training
+
+        self.inner = training.SummaryWriter(logdir, replicas)
+
+    def scalars(self, values: dict, step: int) -> None:
+        self.inner.scalars(values, step)
+
+    def weights(self, models: dict, step: int) -> None:
+        values = {}
+        for name, model in models.items():
+            for v in model.weights:
+                values[f"weights/{name}/{getattr(v, 'path', v.name)}"] = v
+        self.inner.histograms(values, step)
+
+    def pr_curves(self, curves: dict, step: int) -> None:
+        """i2t / t2i PR curves; at most 1,000 queries each, scores mapped to [0, 1]."""
+        from common.dataset import relevance
+
+        for name, (q, g, ql, gl, distance) in curves.items():
+            q, g = np.asarray(q, np.float32)[:1000], np.asarray(g, np.float32)
+            ql = np.asarray(ql)[:1000]
+            if distance == "hamming":
+                qs, gs = np.where(q >= 0, 1.0, -1.0), np.where(g >= 0, 1.0, -1.0)
+                score = 0.5 * (1.0 + qs @ gs.T / q.shape[1])  # 1 - Hamming / K
+            else:
+                unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+                score = 0.5 * (1.0 + unit(q) @ unit(g).T)
+            self.inner.pr_curve(f"pr/{name}", relevance(ql, np.asarray(gl)), score, step)
+
+    def hparams(self, config: dict, trial: str) -> None:
+        from tensorboard.plugins.hparams import api as hp
+
+        with self.inner.writer.as_default():
+            hp.hparams({k: _hparam_value(v) for k, v in flatten(config).items()}, trial_id=trial)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+
+def _hparam_value(v):
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    return "None" if v is None else json.dumps(v, default=str)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def write_final(folder: str, metrics: dict, step: int, replicas=None) -> None:
+    """The headline numbers as final/<metric> scalars (the HParams view's metric columns)."""
+    writer = Summaries(os.path.join(folder, "tb"), replicas)
+    writer.scalars({f"final/{k}": v for k, v in flatten(metrics).items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}, step)
+    writer.flush()

@@ -1,0 +1,102 @@
+"""The run contract, for each of the four methods' entry points (issue 16): what a rerun does,
+one writer per folder, damaged state, the TensorBoard layout, provenance and a quiet stderr."""
+
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO
+
+# (id, module, tiny args, the part holding tb/ and checkpoints/, a result-affecting change, test/ tag)
+METHODS = [
+    ("acmr", "acmr_tf.train", ["--epochs", "2", "--nojit_compile"], "", ["--lr", "0.01"], "test/i2t_map_at_50"),
+    ("jfse", "jfse_tf.train", ["--scenario", "zs", "--epochs", "2", "--hidden", "32", "--noise_dim", "4",
+                               "--n_critic", "1", "--eval_every", "1", "--nojit_compile"], "zs",
+     ["--align", "cmca"], "test/unseen/i2t_map_all"),
+    ("zscrgan", "zscrgan_tf.train", ["--dataset", "synthetic:small", "--gf_dim", "8", "--df_dim", "8", "--embed_dim",
+                                     "4", "--z_dim", "2", "--e_iters", "2", "--m_iters", "2", "--n_critic", "1",
+                                     "--max_cycles", "2"], "", ["--kl_form", "standard"], "test/p50"),
+    ("cmhash", "cmhash_tf.train", ["--epochs", "2", "--bits", "8", "--eval_every", "1", "--nojit_compile"], "bits_8",
+     ["--margin", "5"], "test/i2t_map"),
+]
+NOISE = re.compile(r"^([IWEF]\d{4} |WARNING|INFO|.*absl::InitializeLog|.*cuInit)")
+
+
+def snapshot(folder):
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                out[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+    return out
+
+
+def tags(logdir):
+    """{tag: plugin} of every summary in a TensorBoard log folder."""
+    out = {}
+    for name in os.listdir(logdir):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
+            for v in event.summary.value:
+                out[v.tag] = v.metadata.plugin_data.plugin_name or "scalars"
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS, ids=[m[0] for m in METHODS])
+def test_run_contract(tmp_path, method):
+    name, module, args, part, change, test_tag = method
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the default a user gets
+
+    def cli(*extra):
+        cmd = [sys.executable, "-m", module, *args, "--output_dir", str(out), "--res_dir", str(tmp_path / "res"),
+               *extra]
+        if name != "zscrgan":
+            cmd.remove("--res_dir")
+            cmd.remove(str(tmp_path / "res"))
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+    first = cli()
+    assert first.returncode == 0, first.stderr[-2000:]
+    noise = [line for line in first.stderr.splitlines() if NOISE.match(line)]
+    assert not noise, noise[:5]
+    folder = out / part if part else out
+    results = json.loads(((out / "zs") if name == "jfse" else out).joinpath("results.json").read_text())
+    for key in ("version", "git_commit", "python", "tensorflow", "keras", "numpy", "devices", "command", "started",
+                "ended", "wall_seconds", "data"):
+        assert key in results["provenance"], key
+    assert results["provenance"]["command"].startswith(f"python -m {module} ")
+    seen = tags(folder / "tb")
+    assert any(t.startswith("loss/") for t in seen) and test_tag in seen, sorted(seen)
+    assert any(p == "histograms" and t.startswith("weights/") for t, p in seen.items())
+    assert any(p == "pr_curves" and t.startswith("pr/") for t, p in seen.items())
+    assert seen.get("_hparams_/session_start_info") == "hparams" and any(t.startswith("final/") for t in seen)
+
+    before = snapshot(out)
+    refused = cli(*change)  # a result-affecting change: refused, nothing touched
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 2 and len(errors) == 1 and "Traceback" not in refused.stderr, refused.stderr[-1500:]
+    assert f"{change[0]} " in errors[0] and "other settings" in errors[0]
+    assert snapshot(out) == before
+
+    logging_only = cli("--histogram_every", "0")  # a pure logging flag: the same run
+    assert logging_only.returncode == 0 and "already complete" in logging_only.stdout, logging_only.stderr[-1500:]
+    assert snapshot(out)["results.json" if name != "jfse" else "zs/results.json"] == \
+        before["results.json" if name != "jfse" else "zs/results.json"]
+
+    with open(out / ".lock", "a+") as held:  # another process is writing the folder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = cli()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert busy.returncode == 2 and "being written by another run" in busy.stderr, busy.stderr[-1500:]
+
+    (folder / "checkpoints" / "checkpoint").write_text("garbled {{{")
+    damaged = cli()
+    assert damaged.returncode == 2 and "unreadable checkpoint index" in damaged.stderr, damaged.stderr[-1500:]
+    assert "Traceback" not in damaged.stderr
