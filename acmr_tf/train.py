@@ -75,12 +75,16 @@ def main(argv):
     run.no_arguments(argv)
     validate_flags()
     cfg = config_from_flags(FLAGS.dataset)
+    from common.dataset import require_classes
     from common.datasets import load_dataset
 
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
     if ds.multilabel:
         raise ConfigError(f"{ds.name}: ACMR uses single-label classes (its mask and label loss); got multi-hot labels")
     train, test = ds.train, ds.test
+    where = ds.source or ds.name
+    require_classes(train.labels, f"{where}: the train split", "ACMR's losses (pairs of different classes)")
+    require_classes(test.labels, f"{where}: the test split", "a meaningful mAP (one class makes every item relevant)")
     print(f"{ds.name}: {len(train)} train / {len(test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"labels {int(train.labels.min())}..{int(train.labels.max())} (0-based), {ds.num_classes} classes; "
           f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, {cfg.epochs} epochs", flush=True)

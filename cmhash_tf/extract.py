@@ -49,11 +49,13 @@ def extract(data_dir, image_dir, text_dir, image_preset, text_preset, vocab=None
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    run.no_arguments(argv)
     if not (FLAGS.data_dir and FLAGS.image_dir and FLAGS.text_dir):
         raise ConfigError("--data_dir (the split files), --image_dir and --text_dir are required")
     out = FLAGS.out or os.path.join(FLAGS.data_dir, "features.npz")
+    io.check_output_file(out, FLAGS.overwrite)
+    run.require_positive("batch_size", "max_len", "image_size")
+    run.import_tensorflow()
     result = extract(FLAGS.data_dir, FLAGS.image_dir, FLAGS.text_dir, FLAGS.image_preset, FLAGS.text_preset,
                      FLAGS.vocab, FLAGS.max_len, FLAGS.image_size, FLAGS.batch_size, FLAGS.allow_random_init,
                      FLAGS.tiny_text)
@@ -67,7 +69,9 @@ if __name__ == "__main__":
     from cmhash_tf.config import define_e2e_flags
 
     flags.DEFINE_string("data_dir", None, "Folder with iapr_train, iapr_test, iapr_retrieval.")
-    flags.DEFINE_string("out", None, "Output .npz (default <data_dir>/features.npz).")
+    flags.DEFINE_string("out", None, "Output .npz (default <data_dir>/features.npz); an existing file only with "
+                        "--overwrite.")
+    flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
     flags.DEFINE_integer("batch_size", 64, "Items per forward pass.")
     define_e2e_flags()
     FLAGS = flags.FLAGS

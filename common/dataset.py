@@ -285,6 +285,17 @@ def _check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None
                         f"got shape {labels.shape}")
 
 
+def require_classes(labels: np.ndarray, what: str, why: str, minimum: int = 2) -> None:
+    """Refuse a split with fewer than `minimum` classes: with one class every item is relevant to
+    every query (mAP 1 by construction) and no pair of different classes exists to learn from."""
+    labels = np.asarray(labels)
+    n = labels.shape[1] if labels.ndim == 2 else len(np.unique(labels))
+    present = int((labels.sum(0) > 0).sum()) if labels.ndim == 2 else n
+    if present < minimum:
+        raise DataError(f"{what} holds {present} class{'es' if present != 1 else ''}; {why} needs at least "
+                        f"{minimum}")
+
+
 def relevance(query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
     """Boolean (nq, ng): same class (int labels) or at least one shared label (multi-hot)."""
     if query_labels.ndim == 1:

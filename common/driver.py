@@ -77,6 +77,15 @@ class RunFolder:
 
     def check(self) -> None:
         """Refuse (ConfigError / DataError) a folder that holds another run; touches nothing."""
+        if not self.path:
+            raise ConfigError("--output_dir is required")
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ConfigError(f"--output_dir {self.path} is a file, not a folder")
+        parent = os.path.dirname(os.path.abspath(self.path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ConfigError(f"--output_dir {self.path}: {parent} is a file, not a folder")
         run_file = os.path.join(self.path, RUN_FILE)
         if not os.path.exists(run_file):
             found = self._existing_artifacts()

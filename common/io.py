@@ -7,6 +7,7 @@ points can print one line instead of a NumPy/pickle traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -15,7 +16,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 
 ARRAY_EXTENSIONS = (".npy", ".mat", ".h5")
 
@@ -178,13 +179,59 @@ def _load_h5_variable(path: str, stem: str, transpose: bool) -> np.ndarray:
     import h5py
 
     with h5py.File(path, "r") as f:
-        arr = np.asarray(f[_pick_variable(f.keys(), stem, path)])
+        key = _pick_variable(f.keys(), stem, path)
+        if not isinstance(f[key], h5py.Dataset):
+            raise DataError(f"{path}: '{key}' is an HDF5 group, not an array; store the array itself as a dataset "
+                            f"named {stem!r}")
+        arr = np.asarray(f[key])
     return arr.T if transpose else arr
 
 
 def read_lines(path: str) -> list:
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    """Non-empty stripped lines of a UTF-8 text file; a file that is not UTF-8 is a `DataError`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except FileNotFoundError:
+        raise DataError(f"missing file {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, expected a text file") from None
+
+
+# --------------------------------------------------------------------------- outputs a user owns
+
+def check_output_file(path: str, overwrite: bool, flag: str = "--out") -> None:
+    """An output file may be written only where nothing is, or over a file the user named with
+    --overwrite; never over a folder. Checked before any work."""
+    if not path:
+        raise ConfigError(f"{flag} is required")
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a folder; name the file to write")
+    if os.path.exists(path) and not overwrite:
+        raise ConfigError(f"{flag} {path} exists; pass --overwrite to replace it, or choose another path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+
+
+def check_output_dir(path: str, overwrite: bool, owned: str, flag: str = "--out", what: str = "output") -> bool:
+    """An output folder: new or empty, or one this tool wrote before (it holds `owned`), replaced
+    only with --overwrite. Anything else is refused (never deleted). True when it exists."""
+    if not path:
+        raise ConfigError(f"{flag} is required")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a file, not a folder")
+    if not os.path.isdir(path) or not os.listdir(path):
+        return os.path.isdir(path)
+    if not os.path.exists(os.path.join(path, owned)):
+        raise ConfigError(f"{flag} {path} is not empty and is not a previous {what} (no {owned} in it); nothing "
+                          "was changed: choose a new or empty folder")
+    if not overwrite:
+        raise ConfigError(f"{flag} {path} holds a previous {what}; pass --overwrite to replace it, or choose "
+                          "another folder")
+    return True
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -196,6 +243,8 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
     A crash or exception mid-write leaves the previous file untouched.
     """
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "a folder is in the way of this output file", path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
     try:
@@ -205,6 +254,12 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        # name the file the user asked for, not the temporary one
+        raise OSError(e.errno, f"cannot write ({e.strerror or e}); the previous file, if any, is unchanged",
+                      path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

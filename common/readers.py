@@ -359,16 +359,25 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
                 raise DataError(f"{path}: {arr.shape[0]} {what} rows but "
                                 f"{os.path.basename(files['lab'])} has {labels.shape[0]} labels")
         loaded[split] = [image, text, labels]
+    if all(v[2].ndim == 2 for v in loaded.values()) and all((v[2].sum(axis=1) == 1).all() for v in loaded.values()):
+        for v in loaded.values():  # one-hot rows are class ids (0-based by position)
+            v[2] = v[2].argmax(axis=1).astype(np.int64)
+        label_base = 0
     multilabel = {v[2].ndim == 2 for v in loaded.values()}
     if len(multilabel) > 1:
-        raise DataError(f"{folder}: some splits have multi-hot labels and others class ids")
+        kinds = ", ".join(f"{raw[k]['lab']}: {'multi-hot' if v[2].ndim == 2 else 'class ids'}"
+                          for k, v in loaded.items())
+        raise DataError(f"{folder}: some splits have multi-hot labels and others class ids ({kinds})")
     if not multilabel.pop():
         base = label_base
         if base is None and os.path.exists(os.path.join(folder, "label_base.txt")):
-            base = int(io.read_lines(os.path.join(folder, "label_base.txt"))[0])
+            base = _label_base(os.path.join(folder, "label_base.txt"))
         if base is None:
             base = 0 if any((v[2] == 0).any() for v in loaded.values()) else 1
-        for v in loaded.values():
+        for split, v in loaded.items():
+            if v[2].size and v[2].min() - base < 0:
+                raise DataError(f"{raw[split]['lab']}: label {v[2].min()} is below the label base {base} "
+                                "(label_base.txt, or 1 when no split holds class 0)")
             v[2] = v[2] - base
     else:
         for v in loaded.values():
@@ -378,6 +387,12 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
                       else s.labels.shape[1] for s in splits.values())
     class_emb = _optional_class_embeddings(folder, None)
     names = _optional_names(folder)
+    for what, count in (("class_emb.npy", None if class_emb is None else class_emb.shape[0]),
+                        ("class_names.txt", None if names is None else len(names))):
+        if count is not None and count < num_classes and splits["train"].labels.ndim == 1:
+            where = max(((s, int(v.labels.max())) for s, v in splits.items() if v.labels.size), key=lambda t: t[1])
+            raise DataError(f"{folder}: {what} has {count} rows, but {raw[where[0]]['lab']} holds class id "
+                            f"{where[1]} (0-based): a label is out of range, or {what} lacks rows")
     num_classes = max(num_classes, 0 if class_emb is None else class_emb.shape[0],
                       0 if names is None else len(names))
     ds = CrossModalDataset(name=os.path.basename(os.path.normpath(folder)) or "features",
@@ -385,6 +400,14 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
                            unseen_classes=_optional_class_list(folder, "unseen_classes.txt", num_classes),
                            source=folder, **splits)
     return ds.validate()
+
+
+def _label_base(path: str) -> int:
+    lines = io.read_lines(path)
+    if len(lines) != 1 or lines[0] not in ("0", "1"):
+        raise DataError(f"{path}: must hold one line, 0 or 1 (the label base), got "
+                        f"{lines[0][:20] if lines else 'nothing'!r}")
+    return int(lines[0])
 
 
 def _labels_any(arr: np.ndarray, path: str) -> np.ndarray:

@@ -190,6 +190,9 @@ def is_chief() -> bool:
         return True
     import json
 
+    if not os.environ.get("TF_CONFIG"):
+        raise ConfigError("--distribute multiworker reads the cluster from the TF_CONFIG environment variable "
+                          "(see README, 'Several GPUs or machines'); it is not set")
     try:
         config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     except ValueError as e:

@@ -20,6 +20,7 @@ import numpy as np
 from absl import flags
 
 from common import run
+from common.dataset import require_classes
 from common.errors import ConfigError, DataError
 from jfse_tf.config import RELEASE_WEIGHTS, SYNTHETIC_EPOCHS, JFSEConfig
 
@@ -102,6 +103,8 @@ def check_zero_shot(ds, zs) -> None:
                         "needs every unseen class in the test split (fix unseen_classes.txt or the test split)")
     if len(zs.test_unseen) == 0:
         raise DataError(f"{ds.source or ds.name}: the test split holds no row of an unseen class")
+    require_classes(zs.test_unseen.labels, f"{ds.source or ds.name}: the unseen test set",
+                    "a meaningful zero-shot mAP (one class makes every item relevant)")
 
 
 def main(argv):
@@ -117,6 +120,10 @@ def main(argv):
     scenarios = ["zs"] if cfg.method == "cfsa" else (
         ["standard", "zs", "gzs"] if FLAGS.scenario == "all" else [FLAGS.scenario])
     scenarios = feasible(ds, scenarios)
+    require_classes(ds.train.labels, f"{ds.source or ds.name}: the train split", "JFSE's alignment losses")
+    if "standard" in scenarios:
+        require_classes(ds.test.labels, f"{ds.source or ds.name}: the test split",
+                        "a meaningful mAP (one class makes every item relevant)")
     zs = None
     if {"zs", "gzs"} & set(scenarios):
         zs = ds.zero_shot()

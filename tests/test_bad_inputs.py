@@ -1,11 +1,14 @@
-"""Bad-input catalogue (issue 8): every case exits with code 2 and ONE line naming the input and
-the problem, never a traceback, and leaves an existing output folder's results untouched."""
+"""Bad-input catalogue (issues 8 and 17): every case exits with code 2 and ONE line naming the input
+and the problem, never a traceback, and leaves every file the user had byte-identical (no file
+created or changed anywhere in the case folder, a user's file in the output folder included)."""
 
+import json
 import os
 import pickle
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 import scipy.io
@@ -23,15 +26,21 @@ def features(folder, n_train=12, n_test=6, img=5, txt=4, classes=3, **edit):
               "test_txt": rng.random((n_test, txt)), "test_lab": np.arange(n_test) % classes}
     arrays.update(edit)
     for name, arr in arrays.items():
-        np.save(os.path.join(folder, f"{name}.npy"), np.asarray(arr))
+        if arr is not None:
+            np.save(os.path.join(folder, f"{name}.npy"), np.asarray(arr))
     return folder
+
+
+def text(path, content, mode="w"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, mode) as f:
+        f.write(content)
 
 
 def zscrgan_folder(folder, **edit):
     fixtures.write_zscrgan(folder)
     for name, content in edit.items():
-        with open(os.path.join(folder, name), "wb") as f:
-            f.write(content)
+        text(os.path.join(folder, name), content, "wb")
     return folder
 
 
@@ -39,13 +48,36 @@ def _pickle(obj):
     return pickle.dumps(obj, protocol=2)
 
 
-SMALL_ZS = ["--gf_dim", "8", "--df_dim", "8", "--embed_dim", "4", "--z_dim", "2", "--e_iters", "1",
-            "--m_iters", "1", "--n_critic", "1", "--max_cycles", "1"]
+HEAD = {"class": "cmhash_tf.model:HashHead", "kwargs": {"bits": 8, "hidden": None}}
 
-# (id, module, args (with {d} = the case folder), setup(d), fragment expected in the message)
+
+def fake_run(folder):
+    """A run folder holding an encoders.json (no checkpoint) and a user's results."""
+    text(os.path.join(folder, "encoders.json"), json.dumps({
+        "method": "cmhash", "hash_codes": True, "notes": "", "models": {"image_head": HEAD, "text_head": HEAD},
+        "image": {"dim": 5, "model": "image_head"}, "text": {"dim": 4, "model": "text_head"}}))
+    text(os.path.join(folder, "results.json"), '{"mine": 1}')
+
+
+def fake_model(folder):
+    text(os.path.join(folder, "saved_model.pb"), "not read before the inputs are checked")
+
+
+def multi_hot(n, c=3):
+    lab = np.zeros((n, c), np.uint8)
+    lab[:, 0] = 1
+    lab[::2, 1] = 1
+    return lab
+
+
+TINY_ZS = ["--gf_dim", "8", "--df_dim", "8", "--embed_dim", "4", "--z_dim", "2", "--e_iters", "1",
+           "--m_iters", "1", "--n_critic", "1", "--max_cycles", "1"]
+F = ["--dataset", "features", "--data_dir", "{d}/f"]
+
+# (id, module, args (with {d} = the case folder), setup(d), fragment expected in the message[, exit code])
 CASES = [
-    ("zscrgan-missing-files", "zscrgan_tf.run_exp", ["--dataset", "CUB"], lambda d: None,
-     "txt_embed_dict.pkl"),
+    # ---------------------------------------------------------------- data files
+    ("zscrgan-missing-files", "zscrgan_tf.run_exp", ["--dataset", "CUB"], lambda d: None, "txt_embed_dict.pkl"),
     ("zscrgan-empty-pickle", "zscrgan_tf.run_exp", ["--dataset", "CUB"],
      lambda d: zscrgan_folder(f"{d}/datasets/CUB", **{"testids.pkl": b""}), "testids.pkl"),
     ("zscrgan-truncated-pickle", "zscrgan_tf.run_exp", ["--dataset", "CUB"],
@@ -56,83 +88,264 @@ CASES = [
     ("zscrgan-nan-features", "zscrgan_tf.run_exp", ["--dataset", "CUB"],
      lambda d: zscrgan_folder(f"{d}/datasets/CUB", **{"image_embed_dict.pkl": _pickle(
          {c: np.full((2, 5), np.nan) for c in range(5)})}), "NaN"),
-    ("zscrgan-zero-batch", "zscrgan_tf.run_exp", ["--dataset", "synthetic", "--batch_size", "0"],
-     lambda d: None, "--batch_size"),
-    ("zscrgan-negative-cycles", "zscrgan_tf.run_exp", ["--dataset", "synthetic", "--max_cycles", "-1"],
-     lambda d: None, "--max_cycles"),
-    ("unknown-flag", "zscrgan_tf.run_exp", ["--dataset", "synthetic", "--no_such_flag", "1"],
-     lambda d: None, "no_such_flag"),
+    ("zscrgan-one-unseen-class", "zscrgan_tf.train", ["--dataset", "CUB"],
+     lambda d: zscrgan_folder(f"{d}/datasets/CUB", **{"trainids.pkl": _pickle([4, 0, 2, 3]),
+                                                     "testids.pkl": _pickle([1])}), "needs at least 2"),
     ("unknown-dataset", "cmhash_tf.train", ["--dataset", "imagenet-22k", "--data_dir", "{d}"], lambda d: None,
      "unknown dataset"),
     ("features-missing-dir", "acmr_tf.train", ["--dataset", "features", "--data_dir", "{d}/nope"], lambda d: None,
      "does not exist"),
-    ("features-dims-differ", "acmr_tf.train", ["--dataset", "features", "--data_dir", "{d}/f"],
-     lambda d: features(f"{d}/f", test_img=np.ones((6, 7))), "differ from train's"),
-    ("features-count-mismatch", "acmr_tf.train", ["--dataset", "features", "--data_dir", "{d}/f"],
-     lambda d: features(f"{d}/f", train_txt=np.ones((11, 4))), "rows"),
-    ("features-inf", "acmr_tf.train", ["--dataset", "features", "--data_dir", "{d}/f"],
-     lambda d: features(f"{d}/f", train_img=np.full((12, 5), np.inf)), "NaN/inf"),
-    ("features-negative-label", "acmr_tf.train", ["--dataset", "features", "--data_dir", "{d}/f"],
-     lambda d: features(f"{d}/f", train_lab=np.arange(12) % 3 - 1), "labels"),
-    ("features-empty-split", "cmhash_tf.train", ["--dataset", "features", "--data_dir", "{d}/f"],
+    ("features-dims-differ", "acmr_tf.train", F, lambda d: features(f"{d}/f", test_img=np.ones((6, 7))),
+     "differ from train's"),
+    ("features-count-mismatch", "acmr_tf.train", F, lambda d: features(f"{d}/f", train_txt=np.ones((11, 4))), "rows"),
+    ("features-inf", "acmr_tf.train", F, lambda d: features(f"{d}/f", train_img=np.full((12, 5), np.inf)), "NaN/inf"),
+    ("features-negative-label", "acmr_tf.train", F, lambda d: features(f"{d}/f", train_lab=np.arange(12) % 3 - 1),
+     "train_lab.npy: label -1 is below the label base 0"),
+    ("features-empty-split", "cmhash_tf.train", F,
      lambda d: features(f"{d}/f", test_img=np.zeros((0, 5)), test_txt=np.zeros((0, 4)),
                         test_lab=np.zeros(0, np.int64)), "no image rows"),
-    ("features-unknown-unseen-class", "jfse_tf.demo", ["--dataset", "features", "--data_dir", "{d}/f"],
-     lambda d: (features(f"{d}/f"), open(f"{d}/f/unseen_classes.txt", "w").write("7\n")), "unseen"),
-    ("features-class-emb-count", "jfse_tf.demo", ["--dataset", "features", "--data_dir", "{d}/f"],
-     lambda d: (features(f"{d}/f"), np.save(f"{d}/f/class_emb.npy", np.ones((2, 8)))), "class embeddings"),
+    ("features-partial-val", "acmr_tf.train", F, lambda d: features(f"{d}/f", val_img=np.ones((3, 5))), "val_txt"),
+    ("features-unknown-unseen-class", "jfse_tf.demo", F,
+     lambda d: (features(f"{d}/f"), text(f"{d}/f/unseen_classes.txt", "7\n")), "unseen"),
+    ("features-class-emb-count", "jfse_tf.demo", F,
+     lambda d: (features(f"{d}/f"), np.save(f"{d}/f/class_emb.npy", np.ones((2, 8)))),
+     "class_emb.npy has 2 rows, but"),
+    ("features-label-beyond-class-emb", "jfse_tf.demo", F,
+     lambda d: (features(f"{d}/f", test_lab=np.arange(6) % 3 + 3), np.save(f"{d}/f/class_emb.npy", np.ones((3, 8)))),
+     "out of range"),
+    ("features-class-emb-nan", "jfse_tf.demo", F,
+     lambda d: (features(f"{d}/f"), np.save(f"{d}/f/class_emb.npy", np.full((3, 8), np.nan))), "class_emb.npy"),
+    ("features-label-base-word", "acmr_tf.train", F,
+     lambda d: (features(f"{d}/f"), text(f"{d}/f/label_base.txt", "one\n")), "label_base.txt"),
+    ("features-label-base-empty", "acmr_tf.train", F,
+     lambda d: (features(f"{d}/f"), text(f"{d}/f/label_base.txt", "")), "label_base.txt"),
+    ("features-label-below-base", "acmr_tf.train", F,
+     lambda d: (features(f"{d}/f"), text(f"{d}/f/label_base.txt", "1\n")), "below the label base"),
+    ("features-class-names-not-utf8", "acmr_tf.train", F,
+     lambda d: (features(f"{d}/f"), text(f"{d}/f/class_names.txt", b"caf\xe9\nb\nc\n", "wb")), "not a UTF-8"),
+    ("features-h5-group", "acmr_tf.train", F,
+     lambda d: (features(f"{d}/f", train_img=None),
+                h5py.File(f"{d}/f/train_img.h5", "w").create_group("train_img").file.close()), "HDF5 group"),
+    ("features-mixed-label-kinds", "cmhash_tf.train", F,
+     lambda d: features(f"{d}/f", test_lab=multi_hot(6)), "some splits have multi-hot"),
+    ("acmr-multi-hot-labels", "acmr_tf.train", F,
+     lambda d: features(f"{d}/f", train_lab=multi_hot(12), test_lab=multi_hot(6)), "single-label"),
+    ("jfse-multi-hot-labels", "jfse_tf.train", F,
+     lambda d: (features(f"{d}/f", train_lab=multi_hot(12), test_lab=multi_hot(6)),
+                np.save(f"{d}/f/class_emb.npy", np.ones((3, 4)))), "single-label"),
+    ("zscrgan-multi-hot-labels", "zscrgan_tf.train", F,
+     lambda d: features(f"{d}/f", train_lab=multi_hot(12), test_lab=multi_hot(6)), "single-label"),
+    ("acmr-one-class", "acmr_tf.train", F,
+     lambda d: features(f"{d}/f", train_lab=np.zeros(12, np.int64), test_lab=np.zeros(6, np.int64)),
+     "needs at least 2"),
+    ("jfse-unseen-class-without-test-rows", "jfse_tf.train", F + ["--scenario", "zs"],
+     lambda d: (features(f"{d}/f", classes=4, test_lab=np.arange(6) % 3), np.save(f"{d}/f/class_emb.npy",
+                np.ones((4, 5))), text(f"{d}/f/unseen_classes.txt", "2,3\n")), "have no test rows"),
+    ("cmhash-no-triplet", "cmhash_tf.train", F,
+     lambda d: features(f"{d}/f", train_lab=np.zeros(12, np.int64)), "cannot produce a single triplet"),
+    ("cmhash-no-relevant-query", "cmhash_tf.train", F + ["--val_size", "2"],
+     lambda d: features(f"{d}/f", classes=2, test_lab=np.full(6, 2)), "shares a label with the database"),
     ("mat-without-variable", "tools.convert_uci", ["--mat", "{d}/uci.mat", "--out", "{d}/o"],
      lambda d: scipy.io.savemat(f"{d}/uci.mat", {"I_tr": np.ones((3, 2))}), "lacks the variables"),
     ("xlsa17-without-labels", "tools.convert_xlsa17", ["--res101", "{d}/r.mat", "--splits", "{d}/r.mat",
                                                        "--out", "{d}/o"],
      lambda d: scipy.io.savemat(f"{d}/r.mat", {"features": np.ones((3, 2))}), "labels"),
     ("iapr-wrong-token-count", "cmhash_tf.train", ["--dataset", "iapr", "--data_dir", "{d}/i"],
-     lambda d: (fixtures.write_iapr(f"{d}/i"), open(f"{d}/i/iapr_test", "a").write("00/x.jpg 1 0 1\n")),
-     "tokens"),
+     lambda d: (fixtures.write_iapr(f"{d}/i"), text(f"{d}/i/iapr_test", "00/x.jpg 1 0 1\n", "a")), "tokens"),
+    ("iapr-missing-features", "cmhash_tf.train", ["--dataset", "iapr", "--data_dir", "{d}/i"],
+     lambda d: (fixtures.write_iapr(f"{d}/i"), os.unlink(f"{d}/i/features.npz")), "features.npz"),
+    ("wikipedia-zero-based-labels", "acmr_tf.train", ["--dataset", "wikipedia", "--data_dir", "{d}/w"],
+     lambda d: (fixtures.write_wikipedia(f"{d}/w"), fixtures.dump(f"{d}/w/test_labels.pkl", [0, 1, 2, 3])),
+     "1-based"),
+    ("nuswide-missing-ids", "acmr_tf.train", ["--dataset", "nuswide", "--data_dir", "{d}/n"],
+     lambda d: (fixtures.write_nuswide(f"{d}/n"), os.unlink(f"{d}/n/test_ids.pkl")), "test_ids.pkl"),
     ("mirflickr-label-rows", "cmhash_tf.train", ["--dataset", "mirflickr", "--data_dir", "{d}/m", "--text_only"],
      lambda d: (os.makedirs(f"{d}/m"), scipy.io.savemat(f"{d}/m/mirflickr25k-yall.mat", {"YAll": np.ones((30, 4))}),
                 scipy.io.savemat(f"{d}/m/mirflickr25k-lall.mat", {"LAll": np.ones((20, 3))})), "LAll"),
-    ("cmhash-negative-epochs", "cmhash_tf.train", ["--epochs", "-1"], lambda d: None, "--epochs"),
+    ("mirflickr-too-many-queries", "cmhash_tf.train", ["--dataset", "mirflickr", "--data_dir", "{d}/m", "--text_only",
+                                                       "--num_queries", "50"],
+     lambda d: (os.makedirs(f"{d}/m"), scipy.io.savemat(f"{d}/m/mirflickr25k-yall.mat", {"YAll": np.ones((30, 4))}),
+                scipy.io.savemat(f"{d}/m/mirflickr25k-lall.mat", {"LAll": np.ones((30, 3))})), "cannot give"),
+    # ---------------------------------------------------------------- flags
+    ("zscrgan-zero-batch", "zscrgan_tf.run_exp", ["--dataset", "synthetic", "--batch_size", "0"], lambda d: None,
+     "--batch_size"),
+    ("zscrgan-zero-cycles", "zscrgan_tf.run_exp", ["--dataset", "synthetic", "--max_cycles", "0"], lambda d: None,
+     "--max_cycles"),
+    ("zscrgan-nan-coefficient", "zscrgan_tf.train", ["--dataset", "synthetic", "--kl_div_coefficient", "nan"],
+     lambda d: None, "finite"),
+    ("zscrgan-zero-clip", "zscrgan_tf.train", ["--dataset", "synthetic", "--clip_val", "0"], lambda d: None,
+     "--clip_val"),
+    ("zscrgan-one-val-class", "zscrgan_tf.train", ["--dataset", "synthetic", "--val_classes", "1"], lambda d: None,
+     "--val_classes must be in 2"),
+    ("unknown-flag", "zscrgan_tf.run_exp", ["--dataset", "synthetic", "--no_such_flag", "1"], lambda d: None,
+     "no_such_flag"),
+    ("positional-argument", "acmr_tf.train", ["synthetic"], lambda d: None, "unexpected arguments"),
     ("acmr-zero-batch", "acmr_tf.train", ["--batch_size", "0"], lambda d: None, "batch"),
+    ("acmr-negative-lr", "acmr_tf.train", ["--lr=-0.1"], lambda d: None, "--lr must be > 0"),
+    ("acmr-nan-lr", "acmr_tf.train", ["--lr", "nan"], lambda d: None, "--lr must be a finite number"),
+    ("acmr-narrow-embedding", "acmr_tf.train", ["--emb_dim", "2"], lambda d: None, "--emb_dim must be at least 4"),
+    ("acmr-zero-top-k", "acmr_tf.train", ["--top_k", "0"], lambda d: None, "--top_k"),
     ("jfse-negative-epochs", "jfse_tf.demo", ["--epochs", "-2"], lambda d: None, "--epochs"),
+    ("jfse-beta1-one", "jfse_tf.train", ["--beta1", "1"], lambda d: None, "--beta1 must be >= 0 and < 1"),
+    ("jfse-negative-weight", "jfse_tf.train", ["--w_cyc_g=-1"], lambda d: None, "--w_cyc_g"),
+    ("jfse-zero-critic", "jfse_tf.train", ["--n_critic", "0"], lambda d: None, "--n_critic"),
+    ("cmhash-negative-epochs", "cmhash_tf.train", ["--epochs", "-1"], lambda d: None, "--epochs"),
+    ("cmhash-zero-eval-every", "cmhash_tf.train", ["--eval_every", "0"], lambda d: None, "--eval_every"),
+    ("cmhash-bits-not-numbers", "cmhash_tf.train", ["--bits", "16,abc"], lambda d: None, "--bits"),
+    ("cmhash-zero-bits", "cmhash_tf.train", ["--bits", "0"], lambda d: None, "--bits"),
+    ("cmhash-zero-val-size", "cmhash_tf.train", ["--val_size", "0"], lambda d: None, "--val_size"),
+    ("cmhash-e2e-without-files", "cmhash_tf.train", ["--mode", "e2e"], lambda d: None, "--mode e2e reads"),
+    ("cmhash-e2e-text-only", "cmhash_tf.train", ["--mode", "e2e", "--text_only"], lambda d: None,
+     "feature-mode option"),
+    ("multiworker-without-tf-config", "acmr_tf.train", ["--distribute", "multiworker", "--epochs", "1"],
+     lambda d: None, "TF_CONFIG"),
+    ("baseline-zero-bits", "tools.baseline", ["--hash_bits", "0", "--output_dir", "{d}/out"], lambda d: None,
+     "--hash_bits"),
+    ("baseline-negative-bits", "tools.baseline", ["--hash_bits=-8", "--output_dir", "{d}/out"], lambda d: None,
+     "--hash_bits"),
+    ("baseline-negative-reg", "tools.baseline", ["--cca_reg=-1", "--output_dir", "{d}/out"], lambda d: None,
+     "--cca_reg"),
+    ("benchmark-unknown-method", "tools.benchmark", ["--methods", "foo", "--output", "{d}/b.json"], lambda d: None,
+     "unknown methods"),
+    # ---------------------------------------------------------------- outputs and paths
     ("unwritable-output-dir", "cmhash_tf.train", ["--epochs", "1", "--output_dir", "{d}/file/sub"],
-     lambda d: open(f"{d}/file", "w").write("a file, not a folder"), "file"),
+     lambda d: text(f"{d}/file", "a file, not a folder"), "is a file, not a folder"),
+    ("output-dir-is-a-file", "acmr_tf.train", ["--epochs", "1", "--output_dir", "{d}/afile"],
+     lambda d: text(f"{d}/afile", "mine"), "is a file, not a folder"),
+    ("output-dir-of-an-older-version", "acmr_tf.train", ["--epochs", "1", "--output_dir", "{d}/old"],
+     lambda d: (text(f"{d}/old/results.json", "{}"), text(f"{d}/old/history.json", "{}")), "no run.json"),
+    ("export-out-is-the-run", "tools.export", ["--run_dir", "{d}/r", "--out", "{d}/r"], lambda d: fake_run(f"{d}/r"),
+     "is the run folder itself"),
+    ("export-out-holds-user-files", "tools.export", ["--run_dir", "{d}/r", "--out", "{d}/mine"],
+     lambda d: (fake_run(f"{d}/r"), text(f"{d}/mine/thesis.tex", "years of work")), "not a previous export"),
+    ("export-previous-without-overwrite", "tools.export", ["--run_dir", "{d}/r", "--out", "{d}/e"],
+     lambda d: (fake_run(f"{d}/r"), text(f"{d}/e/saved_model.pb", "old")), "--overwrite"),
+    ("export-missing-checkpoint", "tools.export", ["--run_dir", "{d}/r", "--out", "{d}/e", "--checkpoint", "{d}/nope"],
+     lambda d: fake_run(f"{d}/r"), "no such checkpoint"),
+    ("export-no-checkpoint-yet", "tools.export", ["--run_dir", "{d}/r", "--out", "{d}/e"],
+     lambda d: fake_run(f"{d}/r"), "no checkpoint to export"),
+    ("export-not-a-run", "tools.export", ["--run_dir", "{d}/nothing", "--out", "{d}/e"], lambda d: None,
+     "no encoders.json"),
+    ("search-empty-queries", "tools.search", ["--model", "{d}/m", "--queries", "{d}/q.npy", "--gallery", "{d}/g.npy",
+                                              "--out", "{d}/hits.json"],
+     lambda d: (fake_model(f"{d}/m"), np.save(f"{d}/q.npy", np.zeros((0, 4))), np.save(f"{d}/g.npy", np.ones((3, 5)))),
+     "holds no rows"),
+    ("search-empty-gallery", "tools.search", ["--model", "{d}/m", "--queries", "{d}/q.npy", "--gallery", "{d}/g.npy",
+                                              "--out", "{d}/hits.json"],
+     lambda d: (fake_model(f"{d}/m"), np.save(f"{d}/q.npy", np.ones((2, 4))), np.save(f"{d}/g.npy", np.zeros((0, 5)))),
+     "holds no rows"),
+    ("search-zero-chunk", "tools.search", ["--model", "{d}/m", "--queries", "q", "--gallery", "g", "--out", "{d}/h.json",
+                                           "--chunk", "0"], lambda d: None, "--chunk"),
+    ("search-out-exists", "tools.search", ["--model", "{d}/m", "--queries", "q", "--gallery", "g", "--out",
+                                           "{d}/h.json"], lambda d: text(f"{d}/h.json", "[]"), "exists"),
+    ("search-not-a-model", "tools.search", ["--model", "{d}/m", "--queries", "q", "--gallery", "g", "--out",
+                                            "{d}/h.json"], lambda d: os.makedirs(f"{d}/m"), "no saved_model.pb"),
+    ("search-query-ids-count", "tools.search", ["--model", "{d}/m", "--queries", "{d}/q.npy", "--gallery", "{d}/g.npy",
+                                                "--out", "{d}/h.json", "--query_ids", "{d}/ids.txt"],
+     lambda d: (fake_model(f"{d}/m"), np.save(f"{d}/q.npy", np.ones((2, 4))), np.save(f"{d}/g.npy", np.ones((3, 5))),
+                text(f"{d}/ids.txt", "a\n")), "--query_ids has 1 lines"),
+    ("report-out-exists", "tools.report", ["{d}/runs", "--out", "{d}/report.md"],
+     lambda d: (text(f"{d}/runs/results.json", '{"method": "acmr_simple"}'), text(f"{d}/report.md", "mine")),
+     "exists"),
+    ("report-no-results", "tools.report", ["{d}/empty"], lambda d: os.makedirs(f"{d}/empty"), "no results.json"),
+    ("report-plots-without-model", "tools.report", ["--features", "{d}/f"], lambda d: None, "go together"),
     ("class-names-empty", "tools.class_vectors", ["--names", "{d}/names.txt", "--out", "{d}/e.npy"],
-     lambda d: open(f"{d}/names.txt", "w").write(""), "names.txt"),
+     lambda d: text(f"{d}/names.txt", ""), "names.txt"),
+    ("class-names-not-utf8", "tools.class_vectors", ["--names", "{d}/names.txt", "--out", "{d}/e.npy"],
+     lambda d: text(f"{d}/names.txt", b"\xff\xfe\n", "wb"), "not a UTF-8"),
+    ("class-vectors-out-exists", "tools.class_vectors", ["--names", "{d}/names.txt", "--out", "{d}/e.npy"],
+     lambda d: (text(f"{d}/names.txt", "cat\n"), np.save(f"{d}/e.npy", np.ones(2))), "exists"),
+    ("convert-uci-out-holds-files", "tools.convert_uci", ["--mat", "{d}/uci.mat", "--out", "{d}/o"],
+     lambda d: text(f"{d}/o/notes.txt", "mine"), "not a previous feature folder"),
+    ("xlsa17-out-previous", "tools.convert_xlsa17", ["--res101", "r", "--splits", "s", "--out", "{d}/o"],
+     lambda d: text(f"{d}/o/trainids.pkl", "old"), "--overwrite"),
+    ("extract-features-missing-manifest", "tools.extract_features", ["--manifest", "{d}/m.tsv", "--out", "{d}/o",
+                                                                    "--allow_random_init"], lambda d: None, "m.tsv"),
+    ("cmhash-extract-missing-flags", "cmhash_tf.extract", [], lambda d: None, "--data_dir"),
+    ("cmhash-extract-out-exists", "cmhash_tf.extract", ["--data_dir", "{d}", "--image_dir", "{d}", "--text_dir", "{d}",
+                                                        "--out", "{d}/features.npz"],
+     lambda d: text(f"{d}/features.npz", "mine"), "exists"),
 ]
+
+TRAINERS = ("acmr_tf.", "jfse_tf.", "zscrgan_tf.", "cmhash_tf.train")
+
+
+def snapshot(folder):
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [x for x in dirs if x != "tfds_cache"]
+        out.update({os.path.relpath(os.path.join(root, x), folder) + "/": None for x in dirs})
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                out[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+    return out
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(tmp_path, case):
-    _, module, args, setup, fragment = case
+    _, module, args, setup, fragment, *code = case
     d = str(tmp_path)
     setup(d)
-    out = tmp_path / "out"
     args = [a.replace("{d}", d) for a in args]
-    if "--output_dir" not in args and not module.startswith("tools."):
-        args += ["--output_dir", str(out)]
-        out.mkdir()
-        (out / "results.json").write_text('{"earlier": true}')
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    res = subprocess.run([sys.executable, "-m", module, *args], cwd=d, env=dict(env, PYTHONPATH=REPO),
-                         capture_output=True, text=True, timeout=300)
+    if "--output_dir" not in args and module.startswith(TRAINERS) and "extract" not in module:
+        args += ["--output_dir", str(tmp_path / "out")]
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "notes.txt").write_text("the user's, never touched")
+    before = snapshot(d)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("TF_CONFIG", None)
+    res = subprocess.run([sys.executable, "-m", module, *args], cwd=d, env=env, capture_output=True, text=True,
+                         timeout=300)
     err = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert res.returncode == 2, (res.returncode, res.stderr[-1500:])
+    assert res.returncode == (code[0] if code else 2), (res.returncode, res.stderr[-1500:])
     assert "Traceback" not in res.stderr and len(err) == 1, res.stderr[-1500:]
     assert fragment in err[0], err[0]
-    if (out / "results.json").exists():
-        assert (out / "results.json").read_text() == '{"earlier": true}'
+    assert ": :" not in err[0] and ".tmp-" not in err[0], err[0]
+    assert snapshot(d) == before, sorted(set(snapshot(d)) ^ set(before)) or "a file changed"
+
+
+def test_the_catalogue_covers_every_entry_point():
+    modules = {c[1] for c in CASES}
+    for module in ("acmr_tf.train", "jfse_tf.train", "jfse_tf.demo", "zscrgan_tf.train", "zscrgan_tf.run_exp",
+                   "cmhash_tf.train", "cmhash_tf.extract", "tools.baseline", "tools.export", "tools.search",
+                   "tools.report", "tools.class_vectors", "tools.convert_uci", "tools.convert_xlsa17",
+                   "tools.extract_features", "tools.benchmark"):
+        assert module in modules, module
+    assert len(CASES) >= 60
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    env = dict(os.environ, PYTHONPATH=REPO)
     cmd = [sys.executable, "-m", "cmhash_tf.train", "--epochs", "1", "--bits", "8", "--output_dir", str(tmp_path / "o"),
            "--nojit_compile"]
     assert subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300).returncode == 0
     ckpt = tmp_path / "o" / "bits_8" / "checkpoints"
     data = next(p for p in ckpt.iterdir() if p.name.endswith(".index"))
     data.write_bytes(b"garbage" * 10)
-    before = (tmp_path / "o" / "results.json").read_text()
+    before = snapshot(str(tmp_path / "o"))
     res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    after = snapshot(str(tmp_path / "o"))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-1500:]
-    assert "cannot resume from this checkpoint" in res.stderr and (tmp_path / "o" / "results.json").read_text() == before
+    for name in set(before) | set(after):
+        assert before.get(name) == after.get(name) or name == ".lock", name  # the lock names its last holder
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot resume from this checkpoint" in lines[0], res.stderr[-1500:]
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "acmr_tf.train", "--epochs", "500", "--nojit_compile",
+                             "--output_dir", str(tmp_path / "o")], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "o" / "checkpoints" / "checkpoint").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-1500:]
+    assert err.strip().splitlines()[-1] == ("error: interrupted; re-run the same command to resume from the last "
+                                            "checkpoint")

@@ -31,20 +31,25 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-flags.DEFINE_list("methods", ["acmr_simple", "acmr_triplet", "jfse", "zscrgan", "cmhash"], "Methods.")
-flags.DEFINE_list("sizes", ["wiki", "xmn"], "wiki (2,170 pairs), xmn (32,000 pairs), tiny (tests).")
-flags.DEFINE_list("variants", ["loop", "floor", "xla", "floor_xla", "batch_loop", "eager"], "Variants to time.")
-flags.DEFINE_integer("steps", 100, "Timed steps per repeat, at most an epoch's full batches (scaled to an epoch).")
-flags.DEFINE_integer("jfse_steps", 5, "JFSE's timed steps (its release-width step takes seconds on CPU).")
-flags.DEFINE_integer("repeats", 5, "Repeats per variant, taken round-robin (median).")
-flags.DEFINE_list("gallery_sizes", ["100000", "1000000"], "Gallery sizes of the streamed mAP@all case ('' for none).")
-flags.DEFINE_integer("queries", 200, "Queries of the streamed mAP@all case.")
-flags.DEFINE_string("output", "docs/benchmarks.json", "JSON results (the markdown table is printed).")
-flags.DEFINE_bool("merge", False, "Keep the other cases already in --output (re-measure some methods only).")
-flags.DEFINE_string("case", None, "Internal: run one case in this process and print its JSON.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_list("methods", ["acmr_simple", "acmr_triplet", "jfse", "zscrgan", "cmhash"], "Methods.")
+    flags.DEFINE_list("sizes", ["wiki", "xmn"], "wiki (2,170 pairs), xmn (32,000 pairs), tiny (tests).")
+    flags.DEFINE_list("variants", ["loop", "floor", "xla", "floor_xla", "batch_loop", "eager"], "Variants to time.")
+    flags.DEFINE_integer("steps", 100, "Timed steps per repeat, at most an epoch's full batches (scaled to an epoch).")
+    flags.DEFINE_integer("jfse_steps", 5, "JFSE's timed steps (its release-width step takes seconds on CPU).")
+    flags.DEFINE_integer("repeats", 5, "Repeats per variant, taken round-robin (median).")
+    flags.DEFINE_list("gallery_sizes", ["100000", "1000000"], "Gallery sizes of the streamed mAP@all case ('' for none).")
+    flags.DEFINE_integer("queries", 200, "Queries of the streamed mAP@all case.")
+    flags.DEFINE_string("output", "docs/benchmarks.json", "JSON results (the markdown table is printed).")
+    flags.DEFINE_bool("merge", False, "Keep the other cases already in --output (re-measure some methods only).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --output (without --merge).")
+    flags.DEFINE_string("case", None, "Internal: run one case in this process and print its JSON.")
+
 
 SIZES = {"wiki": dict(num_classes=10, train_per_class=217, test_per_class=69),
          "xmn": dict(num_classes=200, train_per_class=160, test_per_class=20),
@@ -338,8 +343,11 @@ def markdown(results: dict) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    from common import io, run
+    from common.errors import ConfigError
+
+    run.no_arguments(argv)
+    run.require_positive("steps", "jfse_steps", "repeats", "queries")
     if FLAGS.case:
         kind, *rest = FLAGS.case.split(":")
         out = run_gallery(int(rest[0])) if kind == "gallery" else run_case(kind, rest[0])
@@ -347,15 +355,21 @@ def main(argv):
         return
     unknown = sorted(set(FLAGS.methods) - set(TEXT_DIM)) + sorted(set(FLAGS.sizes) - set(SIZES))
     if unknown:
-        raise app.UsageError(f"unknown methods/sizes {unknown}")
+        raise ConfigError(f"unknown methods/sizes {unknown}; methods: {', '.join(TEXT_DIM)}; sizes: "
+                          f"{', '.join(SIZES)}")
+    try:
+        [int(g) for g in FLAGS.gallery_sizes if g]
+    except ValueError:
+        raise ConfigError(f"--gallery_sizes must be integers, got {','.join(FLAGS.gallery_sizes)}") from None
+    if not FLAGS.merge:  # --merge updates the file on purpose
+        io.check_output_file(FLAGS.output, FLAGS.overwrite, flag="--output")
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
                "steps": FLAGS.steps, "repeats": FLAGS.repeats, "cases": [], "gallery": []}
+    run.import_tensorflow()
     import tensorflow as tf
 
     results["machine"]["tensorflow"] = tf.__version__
     results["machine"]["gpus"] = len(tf.config.list_physical_devices("GPU"))
-    from common import io
-
     jobs = [("cases", f"{m}:{s}") for s in FLAGS.sizes for m in FLAGS.methods]
     jobs += [("gallery", f"gallery:{g}") for g in FLAGS.gallery_sizes if g]
     if FLAGS.merge and os.path.exists(FLAGS.output):
@@ -370,4 +384,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    define_flags()
+    from common import run as _run
+
+    _run.run_main(main)

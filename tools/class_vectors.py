@@ -73,6 +73,7 @@ def main(argv):
         raise ConfigError(f"unexpected arguments {argv[1:]}")
     if not (FLAGS.names and FLAGS.out):
         raise ConfigError("--names and --out are required")
+    io.check_output_file(FLAGS.out, FLAGS.overwrite)
     names = io.read_lines(FLAGS.names) if os.path.exists(FLAGS.names) else None
     if not names:
         raise DataError(f"{FLAGS.names}: missing or empty (one class name per line, in class-id order)")
@@ -93,7 +94,8 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.DEFINE_string("names", None, "Text file, one class name per line in class-id order.")
-    flags.DEFINE_string("out", None, "Output .npy (classes x 50).")
+    flags.DEFINE_string("out", None, "Output .npy (classes x 50); an existing file only with --overwrite.")
+    flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
     flags.DEFINE_string("aliases", None, "Optional 'class name: replacement words' lines for names GloVe lacks.")
     FLAGS = flags.FLAGS
     run.run_main(main)

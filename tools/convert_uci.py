@@ -20,11 +20,15 @@ from absl import flags
 from common import io, run
 from common.errors import ConfigError, DataError
 
-flags.DEFINE_string("mat", None, "Path of uci_all.mat.")
-flags.DEFINE_string("views", None, "Optional uci_mfeat_6views.npz (class names and GloVe vectors).")
-flags.DEFINE_string("out", None, "Feature folder to write.")
-flags.DEFINE_string("unseen", "5,6,7,8,9", "Unseen class ids (0-based) for unseen_classes.txt; '' for none.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("mat", None, "Path of uci_all.mat.")
+    flags.DEFINE_string("views", None, "Optional uci_mfeat_6views.npz (class names and GloVe vectors).")
+    flags.DEFINE_string("out", None, "Feature folder to write.")
+    flags.DEFINE_string("unseen", "5,6,7,8,9", "Unseen class ids (0-based) for unseen_classes.txt; '' for none.")
+    flags.DEFINE_bool("overwrite", False, "Replace --out when it holds a previous feature folder.")
 
 
 def read_uci(mat_path: str, views_path: str | None = None) -> dict:
@@ -83,9 +87,11 @@ def main(argv):
         raise ConfigError(f"unexpected arguments {argv[1:]}")
     if not FLAGS.mat or not FLAGS.out:
         raise ConfigError("--mat and --out are required")
+    io.check_output_dir(FLAGS.out, FLAGS.overwrite, owned="train_img.npy", what="feature folder")
     write_folder(read_uci(FLAGS.mat, FLAGS.views), FLAGS.out, FLAGS.unseen)
     print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":
+    define_flags()
     run.run_main(main)

@@ -83,6 +83,7 @@ def main(argv):
         raise ConfigError(f"unexpected arguments {argv[1:]}")
     if not (FLAGS.res101 and FLAGS.splits and FLAGS.out):
         raise ConfigError("--res101, --splits and --out are required")
+    io.check_output_dir(FLAGS.out, FLAGS.overwrite, owned="trainids.pkl", what="ZSCRGAN dataset folder")
     contents = convert(FLAGS.res101, FLAGS.splits)
     write(FLAGS.out, contents)
     n = sum(len(v) for v in contents["image_embed_dict.pkl"].values())
@@ -93,6 +94,7 @@ def main(argv):
 if __name__ == "__main__":
     flags.DEFINE_string("res101", None, "res101.mat (features (2048, n), labels (n, 1), 1-based).")
     flags.DEFINE_string("splits", None, "att_splits.mat or sent_splits.mat of the same dataset.")
-    flags.DEFINE_string("out", None, "Output folder (ZSCRGAN reads datasets/<NAME>/).")
+    flags.DEFINE_string("out", None, "Output folder (ZSCRGAN reads datasets/<NAME>/); new or empty.")
+    flags.DEFINE_bool("overwrite", False, "Replace --out when it holds a previous conversion.")
     FLAGS = flags.FLAGS
     run.run_main(main)

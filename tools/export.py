@@ -17,14 +17,16 @@ import os
 import shutil
 import tempfile
 
-import tensorflow as tf
 from absl import flags
 
-from common import export, io, run, training
+from common import io, run
 from common.errors import ConfigError
 
 
-def build_module(enc: export.Encoders) -> tf.Module:
+def build_module(enc):
+    """A tf.Module with the serving signatures of `enc` (a `common.export.Encoders`)."""
+    import tensorflow as tf
+
     spec = enc.spec
     module = tf.Module()
     module.models = enc.models
@@ -54,8 +56,17 @@ def build_module(enc: export.Encoders) -> tf.Module:
     return module, signatures
 
 
-def export_run(run_dir: str, out: str, checkpoint: str | None = None) -> dict:
-    """Save the SavedModel to `out` (an existing `out` is replaced only once the new one is complete)."""
+def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite: bool = False) -> dict:
+    """Save the SavedModel to `out`: a new or empty folder, or a previous export (it holds
+    saved_model.pb) replaced with `overwrite` once the new one is complete. Any other folder is
+    refused, never deleted."""
+    if os.path.abspath(out) == os.path.abspath(run_dir):
+        raise ConfigError(f"--out {out} is the run folder itself; choose a new folder for the export")
+    io.check_output_dir(out, overwrite, owned="saved_model.pb", what="export")
+    import tensorflow as tf
+
+    from common import export, training
+
     enc = export.load_encoders(run_dir, checkpoint)
     module, signatures = build_module(enc)
     parent = os.path.dirname(os.path.abspath(out))
@@ -68,7 +79,8 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None) -> dict:
                 "signatures": sorted(signatures), "image_dim": enc.spec["image"]["dim"],
                 "text_dim": enc.spec["text"]["dim"], "notes": enc.spec.get("notes", "")}
         io.write_json(os.path.join(tmp, "export.json"), meta)
-        if os.path.exists(out):
+        os.chmod(tmp, 0o777 & ~io.UMASK)  # mkdtemp makes 0700
+        if os.path.exists(out):  # empty, or a previous export the user asked to replace (checked above)
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
@@ -78,11 +90,14 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    run.no_arguments(argv)
     if not (FLAGS.run_dir and FLAGS.out):
         raise ConfigError("--run_dir and --out are required")
-    meta = export_run(FLAGS.run_dir, FLAGS.out, FLAGS.checkpoint)
+    if os.path.abspath(FLAGS.out) == os.path.abspath(FLAGS.run_dir):
+        raise ConfigError(f"--out {FLAGS.out} is the run folder itself; choose a new folder for the export")
+    io.check_output_dir(FLAGS.out, FLAGS.overwrite, owned="saved_model.pb", what="export")
+    run.import_tensorflow()
+    meta = export_run(FLAGS.run_dir, FLAGS.out, FLAGS.checkpoint, FLAGS.overwrite)
     print(f"{FLAGS.out}: {meta['method']} encoders from {meta['checkpoint']}; signatures {', '.join(meta['signatures'])}")
     if meta["notes"]:
         print(f"note: {meta['notes']}")
@@ -90,7 +105,9 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.DEFINE_string("run_dir", None, "A training run's output folder (holds encoders.json and checkpoints/).")
-    flags.DEFINE_string("out", None, "Folder for the SavedModel.")
+    flags.DEFINE_string("out", None, "Folder for the SavedModel: new or empty (a previous export only with "
+                        "--overwrite; nothing else is ever replaced).")
+    flags.DEFINE_bool("overwrite", False, "Replace --out when it holds a previous export.")
     flags.DEFINE_string("checkpoint", None, "A specific checkpoint (default: the latest).")
     FLAGS = flags.FLAGS
     run.run_main(main)

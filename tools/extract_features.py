@@ -166,6 +166,9 @@ def main(argv):
         raise ConfigError(f"unexpected arguments {argv[1:]}")
     if not (FLAGS.manifest and FLAGS.out):
         raise ConfigError("--manifest and --out are required")
+    run.require_positive("shard", "vocab_size", "image_size")
+    if not (os.path.isdir(FLAGS.out) and os.listdir(FLAGS.out) == [".partial"]):  # a stopped run resumes
+        io.check_output_dir(FLAGS.out, FLAGS.overwrite, owned="train_img.npy", what="feature folder")
     items = read_manifest(FLAGS.manifest)
     model, size = build_cnn(FLAGS.cnn, FLAGS.weights, FLAGS.allow_random_init, FLAGS.image_size)
     names = list(dict.fromkeys(label for _, _, label, _ in items))
@@ -203,7 +206,9 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.DEFINE_string("manifest", None, "TSV: split, image path, label, text.")
-    flags.DEFINE_string("out", None, "Feature folder to write.")
+    flags.DEFINE_string("out", None, "Feature folder to write: new or empty (re-running a stopped extraction "
+                        "resumes it); a previous feature folder only with --overwrite.")
+    flags.DEFINE_bool("overwrite", False, "Replace --out when it holds a previous feature folder.")
     flags.DEFINE_enum("cnn", "vgg19", sorted(CNNS), "Image network.")
     flags.DEFINE_string("weights", None, "Local Keras weights file of the CNN.")
     flags.DEFINE_bool("allow_random_init", False, "Untrained CNN when no weights are given (tests only).")

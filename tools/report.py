@@ -195,12 +195,16 @@ def main(argv):
     if FLAGS.model or FLAGS.features:
         if not (FLAGS.model and FLAGS.features and FLAGS.plots):
             raise ConfigError("--model, --features and --plots go together")
+        io.check_output_dir(FLAGS.plots, FLAGS.overwrite, owned="pr_curves.json", flag="--plots", what="report")
+        run.import_tensorflow()
         written = pr_curves_and_projector(FLAGS.model, FLAGS.features, FLAGS.plots)
         print(f"{FLAGS.plots}: {', '.join(written)} (tensorboard --logdir {FLAGS.plots}/projector for the projector)")
         if len(argv) < 2:
             return
     if len(argv) < 2:
         raise ConfigError("give one or more run folders (or results.json files)")
+    if FLAGS.out:
+        io.check_output_file(FLAGS.out, FLAGS.overwrite)
     text = report(argv[1:])
     if FLAGS.out:
         with io.atomic_open(FLAGS.out) as f:
@@ -209,7 +213,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("out", None, "Also write the table to this markdown file.")
+    flags.DEFINE_string("out", None, "Also write the table to this markdown file (an existing one only with "
+                        "--overwrite).")
+    flags.DEFINE_bool("overwrite", False, "Replace --out or a previous --plots folder.")
     flags.DEFINE_string("model", None, "Exported model (tools.export) for PR curves and the projector.")
     flags.DEFINE_string("features", None, "Feature folder whose test split is embedded.")
     flags.DEFINE_string("plots", None, "Output folder for pr_curves.(png|json), tb/ and projector/.")

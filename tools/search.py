@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
-import tensorflow as tf
 from absl import flags
 
 from common import io, run
@@ -26,6 +26,8 @@ from common.errors import ConfigError, DataError
 
 
 def _normalise(x):
+    import tensorflow as tf
+
     return tf.math.l2_normalize(tf.convert_to_tensor(x, tf.float32), axis=1)
 
 
@@ -35,6 +37,8 @@ def exact_search(queries, gallery, k: int, chunk: int = 65536, hamming: bool = F
     Ties go to the lower gallery index, as in `common.metrics`. Returns (ids int64 (nq, k'),
     scores float32 (nq, k')) with k' = min(k, gallery size).
     """
+    import tensorflow as tf
+
     q_all = np.asarray(queries, np.float32)
     g_all = np.asarray(gallery, np.float32)
     if q_all.ndim != 2 or g_all.ndim != 2 or q_all.shape[1] != g_all.shape[1]:
@@ -89,6 +93,8 @@ def faiss_search(queries, gallery, k: int, kind: str = "flat", nlist: int = 1024
 
 def _load_features(path: str) -> np.ndarray:
     x = io.as_matrix(io.load_array(path), path)
+    if x.shape[0] == 0:
+        raise DataError(f"{path}: holds no rows (an empty {x.shape} array); nothing to search")
     if not np.isfinite(x).all():
         raise DataError(f"{path}: contains NaN or inf")
     return x.astype(np.float32)
@@ -102,6 +108,8 @@ def _signature(model, name: str, path: str):
 
 def encode(model, side: str, x: np.ndarray, hamming: bool, batch: int = 4096, model_dir: str = "the model"):
     """`side` rows through a loaded SavedModel's embed_/hash_ signature, in batches."""
+    import tensorflow as tf
+
     fn = _signature(model, f"{'hash' if hamming else 'embed'}_{side}", model_dir)
     key = "codes" if hamming else "embedding"
     want = fn.structured_input_signature[1][side].shape[1]
@@ -125,26 +133,34 @@ def write_results(path: str, ids, scores, query_ids, gallery_ids) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    run.no_arguments(argv)
     if not (FLAGS.model and FLAGS.queries and FLAGS.gallery and FLAGS.out):
         raise ConfigError("--model, --queries, --gallery and --out are required")
-    if FLAGS.top_k < 1:
-        raise ConfigError("--top_k must be positive")
+    run.require_positive("top_k", "chunk", "nlist", "nprobe")
+    io.check_output_file(FLAGS.out, FLAGS.overwrite)
+    if not FLAGS.out.endswith((".json", ".csv")):
+        raise ConfigError(f"--out {FLAGS.out}: the results file must end in .json or .csv")
+    if not os.path.isfile(os.path.join(FLAGS.model, "saved_model.pb")):
+        raise DataError(f"--model {FLAGS.model}: not a SavedModel folder (no saved_model.pb; write one with "
+                        "tools.export)")
     gallery_side = FLAGS.gallery_side or ("image" if FLAGS.query_side == "text" else "text")
+    queries, gallery = _load_features(FLAGS.queries), _load_features(FLAGS.gallery)
+    qid = io.read_lines(FLAGS.query_ids) if FLAGS.query_ids else list(range(len(queries)))
+    gid = io.read_lines(FLAGS.gallery_ids) if FLAGS.gallery_ids else list(range(len(gallery)))
+    for what, idl, n in (("query", qid, len(queries)), ("gallery", gid, len(gallery))):
+        if len(idl) != n:
+            raise DataError(f"--{what}_ids has {len(idl)} lines for {n} {what} rows")
+    run.import_tensorflow()
+    import tensorflow as tf
+
     model = tf.saved_model.load(FLAGS.model)
-    q = encode(model, FLAGS.query_side, _load_features(FLAGS.queries), FLAGS.hamming, model_dir=FLAGS.model)
-    g = encode(model, gallery_side, _load_features(FLAGS.gallery), FLAGS.hamming, model_dir=FLAGS.model)
+    q = encode(model, FLAGS.query_side, queries, FLAGS.hamming, model_dir=FLAGS.model)
+    g = encode(model, gallery_side, gallery, FLAGS.hamming, model_dir=FLAGS.model)
     if FLAGS.index == "exact" or FLAGS.hamming:
         ids, scores = exact_search(q, g, FLAGS.top_k, FLAGS.chunk, hamming=FLAGS.hamming)
     else:
         ids, scores = faiss_search(q, g, FLAGS.top_k, "flat" if FLAGS.index == "faiss" else "ivf",
                                    FLAGS.nlist, FLAGS.nprobe)
-    qid = io.read_lines(FLAGS.query_ids) if FLAGS.query_ids else list(range(len(q)))
-    gid = io.read_lines(FLAGS.gallery_ids) if FLAGS.gallery_ids else list(range(len(g)))
-    for what, idl, n in (("query", qid, len(q)), ("gallery", gid, len(g))):
-        if len(idl) != n:
-            raise DataError(f"--{what}_ids has {len(idl)} lines for {n} {what} rows")
     write_results(FLAGS.out, ids, scores, qid, gid)
     print(f"{FLAGS.out}: top-{ids.shape[1]} {gallery_side} hits for {len(q)} {FLAGS.query_side} queries "
           f"({'Hamming' if FLAGS.hamming else 'cosine'}, {FLAGS.index if not FLAGS.hamming else 'exact'})")
@@ -164,6 +180,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("chunk", 65536, "Rows per block of the exact search (bounds memory).")
     flags.DEFINE_string("query_ids", None, "Optional text file, one id per query row.")
     flags.DEFINE_string("gallery_ids", None, "Optional text file, one id per gallery row.")
-    flags.DEFINE_string("out", None, "Results file: .json or .csv.")
+    flags.DEFINE_string("out", None, "Results file: .json or .csv (an existing file only with --overwrite).")
+    flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
     FLAGS = flags.FLAGS
     run.run_main(main)

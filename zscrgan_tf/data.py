@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from common.dataset import CrossModalDataset, Split
+from common.dataset import CrossModalDataset, Split, require_classes
 from common.errors import ConfigError, DataError
 
 
@@ -70,6 +70,11 @@ def _retrieval(split: Split, classes, what: str) -> RetrievalSet:
     s = split.select_classes(classes)
     if s.num_texts == 0 or len(s) == 0:
         raise DataError(f"the {what} classes {list(classes)[:5]} have no texts or no images")
+    no_images = sorted(set(np.unique(s.txt_labels).tolist()) - set(np.unique(s.labels).tolist()))
+    if no_images:
+        raise DataError(f"the {what} classes {no_images[:10]} have query texts but no gallery image: their "
+                        "queries could retrieve nothing relevant")
+    require_classes(s.labels, f"the {what} retrieval set", "a meaningful P@K (one class makes every image relevant)")
     return RetrievalSet(s.text.astype(np.float32), np.asarray(s.txt_labels, np.int64),
                         s.image.astype(np.float32), np.asarray(s.labels, np.int64))
 
@@ -92,8 +97,9 @@ def from_dataset(ds: CrossModalDataset, val_classes: int = 0, seed: int = 0) -> 
         raise DataError(f"{ds.source or ds.name}: seen classes {missing[:5]} have no training images or texts")
     val = None
     if val_classes:
-        if not 0 < val_classes < len(order):
-            raise ConfigError(f"--val_classes must be in 1..{len(order) - 1} (there are {len(order)} seen classes)")
+        if not 2 <= val_classes < len(order):
+            raise ConfigError(f"--val_classes must be in 2..{len(order) - 1} (there are {len(order)} seen classes; "
+                              "one held-out class would make every validation image relevant)")
         held = sorted(np.random.default_rng(seed).choice(order, size=val_classes, replace=False).tolist())
         val = _retrieval(train, held, "validation")
         order = [c for c in order if c not in held]

@@ -62,7 +62,7 @@ def test_feature_folder_with_class_embeddings(tmp_path):
     folder = tmp_path / "f"
     fixtures.write_feature_folder(str(folder), one_based=False)
     np.save(folder / "class_emb.npy", np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32))
-    (folder / "unseen_classes.txt").write_text("3\n")
+    (folder / "unseen_classes.txt").write_text("2\n3\n")
     res = demo("--dataset", "features", "--data_dir", str(folder), "--epochs", "1", "--batch_size", "4", "--scenario", "zs",
                "--output_dir", str(tmp_path / "o"), *TINY, *NOJIT)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import training
-from common.errors import DataError
+from common import io, training
+from common.errors import ConfigError, DataError
 from tools.export import export_run
 from tools.search import exact_search, faiss_search, write_results
 
@@ -103,9 +103,22 @@ def test_export_equals_the_trained_model_and_loads_without_the_project(tmp_path)
     res = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path / "exported")], cwd=str(tmp_path),
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
-    # a second export replaces the first only when complete; a run folder without a spec is a clear error
-    export_run(str(tmp_path / "run"), str(tmp_path / "exported"))
+    # a second export replaces the first only when asked and complete; a run folder without a spec is a
+    # clear error; neither the run folder nor a folder of the user's is ever an export target
+    with pytest.raises(ConfigError, match="--overwrite"):
+        export_run(str(tmp_path / "run"), str(tmp_path / "exported"))
+    export_run(str(tmp_path / "run"), str(tmp_path / "exported"), overwrite=True)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".export-")]
+    assert oct(os.stat(tmp_path / "exported").st_mode & 0o777) == oct(0o777 & ~io.UMASK)
+    run_files = sorted(os.listdir(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="is the run folder itself"):
+        export_run(str(tmp_path / "run"), str(tmp_path / "run"), overwrite=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="not a previous export"):
+        export_run(str(tmp_path / "run"), str(tmp_path / "mine"), overwrite=True)
+    assert sorted(os.listdir(tmp_path / "run")) == run_files
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "years of work"
     with pytest.raises(DataError, match="encoders.json"):
         export_run(str(tmp_path / "res"), str(tmp_path / "x"))
 

@@ -60,7 +60,7 @@ TINY = dict(batch_size=4, gf_dim=16, df_dim=16, embed_dim=8, z_dim=4, e_iters=3,
 def _run(tmp_path, name, cycles, seed=1):
     training.set_seed(seed)
     ds = make_synthetic("small", seed=0)
-    data = zdata.from_dataset(ds, val_classes=1, seed=0)
+    data = zdata.from_dataset(ds, val_classes=2, seed=0)
     out = tmp_path / name
     summary = train(ZSCRGANConfig(seed=seed, **TINY), data, str(out), str(out / "res"), cycles)
     history = json.load(open(out / "history.json"))["history"]
@@ -84,7 +84,7 @@ def test_seed_resume_and_results_pickles(tmp_path):
     names = sorted(os.listdir(out1 / "res"))
     assert names == sorted(f"acc{p:.12g}.pkl" for p in improvements)
     best = pickle.load(open(out1 / "res" / f"acc{max(p50):.12g}.pkl", "rb"))
-    data = zdata.from_dataset(make_synthetic("small", seed=0), val_classes=1, seed=0)
+    data = zdata.from_dataset(make_synthetic("small", seed=0), val_classes=2, seed=0)
     assert len(best) == len(data.test.queries)
     assert [next(iter(d)) for d in best] == data.test.query_labels.tolist()
     assert all(len(next(iter(d.values()))) == 50 for d in best)
@@ -144,7 +144,7 @@ def test_divergence_stops_and_keeps_the_last_good_state(tmp_path):
     s1, h1, out = _run(tmp_path, "d", 1)
     before = sorted(os.listdir(out / "checkpoints")), sorted(os.listdir(out / "res"))
     training.set_seed(1)
-    data = zdata.from_dataset(make_synthetic("small", seed=0), val_classes=1, seed=0)
+    data = zdata.from_dataset(make_synthetic("small", seed=0), val_classes=2, seed=0)
     cfg = ZSCRGANConfig(seed=1, kl_div_coefficient=float("nan"), **TINY)  # every generator loss is NaN
     with pytest.raises(DivergenceError, match="non-finite .* at cycle 2"):
         train(cfg, data, str(out), str(out / "res"), 3)
