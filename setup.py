@@ -27,6 +27,7 @@ setup(
         "scipy",
         "tqdm",  # progress lines (already a dependency of tensorflow-datasets)
     ],
+    entry_points={"console_scripts": ["cmr=common.cli:main"]},  # cmr train acmr ..., cmr export ..., cmr --help
     extras_require={
         "test": ["pytest>=8", "pytest-xdist"],  # the suite runs on both CI cores (-n 2)
         # end-to-end hashing (ResNet-18 + BERT backbones, WordPiece tokenizer); brings tensorflow-text

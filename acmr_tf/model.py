@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from common.layers import ModalityClassifier
+from common.layers import PACKAGE, ModalityClassifier, build_symbolic
 
 # hidden widths before the final emb_dim layer; the Wikipedia text projector's first layer is
 # emb_dim wide (a 5000 -> 40 bottleneck), kept as released
@@ -21,17 +21,23 @@ ARCHS = {
 }
 
 
+@keras.saving.register_keras_serializable(package=f"{PACKAGE}.acmr")
 class Projector(keras.Model):
-    """Dense + tanh after every layer, ending in the common space."""
+    """Dense + tanh after every layer, ending in the common space; built on `input_dim` features."""
 
-    def __init__(self, widths, **kwargs):
+    def __init__(self, widths, input_dim=None, **kwargs):
         super().__init__(**kwargs)
-        self.dense = [keras.layers.Dense(w, name=f"fc_{i}") for i, w in enumerate(widths)]
+        self.widths, self.input_dim = [int(w) for w in widths], input_dim
+        self.dense = [keras.layers.Dense(w, name=f"fc_{i}") for i, w in enumerate(self.widths)]
+        build_symbolic(self, input_dim)
 
     def call(self, x):
         for layer in self.dense:
             x = tf.tanh(layer(x))
         return x
+
+    def get_config(self):
+        return dict(super().get_config(), widths=self.widths, input_dim=self.input_dim)
 
 
 class ACMRNetworks:
@@ -43,15 +49,12 @@ class ACMRNetworks:
             raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
         widths = {m: [emb_dim if w == "emb" else w for w in ARCHS[arch][m]] + [emb_dim] for m in ARCHS[arch]}
         self.dims = dict(image=image_dim, text=text_dim, emb=emb_dim)
-        self.image_projector = Projector(widths["image"], name="image_projector")   # vf_
-        self.text_projector = Projector(widths["text"], name="text_projector")      # le_
+        self.image_projector = Projector(widths["image"], image_dim, name="image_projector")   # vf_
+        self.text_projector = Projector(widths["text"], text_dim, name="text_projector")      # le_
         self.label_classifier = keras.layers.Dense(num_classes, name="label_classifier")  # lc_
-        self.modality_classifier = ModalityClassifier((emb_dim // 2, emb_dim // 4),
+        self.label_classifier.build((None, emb_dim))
+        self.modality_classifier = ModalityClassifier((emb_dim // 2, emb_dim // 4), emb_dim,
                                                       name="modality_classifier")   # dc_
-        self.image_projector(tf.zeros((1, image_dim)))
-        self.text_projector(tf.zeros((1, text_dim)))
-        self.label_classifier(tf.zeros((1, emb_dim)))
-        self.modality_classifier(tf.zeros((1, emb_dim)), tf.constant(0.0))
 
     @property
     def groups(self) -> dict:

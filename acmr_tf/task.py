@@ -145,7 +145,8 @@ class ACMRTask(driver.Task):
         nets = self.trainer.nets
         widths = {m: [layer.units for layer in getattr(nets, f"{m}_projector").dense] for m in ("image", "text")}
         return dict(method=f"acmr_{self.trainer.cfg.variant}",
-                    models={f"{m}_projector": (Projector, {"widths": widths[m]}) for m in ("image", "text")},
+                    models={f"{m}_projector": (Projector, {"widths": widths[m], "input_dim": nets.dims[m]})
+                            for m in ("image", "text")},
                     image={"dim": nets.dims["image"], "model": "image_projector"},
                     text={"dim": nets.dims["text"], "model": "text_projector"})
 

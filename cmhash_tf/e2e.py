@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from cmhash_tf.model import HashHead
 from common import pipelines, readers
+from common.layers import PACKAGE
 from common.errors import ConfigError, DataError
 
 RESNET18 = dict(input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 128, 256, 512],
@@ -175,25 +176,38 @@ def cls_state(backbone, text, training=False):
     return out["sequence_output"][:, 0, :]
 
 
-class ImageNet(keras.Model):
-    """ResNet-18 -> global average pool (512) -> Dense(K) + tanh."""
+class _BackboneNet(keras.Model):
+    """A backbone and a hash head; serialised with the backbone's own config (keras-hub)."""
 
     def __init__(self, backbone, bits: int, **kwargs):
         super().__init__(**kwargs)
-        self.backbone = backbone
+        self.backbone, self.bits = backbone, bits
         self.head = HashHead(bits, name="hash_head")
+
+    def get_config(self):
+        return dict(super().get_config(), backbone=keras.saving.serialize_keras_object(self.backbone), bits=self.bits)
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        keras_hub()  # registers the backbone classes
+        return cls(keras.saving.deserialize_keras_object(config.pop("backbone")), **config)
+
+
+@keras.saving.register_keras_serializable(package=f"{PACKAGE}.cmhash")
+class ImageNet(_BackboneNet):
+    """ResNet-18 -> global average pool (512) -> Dense(K) + tanh."""
 
     def call(self, x, training=False):
         return self.head(pooled(self.backbone, x, training))
 
 
-class TextNet(keras.Model):
+@keras.saving.register_keras_serializable(package=f"{PACKAGE}.cmhash")
+class TextNet(_BackboneNet):
     """BERT -> [CLS] state -> Dense(K) + tanh."""
 
     def __init__(self, backbone, bits: int, **kwargs):
-        super().__init__(**kwargs)
-        self.backbone = backbone
-        self.head = HashHead(bits, name="hash_head")
+        super().__init__(backbone, bits, **kwargs)
         # the pooler never sees a gradient (the [CLS] state is used); PyTorch's Adam skipped it,
         # so it is frozen here rather than decayed
         for layer in backbone.layers:

@@ -22,6 +22,8 @@ from tqdm import tqdm
 from common import io, run
 from common.errors import ConfigError
 
+FLAGS = flags.FLAGS
+
 
 def extract(data_dir, image_dir, text_dir, image_preset, text_preset, vocab=None, max_len=128, image_size=224,
             batch_size=64, allow_random_init=False, tiny_text=False) -> dict:
@@ -65,7 +67,7 @@ def main(argv):
           f"{result['texts_cut']} texts cut at --max_len {FLAGS.max_len}")
 
 
-if __name__ == "__main__":
+def define_flags():
     from cmhash_tf.config import define_e2e_flags
 
     flags.DEFINE_string("data_dir", None, "Folder with iapr_train, iapr_test, iapr_retrieval.")
@@ -74,5 +76,12 @@ if __name__ == "__main__":
     flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
     flags.DEFINE_integer("batch_size", 64, "Items per forward pass.")
     define_e2e_flags()
-    FLAGS = flags.FLAGS
+
+
+def cli():
+    define_flags()
     run.run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

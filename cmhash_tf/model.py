@@ -13,17 +13,27 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from common.layers import PACKAGE, build_symbolic
 
+
+@keras.saving.register_keras_serializable(package=f"{PACKAGE}.cmhash")
 class HashHead(keras.Model):
-    def __init__(self, bits: int, hidden: Optional[int] = None, **kwargs):
+    """[ReLU hidden] -> Dense(K) -> tanh; built on `input_dim` features when given."""
+
+    def __init__(self, bits: int, hidden: Optional[int] = None, input_dim: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
+        self.bits, self.hidden_units, self.input_dim = bits, hidden, input_dim
         self.hidden = keras.layers.Dense(hidden, activation="relu", name="hidden") if hidden else None
         self.out = keras.layers.Dense(bits, name="hash")
+        build_symbolic(self, input_dim)
 
     def call(self, x):
         if self.hidden is not None:
             x = self.hidden(x)
         return tf.tanh(self.out(x))  # relaxed codes in (-1, 1)
+
+    def get_config(self):
+        return dict(super().get_config(), bits=self.bits, hidden=self.hidden_units, input_dim=self.input_dim)
 
 
 def binarize(relaxed):
@@ -37,12 +47,8 @@ class CMHashNetworks:
     def __init__(self, image_dim: Optional[int], text_dim: Optional[int], bits: int = 32,
                  hidden: Optional[int] = None, image_model=None, text_model=None):
         """Feature heads of the given widths, or the given (end-to-end) image and text models."""
-        self.image_head = image_model or (HashHead(bits, hidden, name="image_head") if image_dim else None)
-        self.text_head = text_model or HashHead(bits, hidden, name="text_head")
-        if image_model is None and self.image_head is not None:
-            self.image_head(tf.zeros((1, image_dim)))
-        if text_model is None:
-            self.text_head(tf.zeros((1, text_dim)))
+        self.image_head = image_model or (HashHead(bits, hidden, image_dim, name="image_head") if image_dim else None)
+        self.text_head = text_model or HashHead(bits, hidden, text_dim, name="text_head")
 
     @property
     def groups(self) -> dict:

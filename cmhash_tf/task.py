@@ -161,8 +161,9 @@ class CMHashTask(driver.Task):
         return objects
 
     def encoders(self, image_dim: int, text_dim: int) -> dict:
-        head = (HashHead, {"bits": self.trainer.cfg.bits, "hidden": self.trainer.cfg.hidden})
-        return dict(method="cmhash", models={"image_head": head, "text_head": head},
+        head = lambda dim: (HashHead, {"bits": self.trainer.cfg.bits, "hidden": self.trainer.cfg.hidden,  # noqa: E731
+                                       "input_dim": dim})
+        return dict(method="cmhash", models={"image_head": head(image_dim), "text_head": head(text_dim)},
                     image={"dim": image_dim, "model": "image_head"}, text={"dim": text_dim, "model": "text_head"},
                     hash_codes=True)
 

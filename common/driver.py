@@ -38,7 +38,7 @@ from common.errors import ConfigError, DataError, DivergenceError
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 # what a run writes into its folder (and into each part folder); --overwrite removes only these
-RUN_ARTIFACTS = ("run.json", "results.json", "flags.json", "history.json", "encoders.json", "splits.npz",
+RUN_ARTIFACTS = ("run.json", "results.json", "flags.json", "flags.txt", "history.json", "encoders.json", "splits.npz",
                  "args.txt", "untrained.json", "checkpoints", "tb")
 
 
@@ -200,6 +200,13 @@ class RunFolder:
         results.update(metrics)
         if self.chief:
             io.write_json(os.path.join(folder, "flags.json"), flags)
+            from absl import flags as absl_flags
+
+            from common import run
+
+            if absl_flags.FLAGS.is_parsed():  # `--flagfile <folder>/flags.txt` repeats this command
+                with io.atomic_open(os.path.join(folder, "flags.txt")) as f:
+                    f.write(run.flagfile_text())
             io.write_json(os.path.join(folder, "results.json"), results)
         return results
 

@@ -4,7 +4,7 @@ Every method's entry point writes one (`write_spec`) before training; `tools.exp
 (`load_encoders`), rebuilds the encoder models, restores them from the run's latest checkpoint
 and saves a SavedModel. A spec names models (`module:Class` + constructor kwargs, keyed by
 their name in the checkpoint) and, per modality, the input width and how to embed: the output
-of one model, or a function `module:fn(models, x)` for composite encoders.
+of one model, or a composite Keras model class built from several (ZSCRGAN's text side).
 """
 
 from __future__ import annotations
@@ -35,32 +35,69 @@ def _resolve(ref: str):
 
 def write_spec(out_dir: str, method: str, models: dict, image: dict, text: dict, hash_codes: bool = False,
                notes: str = "") -> None:
-    """`models`: {checkpoint key: (class, kwargs)}; `image` / `text`: {"dim": d, "model": key} or
-    {"dim": d, "fn": function(models, x)}."""
+    """`models`: {checkpoint key: (class, kwargs)}; `image` / `text`: {"dim": d, "model": key}, or
+    {"dim": d, "composite": class, "args": [keys]} for an encoder made of several models (a Keras
+    model class taking those models)."""
     spec = {"method": method, "hash_codes": hash_codes, "notes": notes,
             "models": {k: {"class": _ref(cls), "kwargs": kwargs} for k, (cls, kwargs) in models.items()}}
     for side, how in (("image", image), ("text", text)):
-        spec[side] = {"dim": int(how["dim"]), **({"fn": _ref(how["fn"])} if "fn" in how else {"model": how["model"]})}
+        if "composite" in how:
+            spec[side] = {"dim": int(how["dim"]), "composite": _ref(how["composite"]), "args": list(how["args"])}
+        else:
+            spec[side] = {"dim": int(how["dim"]), "model": how["model"]}
     io.write_json(os.path.join(out_dir, SPEC), spec)
 
 
 class Encoders(tf.Module):
-    """The restored encoder models and the two embedding functions of one run."""
+    """The restored encoder models of one run: one Keras model per modality (`encoder(side)`)."""
 
     def __init__(self, spec: dict, models: dict):
         super().__init__(name="encoders")
         self.spec, self.models = spec, models
-        self._fns = {}
+        self.encoders = {}
         for side in ("image", "text"):
             how = spec[side]
-            if "fn" in how:
-                fn = _resolve(how["fn"])
-                self._fns[side] = lambda x, fn=fn: fn(self.models, x)
+            if "composite" in how:
+                self.encoders[side] = _resolve(how["composite"])(*[models[k] for k in how["args"]],
+                                                                 name=f"{side}_encoder")
             else:
-                self._fns[side] = lambda x, key=how["model"]: self.models[key](x)
+                self.encoders[side] = models[how["model"]]
+
+    def encoder(self, side: str):
+        return self.encoders[side]
 
     def embed(self, side: str, x):
-        return self._fns[side](tf.convert_to_tensor(x, tf.float32))
+        return self.encoders[side](tf.convert_to_tensor(x, tf.float32))
+
+
+def restore_models(run_dir: str, checkpoint: Optional[str] = None, **models) -> str:
+    """Restore built Keras models from a run's checkpoint by their names in it (the entry points'
+    names: `image_projector`, `text_regressor`, `g_net`, `image_head`, ...); returns the checkpoint.
+
+    The supported way to load trained weights outside the export: Keras 3 models are not complete
+    `tf.train.Checkpoint` dependencies, so each checkpoint holds every model's variables by position
+    under `<name>__variables` (`training.variable_index`); `tf.train.Checkpoint(name=model)` alone
+    would silently restore nothing.
+
+        nets = ACMRNetworks(image_dim, text_dim, num_classes)
+        restore_models("runs/acmr", image_projector=nets.image_projector, text_projector=nets.text_projector)
+    """
+    ckpt_dir = os.path.join(run_dir, training.CHECKPOINTS)
+    if checkpoint is not None and not os.path.exists(checkpoint + ".index"):
+        raise DataError(f"--checkpoint {checkpoint}: no such checkpoint (its .index file is missing); the run's "
+                        f"checkpoints are {ckpt_dir}/ckpt-N")
+    checkpoint = checkpoint or training.latest_checkpoint(ckpt_dir)
+    if checkpoint is None:
+        raise DataError(f"{ckpt_dir}: no checkpoint to export (train first, or pass the checkpoint path)")
+    indexes = {f"{k}__variables": training.variable_index(m) for k, m in models.items()}
+    status = tf.train.Checkpoint(**indexes).restore(checkpoint)
+    status.expect_partial()  # optimizers, critics and data position are not restored here
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise DataError(f"{checkpoint}: does not hold models {sorted(models)} of these shapes "
+                        f"({str(e)[:300]})") from None
+    return checkpoint
 
 
 def load_encoders(run_dir: str, checkpoint: Optional[str] = None) -> Encoders:
@@ -70,26 +107,9 @@ def load_encoders(run_dir: str, checkpoint: Optional[str] = None) -> Encoders:
         raise DataError(f"{run_dir}: no {SPEC}; is this the output folder of a training run "
                         "(for the JFSE demo: one scenario's subfolder, for cmhash: bits_<K>/)?")
     spec = io.read_json(path)
-    models = {}
-    for key, m in spec["models"].items():
-        models[key] = _resolve(m["class"])(**m["kwargs"], name=key)
+    models = {key: _resolve(m["class"])(**m["kwargs"], name=key) for key, m in spec["models"].items()}
     enc = Encoders(spec, models)
-    for side in ("image", "text"):  # build every variable before restoring
+    for side in ("image", "text"):  # composite encoders create nothing new, but build every variable
         enc.embed(side, tf.zeros((1, spec[side]["dim"])))
-    ckpt_dir = os.path.join(run_dir, training.CHECKPOINTS)
-    if checkpoint is not None and not os.path.exists(checkpoint + ".index"):
-        raise DataError(f"--checkpoint {checkpoint}: no such checkpoint (its .index file is missing); the run's "
-                        f"checkpoints are {ckpt_dir}/ckpt-N")
-    checkpoint = checkpoint or training.latest_checkpoint(ckpt_dir)
-    if checkpoint is None:
-        raise DataError(f"{ckpt_dir}: no checkpoint to export (train first, or pass the checkpoint path)")
-    # each model's variables by their own names (see training.variable_index)
-    indexes = {f"{k}__variables": training.variable_index(m) for k, m in models.items()}
-    status = tf.train.Checkpoint(**indexes).restore(checkpoint)
-    status.expect_partial()  # optimizers, critics and data position are not part of the encoders
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise DataError(f"{checkpoint}: does not hold the encoders described in {path} (a checkpoint written "
-                        f"before encoder indexes were added cannot be exported; {str(e)[:300]})") from None
+    enc.checkpoint = restore_models(run_dir, checkpoint, **models)
     return enc

@@ -21,6 +21,17 @@ def gradient_reversal(x, scale):
     return tf.identity(x), grad
 
 
+PACKAGE = "cmr_tf"  # registered names: "cmr_tf>ModalityClassifier", "cmr_tf.acmr>Projector", ... (keras.saving)
+
+
+def build_symbolic(model: keras.Model, *widths) -> None:
+    """Build `model` by a symbolic call on inputs of unknown batch size, so its variables exist
+    before any step or restore and `summary()` shows `(None, ...)`."""
+    if all(w is not None for w in widths):
+        model(*[keras.Input((int(w),)) for w in widths])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class GradientReversal(keras.layers.Layer):
     """Keras wrapper of `gradient_reversal`; call as `layer(x, scale)`."""
 
@@ -28,23 +39,31 @@ class GradientReversal(keras.layers.Layer):
         return gradient_reversal(x, scale)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class ModalityClassifier(keras.Model):
     """GRL -> Dense hidden[0] -> ... -> Dense 2 with no activation anywhere (ACMR, JFSE).
 
-    A product of affine maps, i.e. a linear classifier, as both releases built it.
+    A product of affine maps, i.e. a linear classifier, as both releases built it. Built on
+    `input_dim`-wide embeddings when given.
     """
 
-    def __init__(self, hidden=(150, 75), **kwargs):
+    def __init__(self, hidden=(150, 75), input_dim=None, **kwargs):
         super().__init__(**kwargs)
-        widths = list(hidden) + [2]
+        self.hidden, self.input_dim = tuple(int(w) for w in hidden), input_dim
+        widths = list(self.hidden) + [2]
         self.layers_ = [keras.layers.Dense(w, name=f"fc_{i}") for i, w in enumerate(widths)]
+        if input_dim is not None:
+            self(keras.Input((int(input_dim),)), tf.constant(0.0))
 
-    def call(self, embeddings, grl_scale):
+    def call(self, embeddings, grl_scale=0.0):
         """`grl_scale` must be a tensor (or a keyword argument) so changing it never retraces."""
         h = gradient_reversal(embeddings, grl_scale)
         for layer in self.layers_:
             h = layer(h)
         return h
+
+    def get_config(self):
+        return dict(super().get_config(), hidden=list(self.hidden), input_dim=self.input_dim)
 
 
 def grl_schedule(epoch, num_epochs):

@@ -67,6 +67,16 @@ def flag_values() -> dict:
     return values
 
 
+def flagfile_text() -> str:
+    """This project's flags in absl's flagfile format: `--flagfile <run>/flags.txt` re-runs the run."""
+    lines = []
+    for name in sorted(flag_values()):
+        text = flags.FLAGS[name].serialize()
+        if text:  # a flag left at None serialises to nothing: its default applies again
+            lines.append(text)
+    return "\n".join(lines) + "\n"
+
+
 def settings() -> dict:
     """Every result-affecting flag (the run's fingerprint): all project flags but `LOGGING_FLAGS`."""
     return {k: v for k, v in sorted(flag_values().items()) if k not in LOGGING_FLAGS}
@@ -229,6 +239,8 @@ def run_main(main: Callable) -> None:
     unknown or invalid flags, data and configuration errors and unreadable/unwritable paths exit
     with code 2; a diverged training (NaN/inf loss) exits with code 3; Ctrl-C exits with 130."""
     quiet()
+    for flag in {flags.FLAGS[name] for name in flag_values()}:  # --help lists them, under python -m or cmr
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
     def parse(argv):
         try:

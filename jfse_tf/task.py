@@ -289,9 +289,11 @@ class JFSETask(driver.Task):
         return objects
 
     def encoders(self, emb_dim: int) -> dict:
-        reg = (Regressor, {"emb_dim": int(emb_dim), "hidden": self.trainer.cfg.hidden})
         dims = self.trainer.nets.dims
-        return dict(method=self.trainer.cfg.method, models={"image_regressor": reg, "text_regressor": reg},
+        reg = lambda side: (Regressor, {"emb_dim": int(emb_dim), "hidden": self.trainer.cfg.hidden,  # noqa: E731
+                                        "input_dim": dims[side]})
+        return dict(method=self.trainer.cfg.method,
+                    models={"image_regressor": reg("image"), "text_regressor": reg("text")},
                     image={"dim": dims["image"], "model": "image_regressor"},
                     text={"dim": dims["text"], "model": "text_regressor"},
                     notes="The release's headline evaluation min-max scales each test split's features per column "

@@ -85,7 +85,12 @@ def test_run_contract(tmp_path, method):
     assert f"{change[0]} " in errors[0] and "other settings" in errors[0]
     assert snapshot(out) == before
 
-    logging_only = cli("--histogram_every", "0")  # a pure logging flag: the same run
+    # the console script (`cmr train <method>`), fed the run's own flags.txt plus a pure logging
+    # flag: the same run, so it resumes (complete: nothing is trained or rewritten)
+    flagfile = (out / "zs" if name == "jfse" else out) / "flags.txt"
+    logging_only = subprocess.run([sys.executable, "-m", "common.cli", "train", name, f"--flagfile={flagfile}",
+                                   "--histogram_every", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                  timeout=600)
     assert logging_only.returncode == 0 and "already complete" in logging_only.stdout, logging_only.stderr[-1500:]
     assert snapshot(out)["results.json" if name != "jfse" else "zs/results.json"] == \
         before["results.json" if name != "jfse" else "zs/results.json"]

@@ -140,7 +140,7 @@ def main(argv):
     print(f"results: {FLAGS.output_dir}/results.json")
 
 
-if __name__ == "__main__":
+def define_flags():
     run.define_run_flags(default_output_dir="runs/cca")
     flags.DEFINE_enum("method", "cca", ["cca"], "Baseline to run.")
     flags.DEFINE_integer("cca_dim", 0, "Canonical directions kept (0: min(feature dims, 128)).")
@@ -149,4 +149,12 @@ if __name__ == "__main__":
     flags.DEFINE_list("hash_bits", [], "Also report CCA-then-sign hashing: Hamming mAP of sign(top-K CCA "
                       "projections), test queries against the database (or train) split, for each K.")
     flags.DEFINE_bool("zero_shot", False, "Fit on seen classes; report unseen, seen and pooled test mAP.")
+
+
+def cli():
+    define_flags()
     run.run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

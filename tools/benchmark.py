@@ -383,8 +383,12 @@ def main(argv):
     print(markdown(results))
 
 
-if __name__ == "__main__":
-    define_flags()
-    from common import run as _run
+def cli():
+    from common import run
 
-    _run.run_main(main)
+    define_flags()
+    run.run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

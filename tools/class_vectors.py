@@ -22,6 +22,8 @@ from absl import flags
 from common import io, run
 from common.errors import ConfigError, DataError
 
+FLAGS = flags.FLAGS
+
 _ID_PREFIX = re.compile(r"^\d+\.")
 _SEP = re.compile(r"[\s_+\-/]+")
 
@@ -92,10 +94,17 @@ def main(argv):
     print(f"{FLAGS.out}: {vectors.shape[0]} classes x {vectors.shape[1]}; {len(missing)} names with unknown words")
 
 
-if __name__ == "__main__":
+def define_flags():
     flags.DEFINE_string("names", None, "Text file, one class name per line in class-id order.")
     flags.DEFINE_string("out", None, "Output .npy (classes x 50); an existing file only with --overwrite.")
     flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
     flags.DEFINE_string("aliases", None, "Optional 'class name: replacement words' lines for names GloVe lacks.")
-    FLAGS = flags.FLAGS
+
+
+def cli():
+    define_flags()
     run.run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -92,6 +92,10 @@ def main(argv):
     print(f"wrote {FLAGS.out}")
 
 
-if __name__ == "__main__":
+def cli():
     define_flags()
     run.run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -23,6 +23,8 @@ from absl import flags
 from common import io, run
 from common.errors import ConfigError, DataError
 
+FLAGS = flags.FLAGS
+
 SPLIT_VARS = ("att", "trainval_loc", "test_unseen_loc")
 
 
@@ -91,10 +93,17 @@ def main(argv):
           f"{n} images, text dim {len(next(iter(contents['txt_embed_dict.pkl'].values()))[0])}")
 
 
-if __name__ == "__main__":
+def define_flags():
     flags.DEFINE_string("res101", None, "res101.mat (features (2048, n), labels (n, 1), 1-based).")
     flags.DEFINE_string("splits", None, "att_splits.mat or sent_splits.mat of the same dataset.")
     flags.DEFINE_string("out", None, "Output folder (ZSCRGAN reads datasets/<NAME>/); new or empty.")
     flags.DEFINE_bool("overwrite", False, "Replace --out when it holds a previous conversion.")
-    FLAGS = flags.FLAGS
+
+
+def cli():
+    define_flags()
     run.run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -7,8 +7,10 @@
 Serving signatures: `embed_image(image: float32 [n, d_img])` and `embed_text(text: float32
 [n, d_txt])`, each returning {"embedding": [n, e]}; hashing runs add `hash_image` / `hash_text`
 returning {"codes": +-1 float32 [n, K]} (sign with sign(0) = +1). Load anywhere with
-`tf.saved_model.load(DIR)`; nothing of this project is needed. `export.json` beside it says
-which run, method and checkpoint it came from.
+`tf.saved_model.load(DIR)`; nothing of this project is needed. Beside it, `image_encoder.keras`
+and `text_encoder.keras` are the same encoders as Keras models (`keras.models.load_model`, after
+importing the method's `model` module, which registers the classes), and `export.json` says which
+run, method and checkpoint they came from.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from absl import flags
 from common import io, run
 from common.errors import ConfigError
 
+FLAGS = flags.FLAGS
+
 
 def build_module(enc):
     """A tf.Module with the serving signatures of `enc` (a `common.export.Encoders`)."""
@@ -29,7 +33,8 @@ def build_module(enc):
 
     spec = enc.spec
     module = tf.Module()
-    module.models = enc.models
+    # variables only: an attached Keras model would get a default signature traced (three inputs fail)
+    module.weights_ = [v.value if hasattr(v, "value") else v for m in enc.models.values() for v in m.variables]
     d_img, d_txt = spec["image"]["dim"], spec["text"]["dim"]
 
     @tf.function(input_signature=[tf.TensorSpec([None, d_img], tf.float32, name="image")])
@@ -65,7 +70,7 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite:
     io.check_output_dir(out, overwrite, owned="saved_model.pb", what="export")
     import tensorflow as tf
 
-    from common import export, training
+    from common import export
 
     enc = export.load_encoders(run_dir, checkpoint)
     module, signatures = build_module(enc)
@@ -75,9 +80,12 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite:
     try:
         tf.saved_model.save(module, tmp, signatures=signatures)
         meta = {"run_dir": os.path.abspath(run_dir), "method": enc.spec["method"],
-                "checkpoint": checkpoint or training.latest_checkpoint(os.path.join(run_dir, training.CHECKPOINTS)),
+                "checkpoint": enc.checkpoint,
                 "signatures": sorted(signatures), "image_dim": enc.spec["image"]["dim"],
                 "text_dim": enc.spec["text"]["dim"], "notes": enc.spec.get("notes", "")}
+        for side in ("image", "text"):  # the same encoders as Keras files: keras.models.load_model
+            enc.encoder(side).save(os.path.join(tmp, f"{side}_encoder.keras"))
+        meta["keras_files"] = ["image_encoder.keras", "text_encoder.keras"]
         io.write_json(os.path.join(tmp, "export.json"), meta)
         os.chmod(tmp, 0o777 & ~io.UMASK)  # mkdtemp makes 0700
         if os.path.exists(out):  # empty, or a previous export the user asked to replace (checked above)
@@ -103,11 +111,18 @@ def main(argv):
         print(f"note: {meta['notes']}")
 
 
-if __name__ == "__main__":
+def define_flags():
     flags.DEFINE_string("run_dir", None, "A training run's output folder (holds encoders.json and checkpoints/).")
     flags.DEFINE_string("out", None, "Folder for the SavedModel: new or empty (a previous export only with "
                         "--overwrite; nothing else is ever replaced).")
     flags.DEFINE_bool("overwrite", False, "Replace --out when it holds a previous export.")
     flags.DEFINE_string("checkpoint", None, "A specific checkpoint (default: the latest).")
-    FLAGS = flags.FLAGS
+
+
+def cli():
+    define_flags()
     run.run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -31,6 +31,8 @@ from tqdm import tqdm
 from common import io, run
 from common.errors import ConfigError, DataError
 
+FLAGS = flags.FLAGS
+
 CNNS = {
     # name: (constructor, layer whose output is the feature, default input size, feature width)
     "vgg19": ("VGG19", "fc2", 224, 4096),
@@ -204,7 +206,7 @@ def main(argv):
           + f" items; image {dims[0]}-d ({FLAGS.cnn}), text {dims[1]}-d ({FLAGS.text}), {len(names)} classes")
 
 
-if __name__ == "__main__":
+def define_flags():
     flags.DEFINE_string("manifest", None, "TSV: split, image path, label, text.")
     flags.DEFINE_string("out", None, "Feature folder to write: new or empty (re-running a stopped extraction "
                         "resumes it); a previous feature folder only with --overwrite.")
@@ -217,5 +219,12 @@ if __name__ == "__main__":
     flags.DEFINE_string("text_encoder", None, "--text encoder: local SavedModel mapping strings to vectors.")
     flags.DEFINE_integer("vocab_size", 5000, "Vocabulary size (train split).")
     flags.DEFINE_integer("shard", 256, "Images per resumable shard.")
-    FLAGS = flags.FLAGS
+
+
+def cli():
+    define_flags()
     run.run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

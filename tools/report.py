@@ -19,6 +19,8 @@ from absl import flags
 from common import io, run
 from common.errors import ConfigError, DataError
 
+FLAGS = flags.FLAGS
+
 PUBLISHED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                          "published_results.json")
 
@@ -212,12 +214,19 @@ def main(argv):
     print(text, end="")
 
 
-if __name__ == "__main__":
+def define_flags():
     flags.DEFINE_string("out", None, "Also write the table to this markdown file (an existing one only with "
                         "--overwrite).")
     flags.DEFINE_bool("overwrite", False, "Replace --out or a previous --plots folder.")
     flags.DEFINE_string("model", None, "Exported model (tools.export) for PR curves and the projector.")
     flags.DEFINE_string("features", None, "Feature folder whose test split is embedded.")
     flags.DEFINE_string("plots", None, "Output folder for pr_curves.(png|json), tb/ and projector/.")
-    FLAGS = flags.FLAGS
+
+
+def cli():
+    define_flags()
     run.run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -24,6 +24,8 @@ from absl import flags
 from common import io, run
 from common.errors import ConfigError, DataError
 
+FLAGS = flags.FLAGS
+
 
 def _normalise(x):
     import tensorflow as tf
@@ -166,7 +168,7 @@ def main(argv):
           f"({'Hamming' if FLAGS.hamming else 'cosine'}, {FLAGS.index if not FLAGS.hamming else 'exact'})")
 
 
-if __name__ == "__main__":
+def define_flags():
     flags.DEFINE_string("model", None, "SavedModel folder written by tools.export.")
     flags.DEFINE_string("queries", None, "Query features (.npy/.mat/.h5, one row per item).")
     flags.DEFINE_string("gallery", None, "Gallery features.")
@@ -182,5 +184,12 @@ if __name__ == "__main__":
     flags.DEFINE_string("gallery_ids", None, "Optional text file, one id per gallery row.")
     flags.DEFINE_string("out", None, "Results file: .json or .csv (an existing file only with --overwrite).")
     flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
-    FLAGS = flags.FLAGS
+
+
+def cli():
+    define_flags()
     run.run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -22,7 +22,7 @@ from common.optimizers import TF1RMSprop
 from zscrgan_tf import losses
 from zscrgan_tf.config import ZSCRGANConfig
 from zscrgan_tf.data import ClassBlockSampler, RetrievalSet, ZSData
-from zscrgan_tf.model import CSEM, Critic, GeneratorNet, embed_text_mean
+from zscrgan_tf.model import CSEM, Critic, GeneratorNet, MeanTextEncoder
 
 
 class ZSCRGANTrainer:
@@ -249,7 +249,7 @@ class ZSCRGANTask(driver.Task):
                                                          embed_dim=cfg.embed_dim, z_dim=cfg.z_dim, gf_dim=cfg.gf_dim)),
                             "CSEM_net": (CSEM, dict(image_dim=data.image_dim, embed_dim=cfg.embed_dim))},
                     image={"dim": data.image_dim, "model": "CSEM_net"},
-                    text={"dim": data.text_dim, "fn": embed_text_mean},
+                    text={"dim": data.text_dim, "composite": MeanTextEncoder, "args": ["g_net", "CSEM_net"]},
                     notes="embed_text is CSEM(G(mu, z=0)) (deterministic); the release evaluated with fresh noise "
                           "per query.")
 

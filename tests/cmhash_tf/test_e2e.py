@@ -186,3 +186,20 @@ def test_e2e_cli_tiny_run(tmp_path, vocab):
     assert r["dataset"] == "iapr-e2e" and set(r["i2t_map"]) == {"8"}
     assert "texts cut at --max_len" in res.stdout
     assert os.path.exists(d / "run" / "bits_8" / "checkpoints" / "checkpoint")
+
+
+def test_end_to_end_nets_round_trip_through_keras_files(tmp_path):
+    """ImageNet / TextNet serialise with their keras-hub backbones (issue 18)."""
+    import keras
+
+    image = e2e.ImageNet(e2e.build_backbone("image", None, allow_random_init=True), 8, name="image_net")
+    text = e2e.TextNet(e2e.build_backbone("text", None, allow_random_init=True, tiny=True,
+                                          vocabulary_size=len(VOCAB)), 8, name="text_net")
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+    t = {"token_ids": tf.constant([[2, 5, 7, 3], [2, 8, 3, 0]]), "padding_mask": tf.constant([[1, 1, 1, 1],
+                                                                                          [1, 1, 1, 0]])}
+    for net, inputs in ((image, x), (text, t)):
+        want = net(inputs)
+        net.save(tmp_path / f"{net.name}.keras")
+        loaded = keras.models.load_model(tmp_path / f"{net.name}.keras")
+        np.testing.assert_allclose(loaded(inputs), want, rtol=1e-6, atol=1e-6)

@@ -194,3 +194,15 @@ def test_progress_is_one_line_per_unit_with_elapsed_eta_and_numbers(capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("[zs] epochs:  50%") and " 2/4 [" in line and "<" in line, line
     assert "loss_G=0.25" in line and "unseen/i2t_map_all=0.5" in line
+
+
+def test_cmr_lists_every_command_and_refuses_unknown_ones():
+    res = subprocess.run([sys.executable, "-m", "common.cli", "--help"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert res.returncode == 0
+    for command in ("train acmr", "train jfse", "train zscrgan", "train cmhash", "export", "search", "report",
+                    "baseline", "class-vectors", "extract-features", "convert-uci", "benchmark"):
+        assert f"cmr {command} " in res.stdout, command
+    res = subprocess.run([sys.executable, "-m", "common.cli", "train", "clip"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert res.returncode == 2 and res.stderr.startswith("error: cmr train needs a method")

@@ -69,3 +69,29 @@ def test_synthetic_builder_matches_generator(tmp_path):
     ds = tfds_builders.to_dataset(tfds_builders.prepare(tfds_builders.CmrSynthetic, None,
                                                         data_dir=str(tmp_path), config="small"))
     assert_same(ds, make_synthetic("small"))
+
+
+def test_tfds_load_recipe_fixed_widths_supervised_keys_zero_shot_splits_and_file_order(tmp_path):
+    """The README's recipe, as written there (issue 18)."""
+    import tensorflow_datasets as tfds
+
+    folder = str(tmp_path / "uci")
+    fixtures.write_feature_folder(folder, one_based=False, with_val=True)
+    (tmp_path / "uci" / "unseen_classes.txt").write_text("2,3\n")
+    direct = readers.read_feature_folder(folder)
+    kwargs = dict(data_dir=str(tmp_path / "tfds"),
+                  builder_kwargs={"config": tfds_builders.config_for("features", folder)},
+                  download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(manual_dir=folder)})
+    pairs = tfds.load("cmr_features", split="test_unseen", as_supervised=True, **kwargs)
+    (image, text), label = next(iter(pairs.batch(100)))
+    assert pairs.element_spec[0][0].shape == (7,) and pairs.element_spec[0][1].shape == (3,)
+    zs = direct.zero_shot()
+    np.testing.assert_array_equal(image.numpy(), zs.test_unseen.image)  # file order, no side field
+    np.testing.assert_array_equal(label.numpy(), zs.test_unseen.labels)
+    splits = tfds.builder("cmr_features", data_dir=str(tmp_path / "tfds"),
+                          config=tfds_builders.config_for("features", folder)).info.splits
+    assert {"train", "val", "test", "train_seen", "val_seen", "test_seen", "test_unseen"} <= set(splits)
+    half = tfds.load("cmr_features", split="train[:50%]", **kwargs)
+    rows = np.stack([r["image"] for r in tfds.as_numpy(half)])
+    np.testing.assert_array_equal(rows, direct.train.image[:len(rows)])
+    assert len(rows) == len(direct.train) // 2

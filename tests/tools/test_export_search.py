@@ -94,6 +94,15 @@ def test_export_equals_the_trained_model_and_loads_without_the_project(tmp_path)
                                trainer.csem(x), atol=1e-6)
     np.testing.assert_allclose(loaded.signatures["embed_text"](text=tf.constant(t))["embedding"],
                                trainer._queries(tf.constant(t)), atol=1e-6)  # eval_mode mean: deterministic
+    # the same two encoders as .keras files (composite text encoder included)
+    import keras
+
+    import zscrgan_tf.model  # noqa: F401  (registers the classes)
+
+    for side, x_in in (("image", x), ("text", t)):
+        model = keras.models.load_model(str(tmp_path / "exported" / f"{side}_encoder.keras"))
+        np.testing.assert_allclose(model(x_in), loaded.signatures[f"embed_{side}"](**{side: tf.constant(x_in)})[
+            "embedding"], atol=1e-6)
     # a fresh interpreter that never imports this project's packages
     code = ("import sys, numpy as np, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); "
             "e = m.signatures['embed_image'](image=tf.zeros((2, %d)))['embedding']; "
