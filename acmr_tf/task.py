@@ -159,4 +159,5 @@ class ACMRTask(driver.Task):
         labels = self.test.labels
         record = {"epoch": epoch, "grl_lambda": float(self.trainer.grl_scale.numpy()), "test": result}
         return driver.Evaluation(record, {f"test/{k}": v for k, v in result.items()},
-                                 {"i2t": (e_v, e_t, labels, labels, "cosine"), "t2i": (e_t, e_v, labels, labels, "cosine")})
+                                 {"i2t": (e_v, e_t, labels, labels, "cosine"),
+                                  "t2i": (e_t, e_v, labels, labels, "cosine")})

@@ -196,8 +196,9 @@ def report(folder, per_bits: dict, bits: list, dataset: str, warnings: list) -> 
                                                     "Epoch selected on the validation queries. ") + what))
         for b, r in per_bits.items():
             driver.write_final(folder.part_path(f"bits_{b}"), r["selected"], r["selected"]["epoch"])
-    print(f"\n{'bits':>5} " + " ".join(f"{k:>8}" for k in keys) + f" {'random':>8} (epoch selected on "
-          f"{'TEST' if FLAGS.select_on_test else 'validation'})")
+    print(f"\nHamming-ranking mAP of the test queries over the database, at the epoch selected on "
+          f"{'TEST (the release)' if FLAGS.select_on_test else 'validation'}; random: random codes")
+    print(f"{'bits':>5} " + " ".join(f"{k:>8}" for k in keys) + f" {'random':>8}")
     for b, r in per_bits.items():
         print(f"{b:>5} " + " ".join(f"{r['selected'][k]:8.4f}" for k in keys) + f" {r['random_codes_map']:8.4f}")
     print(f"results in {results_path}")

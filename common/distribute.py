@@ -41,7 +41,7 @@ def make_strategy(name: str, devices: Optional[list] = None):
     if name == "multiworker":
         if not os.environ.get("TF_CONFIG"):
             raise ConfigError("--distribute multiworker reads the cluster from the TF_CONFIG environment variable "
-                              "(see README, 'Several GPUs or machines'); it is not set")
+                              "(see docs/design.md, 'Distribution'); it is not set")
         try:
             json.loads(os.environ["TF_CONFIG"])
         except ValueError as e:

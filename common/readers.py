@@ -317,7 +317,7 @@ FEATURES_HOW_TO = (
     "A feature folder holds train_img, train_txt, train_lab, test_img, test_txt, test_lab "
     "(optionally val_*) as .npy, .mat (one variable named like the file) or .h5 (one dataset named "
     "like the file); *_img_lab / *_txt_lab are accepted for labels; optional class_emb.npy, "
-    "class_names.txt, unseen_classes.txt. See README 'Bring your own data'.")
+    "class_names.txt, unseen_classes.txt. See docs/data.md, 'Bring your own data'.")
 
 
 def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossModalDataset:

@@ -202,7 +202,7 @@ def is_chief() -> bool:
 
     if not os.environ.get("TF_CONFIG"):
         raise ConfigError("--distribute multiworker reads the cluster from the TF_CONFIG environment variable "
-                          "(see README, 'Several GPUs or machines'); it is not set")
+                          "(see docs/design.md, 'Distribution'); it is not set")
     try:
         config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     except ValueError as e:

@@ -6,7 +6,7 @@ example `image`, `text` (float32 vectors of the data's fixed widths), `label` (i
 multi-hot uint8) and `id`. Details:
 
 - Widths are fixed (`(d,)`, so batched specs are `(None, d)`): they come from the builder config,
-  which `config_for(name, folder)` reads off the folder (`tfds.load` recipe in the README).
+  which `config_for(name, folder)` reads off the folder (`tfds.load` recipe in docs/data.md).
 - Examples keep file order (`disable_shuffling`): row i of a split is row i of its files.
 - `as_supervised=True` yields `((image, text), label)`: the pair is the model's input (retrieval is
   learned from pairs) and the class label is the supervision the label-aware methods use.

@@ -74,7 +74,8 @@ def latest_checkpoint(directory: str) -> Optional[str]:
         with open(index, encoding="utf-8") as f:
             state = text_format.Parse(f.read(), CheckpointState())
     except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
-        raise DataError(f"{index}: unreadable checkpoint index ({str(e).splitlines()[0][:120]}); {what_to_do}") from None
+        reason = str(e).splitlines()[0][:120]
+        raise DataError(f"{index}: unreadable checkpoint index ({reason}); {what_to_do}") from None
     path = state.model_checkpoint_path
     if not path:
         raise DataError(f"{index}: the checkpoint index names no checkpoint; {what_to_do}")
@@ -106,7 +107,7 @@ class Checkpointer:
                 build_optimizer(optimizer, variables)
                 obj = optimizer
             tracked[name] = obj
-            if isinstance(obj, keras.Model):
+            if isinstance(obj, keras.layers.Layer):  # models and bare layers (ACMR's label classifier)
                 tracked[f"{name}__variables"] = variable_index(obj)
         self.checkpoint = tf.train.Checkpoint(step=self.step, epoch=self.epoch, **tracked)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_directory, max_to_keep=max_to_keep)

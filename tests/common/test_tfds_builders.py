@@ -72,7 +72,7 @@ def test_synthetic_builder_matches_generator(tmp_path):
 
 
 def test_tfds_load_recipe_fixed_widths_supervised_keys_zero_shot_splits_and_file_order(tmp_path):
-    """The README's recipe, as written there (issue 18)."""
+    """docs/data.md's recipe, as written there (issue 18)."""
     import tensorflow_datasets as tfds
 
     folder = str(tmp_path / "uci")
