@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from common.layers import PACKAGE, ModalityClassifier, build_symbolic
+from common.layers import PACKAGE, ModalityClassifier, build_symbolic, float32
 
 # hidden widths before the final emb_dim layer; the Wikipedia text projector's first layer is
 # emb_dim wide (a 5000 -> 40 bottleneck), kept as released
@@ -34,7 +34,7 @@ class Projector(keras.Model):
     def call(self, x):
         for layer in self.dense:
             x = tf.tanh(layer(x))
-        return x
+        return float32(x)
 
     def get_config(self):
         return dict(super().get_config(), widths=self.widths, input_dim=self.input_dim)

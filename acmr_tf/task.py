@@ -19,7 +19,7 @@ from acmr_tf.model import ACMRNetworks, Projector
 from common import distribute, driver, metrics, pipelines, training
 from common.dataset import Split
 from common.errors import ConfigError
-from common.layers import grl_schedule
+from common.layers import float32, grl_schedule
 
 LOG_FIELDS = {"simple": ("emb_loss", "domain_loss", "label_loss", "similar_loss", "dissimilar_loss"),
               "triplet": ("emb_loss", "domain_loss", "label_loss", "triplet_loss")}
@@ -54,7 +54,8 @@ class ACMRTrainer:
         e_v = distribute.per_row(n.image_projector, image)
         e_t = distribute.per_row(n.text_projector, text)
         y = tf.one_hot(labels, self.num_classes)  # fixed depth (the release's LabelBinarizer could not)
-        out = {"label_loss": losses.label_loss(n.label_classifier(e_v), n.label_classifier(e_t), y)}
+        lc = lambda e: float32(n.label_classifier(e))  # noqa: E731  (a bare Dense: its logits to float32)
+        out = {"label_loss": losses.label_loss(lc(e_v), lc(e_t), y)}
         if cfg.variant == "simple":
             out["similar_loss"] = losses.similar_loss(e_v, e_t)
             out["dissimilar_loss"] = losses.dissimilar_loss(e_v, e_t, labels)

@@ -46,7 +46,10 @@ def define_flags():
     flags.DEFINE_bool("drop_remainder", True, "Drop the last partial train batch (release: on).")
     flags.DEFINE_bool("neg_tie_fix", False,
                       "Triplet: mine negatives among different-class items only (release: off).")
+    flags.DEFINE_bool("shuffle_ids", True, "NUS-WIDE: shuffle the train and test id lists once before training, as "
+                      "the release did (unseeded there; seeded by --seed here); --noshuffle_ids keeps pickled order.")
     run.define_execution_flags()
+    run.define_precision_flag()
 
 
 def validate_flags() -> None:
@@ -71,6 +74,20 @@ def config_from_flags(dataset: str) -> ACMRConfig:
         raise ConfigError(str(e)) from None
 
 
+def release_order(ds, shuffle_ids: bool, seed: int):
+    """(train, test) in the order the release trains and evaluates them: NUS-WIDE's id lists were
+    shuffled once before training (so its batches and its evaluated first floor(N/64)*64 test pairs
+    are a random subset), the Wikipedia pickles were used in file order."""
+    if ds.name != "nuswide" or not shuffle_ids:
+        return ds.train, ds.test
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    train_order, test_order = rng.permutation(len(ds.train)), rng.permutation(len(ds.test))
+    print(f"nuswide: train and test id lists shuffled once (seed {seed}), as the release did before training")
+    return ds.train.subset(train_order), ds.test.subset(test_order)
+
+
 def main(argv):
     run.no_arguments(argv)
     validate_flags()
@@ -81,7 +98,7 @@ def main(argv):
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
     if ds.multilabel:
         raise ConfigError(f"{ds.name}: ACMR uses single-label classes (its mask and label loss); got multi-hot labels")
-    train, test = ds.train, ds.test
+    train, test = release_order(ds, FLAGS.shuffle_ids, FLAGS.seed)
     where = ds.source or ds.name
     require_classes(train.labels, f"{where}: the train split", "ACMR's losses (pairs of different classes)")
     require_classes(test.labels, f"{where}: the test split", "a meaningful mAP (one class makes every item relevant)")
@@ -93,6 +110,7 @@ def main(argv):
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite,
                           chief=run.is_chief()) as folder:  # a refused run stops here, before TensorFlow loads
         run.import_tensorflow()
+        run.set_precision()
         from acmr_tf.task import ACMRTask, ACMRTrainer
         from common import export, metrics, training
 

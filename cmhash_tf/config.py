@@ -22,6 +22,8 @@ class CMHashConfig:
     eval_every: int = 10
     seed: int = 0
     text_only: bool = False          # tag -> tag hashing: the T->T term, text head only
+    adam: str = "torch"              # torch (release): epsilon on the bias-corrected sqrt(v); keras
+    head_init: str = "torch"         # torch (release): nn.Linear's U(+-1/sqrt(fan_in)); glorot: Keras' default
 
     @property
     def margin_value(self) -> float:
@@ -39,3 +41,7 @@ def define_e2e_flags() -> None:
     flags.DEFINE_integer("image_size", 224, "Images are resized to this square (release 224).")
     flags.DEFINE_bool("allow_random_init", False, "Untrained backbones when no preset is given (tests only).")
     flags.DEFINE_bool("tiny_text", False, "A 2-layer, width-32 BERT (tests only).")
+    flags.DEFINE_bool("strip_accents", True, "Strip accents in the uncased WordPiece tokenizer (release: bert-base-"
+                      "uncased does); --nostrip_accents keeps them.")
+    flags.DEFINE_bool("antialias", True, "Antialias when resizing images (release: PIL's filter through torchvision's "
+                      "Resize); --noantialias: plain bilinear.")

@@ -101,8 +101,9 @@ def build_backbones(image_preset: Optional[str], text_preset: Optional[str], tok
                            vocabulary_size=tokenizer.vocabulary_size()))
 
 
-def load_tokenizer(vocab: Optional[str] = None, text_preset: Optional[str] = None):
-    """Uncased WordPiece over a local vocab.txt (or the preset's own vocabulary)."""
+def load_tokenizer(vocab: Optional[str] = None, text_preset: Optional[str] = None, strip_accents: bool = True):
+    """Uncased WordPiece over a local vocab.txt (or the preset's own vocabulary); accents are stripped
+    as the release's bert-base-uncased tokenizer did (`strip_accents=False`: kept)."""
     kh = keras_hub()
     if vocab is None and text_preset and os.path.isdir(text_preset):
         candidate = os.path.join(text_preset, "assets", "tokenizer", "vocabulary.txt")
@@ -112,7 +113,8 @@ def load_tokenizer(vocab: Optional[str] = None, text_preset: Optional[str] = Non
                           "folder holding assets/tokenizer/vocabulary.txt")
     if not os.path.isfile(vocab):
         raise DataError(f"missing vocabulary file {vocab}")
-    return kh.models.BertTokenizer(vocabulary=vocab, lowercase=True)  # bert-base-uncased lower-cases
+    # bert-base-uncased lower-cases and strips accents
+    return kh.models.BertTokenizer(vocabulary=vocab, lowercase=True, strip_accents=strip_accents)
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_len: int = 128):
@@ -230,6 +232,7 @@ class E2ESplit:
     labels: np.ndarray          # (n, C) multi-hot
     image_dir: str
     image_size: int = IMAGE_SIZE
+    antialias: bool = True  # the release resized with PIL's antialiasing filter (torchvision Resize)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -243,12 +246,12 @@ class E2ESplit:
         files = tf.constant([os.path.join(self.image_dir, p) for p in self.paths])
         tensors = {"token_ids": tf.constant(self.token_ids), "padding_mask": tf.constant(self.padding_mask),
                    "label": tf.constant(self.labels)}
-        size = self.image_size
+        size, antialias = self.image_size, self.antialias
 
         def load(step, idx):
             def one(path):
                 img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-                return tf.image.resize(img, (size, size))
+                return tf.image.resize(img, (size, size), antialias=antialias)
             images = tf.map_fn(one, tf.gather(files, idx), fn_output_signature=tf.float32)
             x = preprocess_images(images, training, size, seed=tf.stack([tf.cast(seed, tf.int64), step]))
             return {"image": x, "text": {k: tf.gather(tensors[k], idx) for k in ("token_ids", "padding_mask")},
@@ -283,7 +286,7 @@ def text_path(text_dir: str, image_path: str) -> str:
 
 
 def load_iapr_e2e(folder: str, image_dir: str, text_dir: str, tokenizer, max_len: int = 128,
-                  image_size: int = IMAGE_SIZE):
+                  image_size: int = IMAGE_SIZE, antialias: bool = True):
     """The IAPR split files with raw images and annotation texts: {train, test, database} E2ESplits
     and the number of texts cut at `max_len`. Every file is checked before training starts."""
     raw = {}
@@ -300,6 +303,7 @@ def load_iapr_e2e(folder: str, image_dir: str, text_dir: str, tokenizer, max_len
     out, start = {}, 0
     for split, (paths, labels) in raw.items():
         rows = slice(start, start + len(paths))
-        out[split] = E2ESplit(paths, token_ids[rows], mask[rows], labels.astype(np.float32), image_dir, image_size)
+        out[split] = E2ESplit(paths, token_ids[rows], mask[rows], labels.astype(np.float32), image_dir, image_size,
+                              antialias)
         start += len(paths)
     return out, cut

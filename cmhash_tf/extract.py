@@ -26,11 +26,11 @@ FLAGS = flags.FLAGS
 
 
 def extract(data_dir, image_dir, text_dir, image_preset, text_preset, vocab=None, max_len=128, image_size=224,
-            batch_size=64, allow_random_init=False, tiny_text=False) -> dict:
+            batch_size=64, allow_random_init=False, tiny_text=False, strip_accents=True, antialias=True) -> dict:
     from cmhash_tf import e2e
 
-    tok = e2e.load_tokenizer(vocab, text_preset)
-    splits, cut = e2e.load_iapr_e2e(data_dir, image_dir, text_dir, tok, max_len, image_size)
+    tok = e2e.load_tokenizer(vocab, text_preset, strip_accents)
+    splits, cut = e2e.load_iapr_e2e(data_dir, image_dir, text_dir, tok, max_len, image_size, antialias)
     image_bb, text_bb = e2e.build_backbones(image_preset, text_preset, tok, allow_random_init, tiny_text)
     seen, parts = set(), []
     for split in splits.values():  # train is usually drawn from the retrieval set: each path once
@@ -60,7 +60,7 @@ def main(argv):
     run.import_tensorflow()
     result = extract(FLAGS.data_dir, FLAGS.image_dir, FLAGS.text_dir, FLAGS.image_preset, FLAGS.text_preset,
                      FLAGS.vocab, FLAGS.max_len, FLAGS.image_size, FLAGS.batch_size, FLAGS.allow_random_init,
-                     FLAGS.tiny_text)
+                     FLAGS.tiny_text, FLAGS.strip_accents, FLAGS.antialias)
     with io.atomic_open(out, "wb") as f:
         np.savez(f, path=result["path"], img=result["img"], txt=result["txt"])
     print(f"{out}: {len(result['path'])} items, img {result['img'].shape[1]}-d, txt {result['txt'].shape[1]}-d; "

@@ -14,6 +14,7 @@ from cmhash_tf import losses
 from cmhash_tf.config import CMHashConfig
 from cmhash_tf.model import CMHashNetworks, HashHead, binarize
 from common import distribute, driver, metrics, pipelines, training
+from common.optimizers import TorchAdam
 from common.dataset import Split
 from common.errors import DataError
 
@@ -33,7 +34,8 @@ class CMHashTrainer:
 
     def _build(self, nets, image_dim, text_dim):
         cfg = self.cfg
-        self.nets = nets or CMHashNetworks(None if cfg.text_only else image_dim, text_dim, cfg.bits, cfg.hidden)
+        self.nets = nets or CMHashNetworks(None if cfg.text_only else image_dim, text_dim, cfg.bits, cfg.hidden,
+                                           init=cfg.head_init)
         if cfg.text_only:
             self.var_groups = {"text": ("text",)}
             rates = {"text": cfg.text_lr or cfg.lr}
@@ -45,7 +47,8 @@ class CMHashTrainer:
             rates = {"image": cfg.image_lr or cfg.lr, "text": cfg.text_lr or cfg.lr}
         self.optimizers = {}
         for name, groups in self.var_groups.items():
-            opt = keras.optimizers.Adam(rates[name], beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+            adam = TorchAdam if cfg.adam == "torch" else keras.optimizers.Adam
+            opt = adam(rates[name], beta_1=0.9, beta_2=0.999, epsilon=1e-8)
             opt.build(self.nets.variables(*groups))
             self.optimizers[name] = opt
 
@@ -161,8 +164,9 @@ class CMHashTask(driver.Task):
         return objects
 
     def encoders(self, image_dim: int, text_dim: int) -> dict:
-        head = lambda dim: (HashHead, {"bits": self.trainer.cfg.bits, "hidden": self.trainer.cfg.hidden,  # noqa: E731
-                                       "input_dim": dim})
+        cfg = self.trainer.cfg
+        head = lambda dim: (HashHead, {"bits": cfg.bits, "hidden": cfg.hidden, "input_dim": dim,  # noqa: E731
+                                       "init": cfg.head_init})
         return dict(method="cmhash", models={"image_head": head(image_dim), "text_head": head(text_dim)},
                     image={"dim": image_dim, "model": "image_head"}, text={"dim": text_dim, "model": "text_head"},
                     hash_codes=True)
@@ -180,15 +184,17 @@ class CMHashTask(driver.Task):
 
     def evaluate(self, epoch: int) -> driver.Evaluation:
         t, q, db = self.trainer, self.queries, self.database
-        record = {"epoch": epoch, "val": t.evaluate(self.val, db)}
+        record = {"epoch": epoch}
+        if self.val is not None:
+            record["val"] = t.evaluate(self.val, db)
         record["test"], (qi, qt, di, dt) = t.evaluate(q, db, codes=True)
-        scalars = {f"{s}/{k}": v for s in ("val", "test") for k, v in record[s].items()}
+        scalars = {f"{s}/{k}": v for s in ("val", "test") if s in record for k, v in record[s].items()}
         curves = {"t2t": (qt, dt, q.labels, db.labels, "hamming")} if t.cfg.text_only else {
             "i2t": (qi, dt, q.labels, db.labels, "hamming"), "t2i": (qt, di, q.labels, db.labels, "hamming")}
         return driver.Evaluation(record, scalars, curves)
 
     def summary(self, history: list, select_on_test: bool) -> dict:
-        key = "test" if select_on_test else "val"
+        key = "test" if select_on_test or "val" not in history[-1] else "val"
         best = max(history, key=lambda r: sum(r[key][k] for k in self.keys))
         return {"selected": dict(best["test"], epoch=best["epoch"], selected_on=key), "final": history[-1]["test"]}
 

@@ -44,7 +44,12 @@ def define_flags():
                          "Optional ReLU hidden layer before each hash layer (deviation, e.g. for BoW input).")
     flags.DEFINE_integer("eval_every", 10, "Evaluate every N epochs (release 10) and after the last.")
     flags.DEFINE_integer("val_size", 500, "Validation queries held out of train when the dataset has no val split.")
-    flags.DEFINE_bool("select_on_test", False, "Release behaviour: pick the epoch by TEST mAP (labelled in results).")
+    flags.DEFINE_bool("select_on_test", False, "Release behaviour: pick the epoch by TEST mAP (labelled in results) "
+                      "and train on the whole train split (no validation hold-out).")
+    flags.DEFINE_enum("adam", "torch", ["torch", "keras"], "torch (release): PyTorch's Adam, epsilon added to the "
+                      "bias-corrected sqrt(v); keras: Keras/TF1 Adam (epsilon on the uncorrected sqrt(v)).")
+    flags.DEFINE_enum("head_init", "torch", ["torch", "glorot"], "torch (release): nn.Linear's U(+-1/sqrt(fan_in)) for "
+                      "the hash layers; glorot: Keras' Glorot-uniform kernels and zero biases.")
     flags.DEFINE_integer("num_queries", 2000, "mirflickr: queries drawn (seeded); the rest is the database.")
     flags.DEFINE_integer("num_train", 10000, "mirflickr: training items taken from the database.")
     flags.DEFINE_enum("mode", "features", ["features", "e2e"], "features: heads on precomputed features; e2e: "
@@ -52,6 +57,7 @@ def define_flags():
     flags.DEFINE_bool("text_only", False, "Hash the text side alone (T->T term, tag -> tag mAP); for data without "
                       "image features such as mirflickr's .mat files.")
     run.define_execution_flags()
+    run.define_precision_flag()
     define_e2e_flags()
 
 
@@ -81,7 +87,8 @@ def config_for(k: int, e2e_mode: bool) -> CMHashConfig:
     epochs = FLAGS.epochs or (301 if e2e_mode else 50)
     return CMHashConfig(bits=k, margin=FLAGS.margin, mining=FLAGS.mining, epochs=epochs, batch_size=FLAGS.batch_size,
                         lr=lr, image_lr=FLAGS.image_lr, text_lr=FLAGS.text_lr, weight_decay=FLAGS.weight_decay,
-                        hidden=FLAGS.hidden, eval_every=FLAGS.eval_every, seed=FLAGS.seed, text_only=FLAGS.text_only)
+                        hidden=FLAGS.hidden, eval_every=FLAGS.eval_every, seed=FLAGS.seed, text_only=FLAGS.text_only,
+                        adam=FLAGS.adam, head_init=FLAGS.head_init)
 
 
 def main(argv):
@@ -104,7 +111,9 @@ def main(argv):
     train, queries = ds.train, ds.test
     database = ds.database if ds.database is not None else ds.train
     saved = None
-    if ds.val is not None:
+    if FLAGS.select_on_test:  # the release: every train pair trains, the epoch is chosen on the test queries
+        val = None
+    elif ds.val is not None:
         val = ds.val
     else:  # a seeded hold-out of train, saved with the run (with mirflickr's seeded protocol rows)
         train_idx, val_idx = hold_out(len(train), FLAGS.seed, FLAGS.val_size, ds.name)
@@ -113,8 +122,10 @@ def main(argv):
             saved.update({f"{k}_ids": s.ids for k, s in (("query", queries), ("database", database),
                                                          ("train", train)) if s.ids is not None})
         train, val = train.subset(train_idx), train.subset(val_idx)
-    train, val, queries, database = (as_mh(s) for s in (train, val, queries, database))
-    print(f"{ds.name}: train {len(train)}, validation {len(val)}, queries {len(queries)}, database {len(database)}; "
+    train, queries, database = (as_mh(s) for s in (train, queries, database))
+    val = None if val is None else as_mh(val)
+    print(f"{ds.name}: train {len(train)}, validation {len(val) if val is not None else 'none'}, queries "
+          f"{len(queries)}, database {len(database)}; "
           f"dims {ds.image_dim}/{ds.text_dim}, {ds.num_classes} labels; bits {bits}", flush=True)
     warnings = check_signal(train, val, queries, database, FLAGS.mining)
     from common import driver
@@ -122,6 +133,7 @@ def main(argv):
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), parts=[f"bits_{k}" for k in bits],
                           overwrite=FLAGS.overwrite, chief=run.is_chief()) as folder:
         run.import_tensorflow()  # a refused run has stopped above, before TensorFlow loads
+        run.set_precision()
         from cmhash_tf.task import fit
         from common import io, training
 
@@ -149,6 +161,8 @@ def check_signal(train, val, queries, database, mining: str) -> list:
                         "items sharing none: more than one label class); the hashing loss would be zero")
     warnings = []
     for what, split in (("test queries", queries), ("validation queries", val)):
+        if split is None:
+            continue
         missing = queries_without_relevant(split, database)
         if missing == len(split):
             raise DataError(f"none of the {len(split)} {what} shares a label with the database: mAP is undefined")
@@ -210,13 +224,18 @@ def main_e2e(bits: list) -> None:
     from cmhash_tf.data import hold_out
 
     run.import_tensorflow()
-    tok = e2e.load_tokenizer(FLAGS.vocab, FLAGS.text_preset)
+    run.set_precision()
+    tok = e2e.load_tokenizer(FLAGS.vocab, FLAGS.text_preset, FLAGS.strip_accents)
     splits, cut = e2e.load_iapr_e2e(FLAGS.data_dir, FLAGS.image_dir, FLAGS.text_dir, tok, FLAGS.max_len,
-                                    FLAGS.image_size)
+                                    FLAGS.image_size, FLAGS.antialias)
     n_texts = sum(len(s) for s in splits.values())
     print(f"iapr (end to end): {cut} of {n_texts} texts cut at --max_len {FLAGS.max_len}")
-    train_idx, val_idx = hold_out(len(splits["train"]), FLAGS.seed, FLAGS.val_size, "iapr")
-    train, val = splits["train"].subset(train_idx), splits["train"].subset(val_idx)
+    if FLAGS.select_on_test:
+        train_idx, val_idx = np.arange(len(splits["train"])), np.zeros(0, np.int64)
+        train, val = splits["train"], None
+    else:
+        train_idx, val_idx = hold_out(len(splits["train"]), FLAGS.seed, FLAGS.val_size, "iapr")
+        train, val = splits["train"].subset(train_idx), splits["train"].subset(val_idx)
     queries, database = splits["test"], splits["database"]
     warnings = check_signal(train, val, queries, database, FLAGS.mining)
     from cmhash_tf.model import CMHashNetworks

@@ -218,7 +218,8 @@ class CrossModalDataset:
         seen = np.setdiff1d(np.arange(self.num_classes), unseen)
         if self.multilabel:
             raise DataError("zero-shot splits are defined for single-label datasets only")
-        train = self.train.select_classes(seen)
+        train_rows = np.flatnonzero(_has_class(self.train.labels, seen))
+        train = self.train.subset(train_rows)
         if len(train) == 0:
             raise DataError(f"{self.source or self.name}: no training rows left for the seen classes")
         return ZeroShotView(
@@ -229,6 +230,7 @@ class CrossModalDataset:
             test_all=self.test,
             seen_classes=seen,
             unseen_classes=unseen,
+            train_rows=train_rows,
         )
 
 
@@ -243,6 +245,7 @@ class ZeroShotView:
     test_all: Split  # generalized zero-shot: seen + unseen pooled
     seen_classes: np.ndarray
     unseen_classes: np.ndarray
+    train_rows: Optional[np.ndarray] = None  # rows of the full train split that `train` holds
 
 
 def _digest(h, name: str, array) -> None:

@@ -24,6 +24,13 @@ def gradient_reversal(x, scale):
 PACKAGE = "cmr_tf"  # registered names: "cmr_tf>ModalityClassifier", "cmr_tf.acmr>Projector", ... (keras.saving)
 
 
+def float32(x):
+    """Network outputs leave in float32 (a no-op under the float32 policy): under `mixed_bfloat16`
+    the layers compute in bfloat16, and every loss, penalty, softmax, log and reduction that follows
+    runs in float32 (docs/port_notes.md, "Mixed precision")."""
+    return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), x)
+
+
 def build_symbolic(model: keras.Model, *widths) -> None:
     """Build `model` by a symbolic call on inputs of unknown batch size, so its variables exist
     before any step or restore and `summary()` shows `(None, ...)`."""
@@ -60,7 +67,7 @@ class ModalityClassifier(keras.Model):
         h = gradient_reversal(embeddings, grl_scale)
         for layer in self.layers_:
             h = layer(h)
-        return h
+        return float32(h)
 
     def get_config(self):
         return dict(super().get_config(), hidden=list(self.hidden), input_dim=self.input_dim)

@@ -3,7 +3,7 @@
 Conventions (all functions):
 - `query` (nq, d) and `gallery` (ng, d) are embeddings (or real-valued codes for Hamming).
 - `distance`: "cosine" (1 - cos; all-zero rows are at distance 1 from everything),
-  "euclidean" (ranked by squared distance, the same order), or "hamming" (codes binarised with
+  "euclidean" (ranked by squared distance computed in float64, the same order), or "hamming" (codes binarised with
   sign, sign(0) -> +1; distance = number of differing bits).
 - Ranking is ascending distance with a STABLE tie rule: equal distances keep gallery order
   (lower gallery index first). Releases that used an unstable argsort differ only on ties.
@@ -59,6 +59,8 @@ def _check(query, gallery, query_labels, gallery_labels, distance):
 
 
 def _embed_for_distance(x: np.ndarray, distance: str) -> tf.Tensor:
+    if distance == "euclidean":  # float64: see `_distances`
+        return tf.convert_to_tensor(np.asarray(x, np.float64))
     x = tf.convert_to_tensor(x, tf.float32)
     if distance == "cosine":
         return tf.math.l2_normalize(x, axis=1)
@@ -69,7 +71,12 @@ def _embed_for_distance(x: np.ndarray, distance: str) -> tf.Tensor:
 
 @tf.function(reduce_retracing=True)
 def _distances(q, g, g_sqnorm, kind):
-    """kind (Python int) 0 cosine, 1 squared euclidean, 2 hamming; inputs already transformed."""
+    """kind (Python int) 0 cosine, 1 squared euclidean, 2 hamming; inputs already transformed.
+
+    Euclidean runs in float64: q^2 + g^2 - 2 q.g in float32 can swap pairs whose distances differ by
+    more than the release's own rounding; in float64 the order is the exact distance's except pairs
+    equal to about 1e-14 of |q|^2 (the release's float32 norms were equal to about 1e-7 there, and its
+    unstable argsort decided)."""
     dots = tf.matmul(q, g, transpose_b=True)
     if kind == 0:
         return 1.0 - dots

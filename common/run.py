@@ -45,13 +45,27 @@ def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optiona
                          "last (0: none).")
 
 
+def define_precision_flag() -> None:
+    flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
+                      "float32 (the faithful setting) or mixed_bfloat16: layers compute in bfloat16, variables, "
+                      "optimizer state, losses and metrics stay float32 (Keras mixed precision; docs/port_notes.md).")
+
+
+def set_precision() -> None:
+    """Apply --precision as Keras' global dtype policy; call before any network is built."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(flags.FLAGS.precision)
+
+
 def define_execution_flags() -> None:
     """How the in-graph training loop runs (methods whose epochs run in `training.EpochRunner`)."""
     flags.DEFINE_integer("steps_per_execution", 0,
                          "Batches per compiled call: 0 = a whole epoch in one call (the fastest; 1 with "
                          "--log_batches), 1 = one call per batch. Results do not depend on it.")
     flags.DEFINE_bool("jit_compile", None, "Compile the training loop (JFSE: its step) with XLA. Default: on with one "
-                      "device (1.4-2x faster per epoch on CPU, docs/benchmarks.md), off under --distribute.")
+                      "device (1.4-2x faster per epoch on CPU, docs/benchmarks.md), off under --distribute and "
+                      "under --precision mixed_bfloat16 without a GPU (XLA's CPU bfloat16 is no faster).")
     flags.DEFINE_bool("log_batches", False, "Print the release's per-batch loss lines (each with the time its "
                       "batch ended) besides the one progress line per epoch.")
     flags.DEFINE_integer("log_every", 1, "With --log_batches: every N-th batch line.")
@@ -221,11 +235,22 @@ def replicas():
 
 def jit_compile(replicas) -> bool:
     """--jit_compile resolved: XLA by default on one device; not combined with a strategy (the
-    replicas' collectives inside an XLA cluster are untested here)."""
+    replicas' collectives inside an XLA cluster are untested here). Under mixed_bfloat16 without a
+    GPU the default is off: XLA's CPU backend runs bfloat16 matmuls at float32 speed (a 256x4096 by
+    4096x4096 product: 86 ms in either precision under XLA, 43 ms in bfloat16 through TensorFlow's
+    oneDNN kernels; docs/benchmarks.md)."""
     value = flags.FLAGS.jit_compile
     if value and replicas.strategy is not None:
         raise ConfigError("--jit_compile is not supported with --distribute (drop one of them)")
-    return replicas.strategy is None if value is None else bool(value)
+    if value is not None:
+        return bool(value)
+    if replicas.strategy is not None:
+        return False
+    if "precision" in flags.FLAGS and flags.FLAGS.precision == "mixed_bfloat16":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return True
 
 
 def steps_per_execution() -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from common.layers import PACKAGE, ModalityClassifier, build_symbolic
+from common.layers import PACKAGE, ModalityClassifier, build_symbolic, float32
 
 HIDDEN = 4096  # every hidden layer of G, D and R in the release
 
@@ -29,7 +29,7 @@ class Generator(keras.Model):
         build_symbolic(self, emb_dim, noise_dim)
 
     def call(self, class_emb, noise):
-        return self.out(self.hidden(tf.concat([class_emb, noise], axis=1)))
+        return float32(self.out(self.hidden(tf.concat([class_emb, noise], axis=1))))
 
     def get_config(self):
         return dict(super().get_config(), out_dim=self.out_dim, hidden=self.hidden_units, emb_dim=self.emb_dim,
@@ -49,7 +49,7 @@ class Critic(keras.Model):
 
     def call(self, features, class_emb):
         h = self.hidden(tf.concat([features, class_emb], axis=1))
-        return self.score(keras.activations.leaky_relu(h, negative_slope=0.2))
+        return float32(self.score(keras.activations.leaky_relu(h, negative_slope=0.2)))
 
     def get_config(self):
         return dict(super().get_config(), hidden=self.hidden_units, feature_dim=self.feature_dim, emb_dim=self.emb_dim)
@@ -67,7 +67,7 @@ class Regressor(keras.Model):
         build_symbolic(self, input_dim)
 
     def call(self, features):
-        return self.out(self.hidden(features))
+        return float32(self.out(self.hidden(features)))
 
     def get_config(self):
         return dict(super().get_config(), emb_dim=self.emb_dim, hidden=self.hidden_units, input_dim=self.input_dim)

@@ -30,6 +30,7 @@ FLAGS = flags.FLAGS
 def define_flags():
     run.define_run_flags(default_output_dir="runs/jfse")
     run.define_execution_flags()
+    run.define_precision_flag()
     flags.DEFINE_enum("method", "jfse", ["jfse", "cfsa"], "cfsa: zero-shot only, CMPM, no modality adversary.")
     flags.DEFINE_enum("scenario", "all", ["all", "standard", "zs", "gzs"], "Retrieval scenario(s).")
     flags.DEFINE_enum("align", "cmpm", ["cmpm", "cmmd", "cmca"],
@@ -47,6 +48,9 @@ def define_flags():
     flags.DEFINE_bool("shuffle", False, "Default (release): file order every epoch; --shuffle: reshuffle per epoch.")
     flags.DEFINE_enum("eval_variants", "all", ["all", "minmax"],
                       "all (release): four test-time variants; minmax: only the one matching training.")
+    flags.DEFINE_enum("class_targets", "row", ["row", "class"],
+                      "row (release): each training pair regresses to its own train_attribute row (xmn); class: the "
+                      "class embedding of its label (the first attribute row of the class, or class_emb.npy).")
     flags.DEFINE_bool("synthesize_unseen", False,
                       "Not in the release: in zs/gzs training the regressors also learn from features the "
                       "generators make for unseen classes from their class embeddings.")
@@ -145,9 +149,11 @@ def main(argv):
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), parts=parts,
                           overwrite=FLAGS.overwrite, chief=run.is_chief()) as folder:  # refusals: before TF loads
         run.import_tensorflow()
+        run.set_precision()
         replicas = run.replicas()
         if "standard" in scenarios:
-            summ, info = train_scenario(folder, "standard", cfg, ds, ds.train, {"test": ds.test}, ds.val, replicas)
+            summ, info = train_scenario(folder, "standard", cfg, ds, ds.train, {"test": ds.test}, ds.val, replicas,
+                                        targets=training_targets(ds, np.arange(len(ds.train)), FLAGS.class_targets))
             write(folder, info, "standard", ds, cfg, summ["test"])
             table.append(("standard", summ["test"]["contract"]))
         if zs is not None:
@@ -155,7 +161,8 @@ def main(argv):
             if len(zs.test_seen):
                 sets.update(seen=zs.test_seen, pooled=zs.test_all)
             summ, info = train_scenario(folder, "zs", cfg, ds, zs.train, sets, zs.val, replicas,
-                                        unseen=zs.unseen_classes)
+                                        unseen=zs.unseen_classes,
+                                        targets=training_targets(ds, zs.train_rows, FLAGS.class_targets))
             from common import metrics
 
             if "zs" in scenarios:
@@ -177,7 +184,27 @@ def main(argv):
     print(f"results under {FLAGS.output_dir}/<scenario>/results.json")
 
 
-def train_scenario(folder, name, cfg, ds, train, eval_sets, val, replicas, unseen=None):
+def training_targets(ds, rows: np.ndarray, mode: str = "row") -> np.ndarray:
+    """The class-embedding row each training pair regresses to (and conditions the generators on).
+
+    The xmn release feeds every pair its own `train_attribute` row (`--class_targets row`, the
+    default); rows of one class need not agree, and the message says when they do not.
+    `--class_targets class` (or data without attribute rows) takes the class embedding of the label.
+    """
+    attribute = ds.extras.get("train_attribute")
+    if mode == "row" and attribute is not None:
+        labels = ds.train.labels
+        spread = [float(np.abs(attribute[labels == c] - attribute[labels == c][0]).max()) for c in np.unique(labels)]
+        differ = sum(s > 0 for s in spread)
+        if differ:
+            print(f"{ds.source or ds.name}: train_attribute rows differ within {differ} of {len(spread)} classes (up "
+                  f"to {max(spread):.3g}); each pair regresses to its own row, as the release "
+                  "(--class_targets class: one embedding per class)")
+        return np.asarray(attribute, np.float32)[rows]
+    return ds.class_embedding_rows(ds.train.labels[rows])
+
+
+def train_scenario(folder, name, cfg, ds, train, eval_sets, val, replicas, unseen=None, targets=None):
     """Train (or resume) one model in its part folder; returns (summary per evaluation set, info).
 
     info: `trained` (False when the part was already complete) and `seconds_per_epoch`."""
@@ -191,8 +218,7 @@ def train_scenario(folder, name, cfg, ds, train, eval_sets, val, replicas, unsee
     trainer = JFSETrainer(cfg, ds.image_dim, ds.text_dim, ds.class_embeddings.shape[1], ds.num_classes,
                           unseen_class_emb=unseen_emb, unseen_classes=unseen, replicas=replicas)
     spe = run.steps_per_execution()
-    task = JFSETask(trainer, train, ds.class_embedding_rows(train.labels), eval_sets, val, spe,
-                    run.jit_compile(replicas), label=f"[{name}] ")
+    task = JFSETask(trainer, train, targets, eval_sets, val, spe, run.jit_compile(replicas), label=f"[{name}] ")
     path = folder.part_path(name)
     if replicas.is_chief:
         export.write_spec(path, **task.encoders(ds.class_embeddings.shape[1]))
@@ -201,7 +227,7 @@ def train_scenario(folder, name, cfg, ds, train, eval_sets, val, replicas, unsee
         log_every=FLAGS.log_every, batch_times=spe == 1, hparams=dict(dataclasses.asdict(cfg), scenario=name)))
     if result.trained == 0:
         print(f"[{name}] the run in {path} was already complete")
-    return ({s: summarise(result.history, s) for s in eval_sets},
+    return ({s: summarise(result.history, s, cfg.eval_every) for s in eval_sets},
             {"trained": result.trained > 0, "seconds_per_epoch": result.seconds_per_unit})
 
 

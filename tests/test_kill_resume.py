@@ -30,6 +30,9 @@ METHODS = [
     ("cmhash", "cmhash_tf.train", ["--epochs", "12", "--eval_every", "1", "--bits", "16", "--nojit_compile"],
      "bits_16/checkpoints", "",
      ["i2t_map_all", "t2i_map_all"]),
+    # issue 20: resuming a mixed_bfloat16 run equals a straight mixed_bfloat16 run
+    ("acmr-bf16", "acmr_tf.train", ["--epochs", "8", "--preset", "paper", "--precision", "mixed_bfloat16",
+                                    "--nojit_compile"], "checkpoints", "", ["i2t_map_all", "t2i_map_all"]),
 ]
 
 

@@ -49,6 +49,10 @@ def define_flags():
     flags.DEFINE_bool("merge", False, "Keep the other cases already in --output (re-measure some methods only).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --output (without --merge).")
     flags.DEFINE_string("case", None, "Internal: run one case in this process and print its JSON.")
+    flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
+                      "mixed_bfloat16: also time every case under Keras' mixed_bfloat16 policy (the default loop "
+                      "against its own bfloat16 floor) and add the bfloat16 columns.")
+    flags.DEFINE_string("case_precision", "float32", "Internal: the policy of a --case run.")
 
 
 SIZES = {"wiki": dict(num_classes=10, train_per_class=217, test_per_class=69),
@@ -232,14 +236,18 @@ def _time_interleaved(fns: dict, repeats: int):
 
 
 def run_case(method: str, size: str) -> dict:
+    import keras
+
     from common import training
 
+    keras.mixed_precision.set_global_policy(FLAGS.case_precision)
     training.set_seed(0)
     rss_start = _peak_rss_mib()
     case = Case(method, size)
     steps = FLAGS.jfse_steps if method == "jfse" else FLAGS.steps
     steps = min(steps, max(1, len(case.train) // case.batch_size))  # at most the epoch's full batches
-    out = {"method": method, "size": size, "train_pairs": len(case.train), "test_pairs": len(case.test),
+    out = {"method": method, "size": size, "precision": FLAGS.case_precision,
+           "train_pairs": len(case.train), "test_pairs": len(case.test),
            "pairs_per_step": case.pairs_per_step, "steps_per_epoch": case.steps_per_epoch, "timed_steps": steps,
            "seconds_per_epoch": {}}
     eager_steps = max(2, steps // 10)
@@ -291,14 +299,41 @@ def run_gallery(n_gallery: int) -> dict:
             "gallery_mib": gallery.nbytes / 2 ** 20}
 
 
-def _child(case: str) -> dict:
+def _child(case: str, precision: str = "float32", variants=None) -> dict:
     argv = [sys.executable, "-m", "tools.benchmark", f"--case={case}", f"--steps={FLAGS.steps}",
-            f"--repeats={FLAGS.repeats}", f"--jfse_steps={FLAGS.jfse_steps}", f"--variants={','.join(FLAGS.variants)}", f"--queries={FLAGS.queries}"]
+            f"--repeats={FLAGS.repeats}", f"--jfse_steps={FLAGS.jfse_steps}",
+            f"--variants={','.join(variants or FLAGS.variants)}", f"--queries={FLAGS.queries}",
+            f"--case_precision={precision}"]
     r = subprocess.run(argv, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
     if r.returncode != 0 or not lines:
         return {"case": case, "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "no output"}
     return json.loads(lines[-1])
+
+
+def default_seconds(record: dict):
+    """(seconds per epoch, floor) of the loop an entry point runs by default on this CPU: float32 with
+    XLA (ZSCRGAN: its plain loop); mixed_bfloat16 without XLA (run.jit_compile)."""
+    s = record.get("seconds_per_epoch", {})
+    if s.get("xla") and record.get("precision", "float32") == "float32":
+        return s["xla"], s.get("floor_xla")
+    return s.get("loop"), s.get("floor")
+
+
+def bf16_speedup(record: dict):
+    """bfloat16 seconds per epoch over float32's, the default loop of each (< 1: faster)."""
+    f32, b16 = default_seconds(record)[0], default_seconds(record.get("bf16") or {})[0]
+    return b16 / f32 if f32 and b16 else None
+
+
+def cpu_isa() -> dict:
+    """The CPU's bfloat16-related instruction-set flags (Linux /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            present = set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return {}
+    return {name: name in present for name in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")}
 
 
 def _case_id(key: str, record: dict) -> str:
@@ -331,6 +366,19 @@ def markdown(results: dict) -> str:
                     f"{f(s.get('floor'))} | {f(r['loop_over_floor'])} | {f(s.get('xla'))} | {f(s.get('floor_xla'))} | "
                     f"{f(r.get('xla_over_floor_xla'))} | {f(s.get('batch_loop'))} | {f(s.get('eager'))} | "
                     f"{r['eval_seconds']:.2f} | {r['peak_rss_mib']:,.0f} | {r.get('measured', '')} |")
+    bf = [r for r in sorted(results["cases"], key=_order) if r.get("bf16") and "error" not in r["bf16"]]
+    if bf:
+        rows += ["", "| method | size | float32 s/epoch | bf16 s/epoch | float32 pairs/s | bf16 pairs/s | bf16 / float32 "
+                 "| bf16 loop / bf16 floor | bf16 floor s/epoch | bf16 XLA loop | bf16 XLA floor | measured |",
+                 "|---" * 12 + "|"]
+        for r in bf:
+            (f32, _), (b16, b16_floor) = default_seconds(r), default_seconds(r["bf16"])
+            pairs = lambda s: f"{r['train_pairs'] / s:,.0f}" if s else "n/a"  # noqa: E731
+            ratio = b16 / b16_floor if b16 and b16_floor else None
+            xla = r["bf16"]["seconds_per_epoch"]
+            rows.append(f"| {r['method']} | {r['size']} | {f(f32)} | {f(b16)} | {pairs(f32)} | {pairs(b16)} | "
+                        f"{f(r.get('bf16_speedup'))} | {f(ratio)} | {f(b16_floor)} | {f(xla.get('xla'))} | "
+                        f"{f(xla.get('floor_xla'))} | {r.get('measured', '')} |")
     if results.get("gallery"):
         rows += ["", "| gallery | queries | mAP@all time | peak RSS MiB | gallery MiB | measured |", "|---" * 6 + "|"]
         for g in results["gallery"]:
@@ -363,7 +411,8 @@ def main(argv):
         raise ConfigError(f"--gallery_sizes must be integers, got {','.join(FLAGS.gallery_sizes)}") from None
     if not FLAGS.merge:  # --merge updates the file on purpose
         io.check_output_file(FLAGS.output, FLAGS.overwrite, flag="--output")
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                           "isa": cpu_isa()},
                "steps": FLAGS.steps, "repeats": FLAGS.repeats, "cases": [], "gallery": []}
     run.import_tensorflow()
     import tensorflow as tf
@@ -378,7 +427,14 @@ def main(argv):
         results.update(kept)
     for key, case in jobs:
         print(f"{case} ...", file=sys.stderr, flush=True)
-        results[key].append(dict(_child(case), measured=time.strftime("%Y-%m-%d")))
+        record = dict(_child(case), measured=time.strftime("%Y-%m-%d"))
+        if FLAGS.precision == "mixed_bfloat16" and key == "cases":
+            print(f"{case} (mixed_bfloat16) ...", file=sys.stderr, flush=True)
+            zscrgan = case.split(":")[0] == "zscrgan"
+            record["bf16"] = _child(case, "mixed_bfloat16", ["loop", "floor"] if zscrgan else
+                                    ["loop", "floor", "xla", "floor_xla"])
+            record["bf16_speedup"] = bf16_speedup(record)
+        results[key].append(record)
         io.write_json(FLAGS.output, results)  # after every case: a long run stopped early keeps what it measured
     print(markdown(results))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from common.layers import PACKAGE, build_symbolic
+from common.layers import PACKAGE, build_symbolic, float32
 
 
 def lrelu(x):
@@ -41,15 +41,16 @@ class GeneratorNet(keras.Model):
 
     def condition(self, text):
         """(mu, s): s is used as log sigma; it has passed through the lrelu, as in StackGAN."""
-        h = self.ca(text)
+        h = float32(self.ca(text))  # the KL term and the sampled c stay in float32
         return h[:, :self.embed_dim], h[:, self.embed_dim:]
 
     @staticmethod
     def sample(mu, s, eps):
-        return mu + tf.exp(s) * eps
+        return mu + tf.exp(s) * tf.cast(eps, mu.dtype)  # Keras autocasts call arguments to the compute dtype
 
     def generate(self, c, z):
-        return self.g3(self.g2(self.g1(tf.concat([c, z], axis=1))))
+        cz = tf.concat([tf.cast(c, self.compute_dtype), tf.cast(z, self.compute_dtype)], axis=1)
+        return float32(self.g3(self.g2(self.g1(cz))))
 
     def call(self, text, eps, z):
         mu, s = self.condition(text)
@@ -73,7 +74,7 @@ class Critic(keras.Model):
         build_symbolic(self, image_dim, text_dim)
 
     def call(self, image, text):
-        return self.out(self.d1(tf.concat([image, text], axis=1)))
+        return float32(self.out(self.d1(tf.concat([image, text], axis=1))))
 
     def get_config(self):
         return dict(super().get_config(), image_dim=self.image_dim, text_dim=self.text_dim, df_dim=self.df_dim)
@@ -90,7 +91,7 @@ class CSEM(keras.Model):
         build_symbolic(self, image_dim)
 
     def call(self, x):
-        return self.fc(x)
+        return float32(self.fc(x))
 
     def get_config(self):
         return dict(super().get_config(), image_dim=self.image_dim, embed_dim=self.embed_dim)

@@ -27,6 +27,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     run.define_run_flags(default_dataset="CUB", default_epochs=5000, default_output_dir=None)
+    run.define_precision_flag()
     d = ZSCRGANConfig()
     # the release's argparse flags, with its defaults
     flags.DEFINE_integer("batch_size", d.batch_size, "Batch size (release 32).")
@@ -141,6 +142,7 @@ def main(argv):
     with driver.RunFolder(out_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite,
                           extra_paths=[os.path.abspath(res_dir)], chief=run.is_chief()) as folder:
         run.import_tensorflow()  # a refused run has stopped above, before TensorFlow loads
+        run.set_precision()
         from common import export, io, training
         from zscrgan_tf.task import ZSCRGANTask, ZSCRGANTrainer
 

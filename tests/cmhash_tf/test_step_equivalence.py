@@ -2,8 +2,8 @@
 
 The release's pivot mining is rebuilt here with its own loops (every (a, p, n) with a < p in P_r
 and n in N_r, for every pivot r, duplicates kept), the four triplet terms on squared distances of
-tanh-relaxed codes, and Adam with PyTorch's coupled weight decay (wd * theta added to the
-gradient). Losses and weights after two compiled steps equal float64 NumPy to float32 precision;
+tanh-relaxed codes, and PyTorch's Adam (epsilon on the bias-corrected sqrt(v)) with its coupled weight decay (wd * theta
+added to the gradient). Losses and weights after two compiled steps equal float64 NumPy to float32 precision;
 a batch without any triplet leaves every weight and the optimiser's step count alone.
 """
 
@@ -71,7 +71,7 @@ def test_two_steps_equal_numpy(weight_decay):
     w = release_triplets(labels)
     assert w.sum() > 0
     params = snapshot(t)
-    adam = ng.Adam(cfg.lr, 0.9, 0.999, 1e-8)
+    adam = ng.Adam(cfg.lr, 0.9, 0.999, 1e-8, torch_eps=True)  # the release's PyTorch Adam
     for step in range(2):
         p = {k: ng.V(v) for k, v in params.items()}
         terms = reference_loss(p, x_v, x_t, w, cfg.margin_value)
@@ -96,3 +96,32 @@ def test_batch_without_triplets_is_skipped():
     assert float(out["triplets"]) == 0 and not bool(out["applied"]) and float(out["loss"]) == 0
     assert all(np.array_equal(before[k], v) for k, v in snapshot(t).items())
     assert int(t.optimizers["joint"].iterations) == 0
+
+
+def test_torch_adam_differs_from_keras_where_the_release_said():
+    """Issue 19, item 6: from equal weights, PyTorch's and Keras' epsilon placements part once v is
+    small; the port follows PyTorch (`--adam torch`, default), `--adam keras` keeps Keras'."""
+    x_v, x_t, labels = batch()
+    after = {}
+    for adam in ("torch", "keras"):
+        training.set_seed(1)
+        t = CMHashTrainer(CMHashConfig(bits=BITS, adam=adam, lr=1e-3), D_IMG, D_TXT)
+        for _ in range(20):
+            t.train_step(x_v * 1e-4, x_t * 1e-4, labels)  # tiny inputs: tiny gradients, epsilon matters
+        after[adam] = snapshot(t)
+    assert any(np.abs(after["torch"][k] - after["keras"][k]).max() > 1e-6 for k in after["torch"])
+
+
+def test_hash_layers_start_as_pytorch_linear_layers():
+    """Issue 19, item 3: the release's heads were nn.Linear: kernel and bias ~ U(+-1/sqrt(fan_in));
+    `--head_init glorot` keeps Keras' Glorot kernels and zero biases."""
+    from cmhash_tf.model import HashHead
+
+    training.set_seed(0)
+    torch_head = HashHead(32, input_dim=512)
+    bound = 1 / np.sqrt(512)
+    kernel, bias = torch_head.out.kernel.numpy(), torch_head.out.bias.numpy()
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+    assert np.abs(bias).max() <= bound and np.abs(bias).min() > 0
+    glorot = HashHead(32, input_dim=512, init="glorot")
+    assert np.abs(glorot.out.kernel.numpy()).max() > 1.5 * bound and not glorot.out.bias.numpy().any()

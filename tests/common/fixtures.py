@@ -48,8 +48,9 @@ def write_nuswide(folder, n_train=5, n_test=3, base=1):
     return data
 
 
-def write_xmn(folder, with_attribute=True, with_class_emb=False, n_train=8, n_test=4):
-    """XMediaNet layout: seen classes 1..4 in train, unseen 5..6 in test (1-based)."""
+def write_xmn(folder, with_attribute=True, with_class_emb=False, n_train=8, n_test=4, row_noise=0.0):
+    """XMediaNet layout: seen classes 1..4 in train, unseen 5..6 in test (1-based). `row_noise` makes
+    the train_attribute rows of one class differ (the release regresses each row to its own)."""
     rng = np.random.default_rng(2)
     os.makedirs(folder, exist_ok=True)
     class_emb = rng.random((200, 300)).astype(np.float32)
@@ -61,7 +62,9 @@ def write_xmn(folder, with_attribute=True, with_class_emb=False, n_train=8, n_te
         dump(os.path.join(folder, f"{split}_txt_files.pkl"), rng.random((n, 300)).astype(np.float32))
         dump(os.path.join(folder, f"{split}_labels.pkl"), labels)
     if with_attribute:
-        dump(os.path.join(folder, "train_attribute.pkl"), class_emb[np.asarray(tr_lab) - 1])
+        rows = class_emb[np.asarray(tr_lab) - 1]
+        dump(os.path.join(folder, "train_attribute.pkl"),
+             (rows + row_noise * rng.normal(size=rows.shape)).astype(np.float32))
     if with_class_emb:
         np.save(os.path.join(folder, "class_emb.npy"), class_emb)
     return class_emb, np.asarray(tr_lab) - 1, np.asarray(te_lab) - 1

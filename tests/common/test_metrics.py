@@ -206,3 +206,15 @@ def test_bad_arguments_raise():
         metrics.mean_average_precision(np.ones((2, 2)), np.ones((2, 3)), [0, 1], [0, 1])
     with pytest.raises(ValueError, match="empty"):
         metrics.mean_average_precision(np.ones((2, 2)), np.ones((0, 2)), [0, 1], np.zeros((0,), int))
+
+
+def test_euclidean_ranking_orders_near_ties_as_the_exact_distance():
+    """Issue 19, item 5: q^2 + g^2 - 2 q.g in float32 cannot tell these two gallery items apart (their
+    squared distances differ by 2e-7 on a norm of ~1e4); float64 orders them as the exact distance."""
+    q = np.array([[100.0, 0.0]])
+    g = np.array([[100.0, 0.001], [100.0, 0.0003]])  # the second is nearer (exactly: 9e-8 vs 1e-6)
+    stats = metrics.ranking_stats(q, g, np.array([0]), np.array([1, 0]), distance="euclidean", return_topk=True)
+    assert stats.topk_indices[0].tolist() == [1, 0]
+    f32 = (q ** 2).sum(1)[:, None].astype(np.float32) + (g ** 2).sum(1).astype(np.float32) - 2 * (q @ g.T).astype(
+        np.float32)
+    assert f32[0, 0] == f32[0, 1]  # the float32 expansion ties them

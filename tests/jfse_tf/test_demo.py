@@ -32,6 +32,11 @@ def test_all_scenarios_write_contract_results(tmp_path):
     assert set(zs["final_epoch"]) == {"raw", "softmax", "minmax", "minmax_softmax"}
     assert "TEST set" in zs["note"] and zs["flags"]["method"] == "jfse"
     assert "zs unseen" in res.stdout and os.listdir(tmp_path / "zs" / "tb")
+    # §10.16: every evaluation prints the four variants, then the running MAX and MAX2 triples
+    lines = res.stdout.splitlines()
+    maxes = [i for i, line in enumerate(lines) if line.strip().startswith("MAX:")]
+    assert maxes and all(lines[i + 1].strip().startswith("MAX2:") for i in maxes)
+    assert all(v in res.stdout for v in (" raw ", " softmax ", " minmax ", " minmax_softmax "))
     # tools.export: the regressors of a scenario, equal to the checkpointed ones
     from jfse_tf.model import Regressor
     from tests.common import fixtures

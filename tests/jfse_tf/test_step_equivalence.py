@@ -170,7 +170,8 @@ def reference_step(params, opts, x_v, x_t, c_raw, labels, noise, scale, weights)
             "loss_cyc": (terms["reg_img"] + terms["reg_txt"] + terms["cyc_img"] + terms["cyc_txt"]).value,
             "loss_ori_cyc_img": terms["reg_img"].value, "loss_ori_cyc_txt": terms["reg_txt"].value,
             "loss_cyc_img": terms["cyc_img"].value, "loss_cyc_txt": terms["cyc_txt"].value,
-            "loss_ori_corr": terms["align_real"].value, "loss_sys_corr": terms["align_syn"].value,
+            "loss_ori_corr": (w["w_align_real"] * terms["align_real"]).value,  # weighted, as the release printed
+            "loss_sys_corr": (w["w_align_syn"] * terms["align_syn"]).value,
             "loss_ori_adv": terms["adv_real"].value, "loss_sys_adv": terms["adv_syn"].value}, seen + list(grads.values())
 
 
