@@ -49,7 +49,8 @@ def define_flags():
     flags.DEFINE_bool("shuffle_ids", True, "NUS-WIDE: shuffle the train and test id lists once before training, as "
                       "the release did (unseeded there; seeded by --seed here); --noshuffle_ids keeps pickled order.")
     run.define_execution_flags()
-    run.define_precision_flag()
+    run.define_precision_flag("on a CPU it is SLOWER for ACMR (1.4-1.8x epoch time at XMediaNet size with AVX512_BF16, "
+                              "docs/benchmarks.md): not worth it there.")
 
 
 def validate_flags() -> None:
@@ -110,7 +111,7 @@ def main(argv):
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite,
                           chief=run.is_chief()) as folder:  # a refused run stops here, before TensorFlow loads
         run.import_tensorflow()
-        run.set_precision()
+        warnings = run.set_precision()
         from acmr_tf.task import ACMRTask, ACMRTrainer
         from common import export, metrics, training
 
@@ -140,7 +141,7 @@ def main(argv):
         metrics_out = {**final, "chance_map_all": chance, "seconds_per_epoch": result.seconds_per_unit}
         folder.write_results(folder.path, dataset=ds.name, method=f"acmr_{cfg.variant}", seed=FLAGS.seed,
                              flags=run.flag_values(), metrics=metrics_out, preset=cfg.preset,
-                             config=dataclasses.asdict(cfg),
+                             config=dataclasses.asdict(cfg), warnings=warnings,
                              note=(f"i2t/t2i_map_at_{k}: the release's metric (Euclidean, AP@{k} normalised by "
                                    f"the relevant items in the top {k}, {final['evaluated_pairs']} test pairs); "
                                    "*_map_all: cosine mAP@all on every test pair (comparable across ports)"))

@@ -17,10 +17,13 @@ def has_triplets(labels: np.ndarray, mining: str = "pivot") -> bool:
     """Whether the split can yield any triplet: some item with a positive (another item sharing a
     label; the pivot form counts the pivot itself) and a negative."""
     y = np.asarray(labels, np.float32)
-    s = (y @ y.T) > 0
-    pos = s.sum(1) - (0 if mining == "pivot" else np.diag(s))
-    neg = (~s).sum(1)
-    return bool(np.any((pos >= (2 if mining == "pivot" else 1)) & (neg >= 1)))
+    for start in range(0, len(y), 2048):  # row blocks: bounded memory on large splits
+        s = (y[start:start + 2048] @ y.T) > 0
+        own = s[np.arange(len(s)), start + np.arange(len(s))]
+        pos = s.sum(1) - (0 if mining == "pivot" else own)
+        if np.any((pos >= (2 if mining == "pivot" else 1)) & ((~s).sum(1) >= 1)):
+            return True
+    return False
 
 
 def queries_without_relevant(queries, database) -> int:

@@ -57,7 +57,8 @@ def define_flags():
     flags.DEFINE_bool("text_only", False, "Hash the text side alone (T->T term, tag -> tag mAP); for data without "
                       "image features such as mirflickr's .mat files.")
     run.define_execution_flags()
-    run.define_precision_flag()
+    run.define_precision_flag("on a CPU it is SLOWER for feature-mode hashing (1.5-2x epoch time with AVX512_BF16, "
+                              "docs/benchmarks.md): not worth it there.")
     define_e2e_flags()
 
 
@@ -133,7 +134,7 @@ def main(argv):
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), parts=[f"bits_{k}" for k in bits],
                           overwrite=FLAGS.overwrite, chief=run.is_chief()) as folder:
         run.import_tensorflow()  # a refused run has stopped above, before TensorFlow loads
-        run.set_precision()
+        warnings += run.set_precision()
         from cmhash_tf.task import fit
         from common import io, training
 
@@ -224,7 +225,7 @@ def main_e2e(bits: list) -> None:
     from cmhash_tf.data import hold_out
 
     run.import_tensorflow()
-    run.set_precision()
+    precision_warnings = run.set_precision()
     tok = e2e.load_tokenizer(FLAGS.vocab, FLAGS.text_preset, FLAGS.strip_accents)
     splits, cut = e2e.load_iapr_e2e(FLAGS.data_dir, FLAGS.image_dir, FLAGS.text_dir, tok, FLAGS.max_len,
                                     FLAGS.image_size, FLAGS.antialias)
@@ -237,7 +238,7 @@ def main_e2e(bits: list) -> None:
         train_idx, val_idx = hold_out(len(splits["train"]), FLAGS.seed, FLAGS.val_size, "iapr")
         train, val = splits["train"].subset(train_idx), splits["train"].subset(val_idx)
     queries, database = splits["test"], splits["database"]
-    warnings = check_signal(train, val, queries, database, FLAGS.mining)
+    warnings = check_signal(train, val, queries, database, FLAGS.mining) + precision_warnings
     from cmhash_tf.model import CMHashNetworks
     from cmhash_tf.task import CMHashTrainer, fit
     from common import driver, io, training

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -158,8 +159,8 @@ class RunFolder:
         with contextlib.suppress(DataError, KeyError, TypeError):
             old = io.read_json(run_file)
             old_parts, old_extra = list(old.get("parts", [])), list(old.get("extra_paths", []))
-        for part in set(old_parts) | set(self.parts):
-            folder = os.path.join(self.path, part) if part else self.path
+        for part in set(old_parts) | set(self.parts) | {""}:  # the folder itself holds run.json
+            folder = self.part_path(part)
             for name in RUN_ARTIFACTS:
                 target = os.path.join(folder, name)
                 if os.path.isdir(target):
@@ -168,12 +169,6 @@ class RunFolder:
                     os.unlink(target)
             if part and os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
-        for name in RUN_ARTIFACTS:
-            target = os.path.join(self.path, name)
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            elif os.path.exists(target):
-                os.unlink(target)
         for extra in set(old_extra) | set(self.extra_paths):  # result pickles of the old run
             if os.path.isdir(extra):
                 for name in os.listdir(extra):
@@ -183,10 +178,6 @@ class RunFolder:
     # ------------------------------------------------------------------ outputs
     def part_path(self, part: str) -> str:
         return os.path.join(self.path, part) if part else self.path
-
-    def write_flags(self, flags: dict, part: str = "") -> None:
-        if self.chief:
-            io.write_json(os.path.join(self.part_path(part), "flags.json"), flags)
 
     def write_results(self, folder: str, *, dataset: str, method: str, seed: int, flags: dict, metrics: dict,
                       required: Sequence[str] = ("i2t_map_all", "t2i_map_all"), warnings: Sequence[str] = (),
@@ -258,13 +249,7 @@ def command_line() -> str:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
-    return " ".join(head + [_quote(a) for a in sys.argv[1:]])
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
+    return " ".join(head + [shlex.quote(a) for a in sys.argv[1:]])
 
 
 def provenance(started: float, data: dict) -> dict:

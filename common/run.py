@@ -45,17 +45,51 @@ def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optiona
                          "last (0: none).")
 
 
-def define_precision_flag() -> None:
+def define_precision_flag(speed: str) -> None:
+    """`speed`: what mixed_bfloat16 measured for this method (docs/benchmarks.md), shown in --help."""
     flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
                       "float32 (the faithful setting) or mixed_bfloat16: layers compute in bfloat16, variables, "
-                      "optimizer state, losses and metrics stay float32 (Keras mixed precision; docs/port_notes.md).")
+                      "optimizer state, losses and metrics stay float32 (Keras mixed precision; docs/port_notes.md). "
+                      f"mAP within float32's seed-to-seed spread (docs/results.md); {speed}")
 
 
-def set_precision() -> None:
-    """Apply --precision as Keras' global dtype policy; call before any network is built."""
+def cpu_isa() -> dict:
+    """The CPU's bfloat16-related instruction-set flags (Linux /proc/cpuinfo; {} elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            present = set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return {}
+    return {name: name in present for name in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")}
+
+
+def set_precision(precision: Optional[str] = None) -> list:
+    """Apply --precision as Keras' global dtype policy (call before any network is built); the
+    warnings to keep with the results.
+
+    Without a GPU, bfloat16 runs on oneDNN's CPU kernels: with AVX512_BF16 a 256x4096 by 4096x4096
+    matmul takes 46 ms against float32's 90; with AVX-512 but no AVX512_BF16 they are emulated (223 ms
+    against 83, measured by restricting oneDNN's ISA); with AVX2 only oneDNN has no bfloat16 matmul and
+    TensorFlow aborts the process, so that case is refused here.
+    """
     import keras
 
-    keras.mixed_precision.set_global_policy(flags.FLAGS.precision)
+    precision = precision or flags.FLAGS.precision
+    warnings = []
+    if precision == "mixed_bfloat16":
+        import tensorflow as tf
+
+        isa = cpu_isa()
+        if isa and not tf.config.list_physical_devices("GPU"):
+            if not isa["avx512f"]:
+                raise ConfigError("--precision mixed_bfloat16 needs a GPU or an AVX-512 CPU: on this CPU TensorFlow's "
+                                  "oneDNN has no bfloat16 matmul and the process would abort; use --precision float32")
+            if not isa["avx512_bf16"]:
+                warnings.append("this CPU has no AVX512_BF16: bfloat16 matmuls are emulated, about 2.7x slower than "
+                                "float32 (docs/benchmarks.md); --precision float32 is faster here")
+                print(f"warning: {warnings[-1]}", flush=True)
+    keras.mixed_precision.set_global_policy(precision)
+    return warnings
 
 
 def define_execution_flags() -> None:

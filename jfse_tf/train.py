@@ -30,7 +30,8 @@ FLAGS = flags.FLAGS
 def define_flags():
     run.define_run_flags(default_output_dir="runs/jfse")
     run.define_execution_flags()
-    run.define_precision_flag()
+    run.define_precision_flag("0.87x float32's epoch time for JFSE at release widths on an AVX512_BF16 CPU "
+                              "(docs/benchmarks.md).")
     flags.DEFINE_enum("method", "jfse", ["jfse", "cfsa"], "cfsa: zero-shot only, CMPM, no modality adversary.")
     flags.DEFINE_enum("scenario", "all", ["all", "standard", "zs", "gzs"], "Retrieval scenario(s).")
     flags.DEFINE_enum("align", "cmpm", ["cmpm", "cmmd", "cmca"],
@@ -149,12 +150,12 @@ def main(argv):
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), parts=parts,
                           overwrite=FLAGS.overwrite, chief=run.is_chief()) as folder:  # refusals: before TF loads
         run.import_tensorflow()
-        run.set_precision()
+        warnings = run.set_precision()
         replicas = run.replicas()
         if "standard" in scenarios:
             summ, info = train_scenario(folder, "standard", cfg, ds, ds.train, {"test": ds.test}, ds.val, replicas,
                                         targets=training_targets(ds, np.arange(len(ds.train)), FLAGS.class_targets))
-            write(folder, info, "standard", ds, cfg, summ["test"])
+            write(folder, info, "standard", ds, cfg, summ["test"], warnings=warnings)
             table.append(("standard", summ["test"]["contract"]))
         if zs is not None:
             sets = {"unseen": zs.test_unseen}
@@ -166,14 +167,14 @@ def main(argv):
             from common import metrics
 
             if "zs" in scenarios:
-                write(folder, info, "zs", ds, cfg, summ["unseen"], seen=summ.get("seen"))
+                write(folder, info, "zs", ds, cfg, summ["unseen"], seen=summ.get("seen"), warnings=warnings)
                 table.append(("zs unseen", summ["unseen"]["contract"]))
                 if "seen" in summ:
                     table.append(("zs seen", summ["seen"]["contract"]))
                 chance = metrics.expected_random_map(zs.test_unseen.labels, zs.test_unseen.labels)
                 table.append(("chance (unseen)", {"i2t_map_all": chance, "t2i_map_all": chance}))
             if "gzs" in scenarios:
-                write(folder, info, "gzs", ds, cfg, summ["pooled"], prefix="gzs_")
+                write(folder, info, "gzs", ds, cfg, summ["pooled"], prefix="gzs_", warnings=warnings)
                 table.append(("gzs pooled", summ["pooled"]["contract"]))
     print(f"\n{cfg.method} on {ds.name}: the contract's numbers, cosine mAP@all of the final epoch on min-max "
           "scaled test inputs (the per-epoch blocks above are the release's z-scored variants):")
@@ -231,7 +232,7 @@ def train_scenario(folder, name, cfg, ds, train, eval_sets, val, replicas, unsee
             {"trained": result.trained > 0, "seconds_per_epoch": result.seconds_per_unit})
 
 
-def write(folder, info, scenario, ds, cfg, summary, seen=None, prefix=""):
+def write(folder, info, scenario, ds, cfg, summary, seen=None, prefix="", warnings=()):
     """results.json of one scenario: the contract's numbers and the release's labelled selections
     (left as it is when the model was already complete and its results exist)."""
     from common import driver
@@ -254,7 +255,7 @@ def write(folder, info, scenario, ds, cfg, summary, seen=None, prefix=""):
         m.update(summary["contract"])
     m["seconds_per_epoch"] = info["seconds_per_epoch"]
     folder.write_results(path, dataset=ds.name, method=cfg.method, seed=FLAGS.seed, flags=run.flag_values(),
-                         metrics=m, scenario=scenario, config=dataclasses.asdict(cfg),
+                         metrics=m, scenario=scenario, config=dataclasses.asdict(cfg), warnings=warnings,
                          note=("release_max/max2 are selected on the TEST set (the release's MAX/MAX2) over the "
                                "release's four z-scored test-time variants; final_epoch and val_selected are the "
                                "clean numbers; i2t_map_all/t2i_map_all: cosine mAP@all of the final epoch on "

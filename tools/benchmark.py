@@ -326,16 +326,6 @@ def bf16_speedup(record: dict):
     return b16 / f32 if f32 and b16 else None
 
 
-def cpu_isa() -> dict:
-    """The CPU's bfloat16-related instruction-set flags (Linux /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            present = set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
-    except (OSError, StopIteration):
-        return {}
-    return {name: name in present for name in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")}
-
-
 def _case_id(key: str, record: dict) -> str:
     if "case" in record:  # a case that failed
         return record["case"]
@@ -412,7 +402,7 @@ def main(argv):
     if not FLAGS.merge:  # --merge updates the file on purpose
         io.check_output_file(FLAGS.output, FLAGS.overwrite, flag="--output")
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                           "isa": cpu_isa()},
+                           "isa": run.cpu_isa()},
                "steps": FLAGS.steps, "repeats": FLAGS.repeats, "cases": [], "gallery": []}
     run.import_tensorflow()
     import tensorflow as tf

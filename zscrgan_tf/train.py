@@ -27,7 +27,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     run.define_run_flags(default_dataset="CUB", default_epochs=5000, default_output_dir=None)
-    run.define_precision_flag()
+    run.define_precision_flag("0.83x float32's time for ZSCRGAN at release widths on an AVX512_BF16 CPU "
+                              "(docs/benchmarks.md).")
     d = ZSCRGANConfig()
     # the release's argparse flags, with its defaults
     flags.DEFINE_integer("batch_size", d.batch_size, "Batch size (release 32).")
@@ -142,7 +143,7 @@ def main(argv):
     with driver.RunFolder(out_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite,
                           extra_paths=[os.path.abspath(res_dir)], chief=run.is_chief()) as folder:
         run.import_tensorflow()  # a refused run has stopped above, before TensorFlow loads
-        run.set_precision()
+        warnings = run.set_precision()
         from common import export, io, training
         from zscrgan_tf.task import ZSCRGANTask, ZSCRGANTrainer
 
@@ -158,7 +159,7 @@ def main(argv):
         def write(history):
             summary = task.summary(history)
             folder.write_results(out_dir, dataset=ds.name, method="zscrgan", seed=FLAGS.seed, flags=flag_dict,
-                                 metrics=summary, required=("t2i_map_all",), note=NOTE)
+                                 metrics=summary, required=("t2i_map_all",), note=NOTE, warnings=warnings)
             return summary
 
         result = driver.fit(task, out_dir, driver.FitOptions(histogram_every=FLAGS.histogram_every,
