@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from acmr_tf.config import WEIGHTS  # noqa: F401  (the release files' loss weights)
 from common.losses import modality_loss  # noqa: F401  (§3.6, shared with JFSE)
 
 

@@ -189,7 +189,8 @@ def report(folder, per_bits: dict, bits: list, dataset: str, warnings: list) -> 
 
     keys = map_keys(config_for(bits[0], FLAGS.mode == "e2e"))
     results_path = os.path.join(folder.path, "results.json")
-    unchanged = not any(r.pop("trained") for r in per_bits.values()) and os.path.exists(results_path)
+    trained = [r.pop("trained") for r in per_bits.values()]  # every entry's, before results.json sees them
+    unchanged = not any(trained) and os.path.exists(results_path)
     first = per_bits[str(bits[0])]["selected"]
     m = {k: {b: r["selected"][k] for b, r in per_bits.items()} for k in keys}
     m["per_bits"] = per_bits

@@ -14,6 +14,7 @@ import pytest
 import scipy.io
 
 from tests.common import fixtures
+from tests.common.fixtures import snapshot
 from tests.conftest import REPO
 
 
@@ -270,17 +271,6 @@ CASES = [
 TRAINERS = ("acmr_tf.", "jfse_tf.", "zscrgan_tf.", "cmhash_tf.train")
 
 
-def snapshot(folder):
-    out = {}
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [x for x in dirs if x != "tfds_cache"]
-        out.update({os.path.relpath(os.path.join(root, x), folder) + "/": None for x in dirs})
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                out[os.path.relpath(os.path.join(root, name), folder)] = f.read()
-    return out
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(tmp_path, case):
     _, module, args, setup, fragment, *code = case
@@ -291,7 +281,7 @@ def test_bad_input(tmp_path, case):
         args += ["--output_dir", str(tmp_path / "out")]
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "notes.txt").write_text("the user's, never touched")
-    before = snapshot(d)
+    before = snapshot(d, with_dirs=True)
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("TF_CONFIG", None)
     res = subprocess.run([sys.executable, "-m", module, *args], cwd=d, env=env, capture_output=True, text=True,
@@ -301,7 +291,7 @@ def test_bad_input(tmp_path, case):
     assert "Traceback" not in res.stderr and len(err) == 1, res.stderr[-1500:]
     assert fragment in err[0], err[0]
     assert ": :" not in err[0] and ".tmp-" not in err[0], err[0]
-    assert snapshot(d) == before, sorted(set(snapshot(d)) ^ set(before)) or "a file changed"
+    assert snapshot(d, with_dirs=True) == before, sorted(set(snapshot(d, with_dirs=True)) ^ set(before)) or "a file changed"
 
 
 def test_the_catalogue_covers_every_entry_point():
@@ -322,9 +312,9 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     ckpt = tmp_path / "o" / "bits_8" / "checkpoints"
     data = next(p for p in ckpt.iterdir() if p.name.endswith(".index"))
     data.write_bytes(b"garbage" * 10)
-    before = snapshot(str(tmp_path / "o"))
+    before = snapshot(str(tmp_path / "o"), with_dirs=True)
     res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    after = snapshot(str(tmp_path / "o"))
+    after = snapshot(str(tmp_path / "o"), with_dirs=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-1500:]
     for name in set(before) | set(after):
         assert before.get(name) == after.get(name) or name == ".lock", name  # the lock names its last holder

@@ -11,6 +11,7 @@ import sys
 import pytest
 import tensorflow as tf
 
+from tests.common.fixtures import snapshot
 from tests.conftest import REPO
 
 # (id, module, tiny args, the part holding tb/ and checkpoints/, a result-affecting change, test/ tag)
@@ -26,15 +27,6 @@ METHODS = [
      ["--margin", "5"], "test/i2t_map"),
 ]
 NOISE = re.compile(r"^([IWEF]\d{4} |WARNING|INFO|.*absl::InitializeLog|.*cuInit)")
-
-
-def snapshot(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                out[os.path.relpath(os.path.join(root, name), folder)] = f.read()
-    return out
 
 
 def tags(logdir):

@@ -31,10 +31,12 @@ def build_module(enc):
     """A tf.Module with the serving signatures of `enc` (a `common.export.Encoders`)."""
     import tensorflow as tf
 
+    from common import training
+
     spec = enc.spec
     module = tf.Module()
-    # variables only: an attached Keras model would get a default signature traced (three inputs fail)
-    module.weights_ = [v.value if hasattr(v, "value") else v for m in enc.models.values() for v in m.variables]
+    # variable indexes only: an attached Keras model would get a default signature traced (three inputs fail)
+    module.indexes = [training.variable_index(m) for m in enc.models.values()]
     d_img, d_txt = spec["image"]["dim"], spec["text"]["dim"]
 
     @tf.function(input_signature=[tf.TensorSpec([None, d_img], tf.float32, name="image")])

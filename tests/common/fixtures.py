@@ -166,3 +166,16 @@ def check_export(run_dir, out_dir, models: dict, image_fn, text_fn, image_dim, t
         codes = loaded.signatures["hash_image"](image=tf.constant(x))["codes"].numpy()
         np.testing.assert_array_equal(codes, np.where(want_i >= 0, 1.0, -1.0))
     return meta
+
+
+def snapshot(folder, with_dirs=False):
+    """Every file under `folder` with its bytes (and, `with_dirs`, every folder): the byte-identity check."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [x for x in dirs if x != "tfds_cache"]  # the test's own TFDS cache
+        if with_dirs:
+            out.update({os.path.relpath(os.path.join(root, x), folder) + "/": None for x in dirs})
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                out[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+    return out

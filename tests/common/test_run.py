@@ -14,21 +14,11 @@ import tensorflow as tf
 
 from common import driver, training
 from common.errors import ConfigError, DataError, DivergenceError
+from tests.common.fixtures import snapshot
 from tests.conftest import REPO
 
 SETTINGS = {"lr": 0.001, "seed": 0}
 DATA = {"dataset": "d", "digest": "abc"}
-
-
-def snapshot(folder):
-    """Every file under `folder` with its bytes (the byte-identity check)."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = f.read()
-    return out
 
 
 def make_run(path, settings=SETTINGS, **kw):
