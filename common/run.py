@@ -98,7 +98,7 @@ def define_execution_flags() -> None:
                          "Batches per compiled call: 0 = a whole epoch in one call (the fastest; 1 with "
                          "--log_batches), 1 = one call per batch. Results do not depend on it.")
     flags.DEFINE_bool("jit_compile", None, "Compile the training loop (JFSE: its step) with XLA. Default: on with one "
-                      "device (1.4-2x faster per epoch on CPU, docs/benchmarks.md), off under --distribute and "
+                      "device (1.3-2.1x faster per epoch on CPU, docs/benchmarks.md), off under --distribute and "
                       "under --precision mixed_bfloat16 without a GPU (XLA's CPU bfloat16 is no faster).")
     flags.DEFINE_bool("log_batches", False, "Print the release's per-batch loss lines (each with the time its "
                       "batch ended) besides the one progress line per epoch.")
