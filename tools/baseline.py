@@ -133,7 +133,8 @@ def main(argv):
             result.update(cca_sign_maps(ds, bits, FLAGS.cca_reg))
         result["seconds"] = time.time() - folder.started
         folder.write_results(FLAGS.output_dir, dataset=ds.name, method="cca", seed=FLAGS.seed,
-                             flags=run.flag_values(), metrics=result, source=ds.source)
+                             flags=run.flag_values(), metrics=result, source=ds.source,
+                             scenario="zs" if FLAGS.zero_shot else "standard")
     width = max(len(k) for k in result)
     for k, v in result.items():
         print(f"{k:<{width}}  {v:.4f}")

@@ -35,3 +35,23 @@ def test_report_places_published_numbers_next_to_ours(tmp_path):
     assert "CMHASH" not in h16 and "DCMH 0.4526 / 0.5185" in h16  # the release reported 32 bits only
     syn = next(line for line in lines if "synthetic-small" in line)
     assert syn.endswith(f"| — | — | {tmp_path / 'syn'}, seed 4, 01234567+, 2026-11-30 01:02 |"), syn
+
+
+def test_report_labels_every_scenario_and_metric(tmp_path):
+    """A zero-shot baseline's rows are zs / seen / pooled (not 'standard'); ZSCRGAN's says which P@50 it is."""
+    _write(tmp_path / "cca_zs", method="cca", dataset="uci", flags={"zero_shot": True}, i2t_map_all=0.29,
+           t2i_map_all=0.28, seen_i2t_map_all=0.67, seen_t2i_map_all=0.66, gzs_i2t_map_all=0.33, gzs_t2i_map_all=0.34)
+    _write(tmp_path / "cca", method="cca", dataset="uci", scenario="standard", i2t_map_all=0.58, t2i_map_all=0.57)
+    _write(tmp_path / "jfse_gzs", method="jfse", dataset="uci", scenario="gzs", i2t_map_all=0.36, t2i_map_all=0.34,
+           gzs_i2t_map_all=0.36, gzs_t2i_map_all=0.34)
+    _write(tmp_path / "zs", method="zscrgan", dataset="synthetic-medium", p50_best=0.5682, p50_last=0.5464,
+           t2i_map_all=0.6864)
+    rows = [line.split(" | ")[:5] for line in report([str(tmp_path)]).splitlines() if line.startswith("| ")][1:]
+    got = {(r[0].strip("| "), r[2], r[4]) for r in rows}
+    assert ("cca", "zs", "0.2900 / 0.2800") in got
+    assert ("cca", "zs (seen classes)", "0.6700 / 0.6600") in got
+    assert ("cca", "gzs (pooled)", "0.3300 / 0.3400") in got
+    assert ("cca", "standard", "0.5800 / 0.5700") in got
+    assert sum(r[0].strip("| ") == "jfse" for r in rows) == 1  # the gzs run is not listed twice
+    zs = next(r for r in rows if r[0].strip("| ") == "zscrgan")
+    assert zs[3] == "P@50, best cycle on test (release)" and zs[4].startswith("— / 0.5682 (P@50 last 0.5464")
