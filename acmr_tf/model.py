@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from common.layers import PACKAGE, ModalityClassifier, build_symbolic, float32
+from common.layers import PACKAGE, ModalityClassifier, NetworkGroups, build_symbolic, float32
 
 # hidden widths before the final emb_dim layer; the Wikipedia text projector's first layer is
 # emb_dim wide (a 5000 -> 40 bottleneck), kept as released
@@ -40,7 +40,7 @@ class Projector(keras.Model):
         return dict(super().get_config(), widths=self.widths, input_dim=self.input_dim)
 
 
-class ACMRNetworks:
+class ACMRNetworks(NetworkGroups):
     """The four networks of one ACMR model and the release's variable groups."""
 
     def __init__(self, image_dim: int, text_dim: int, num_classes: int = 10, emb_dim: int = 40,
@@ -61,6 +61,3 @@ class ACMRNetworks:
         return {"projectors": [self.image_projector, self.text_projector],
                 "label_classifier": [self.label_classifier],
                 "modality_classifier": [self.modality_classifier]}
-
-    def variables(self, *groups: str) -> list:
-        return [v for g in groups for m in self.groups[g] for v in m.trainable_variables]

@@ -133,7 +133,7 @@ class ACMRTask(driver.Task):
         self.key_losses = ("emb_loss", "domain_loss")
 
     def models(self) -> dict:
-        return {m.name: m for group in self.trainer.nets.groups.values() for m in group}
+        return self.trainer.nets.models()
 
     def checkpoint_objects(self) -> dict:
         t = self.trainer

@@ -132,18 +132,14 @@ def main(argv):
         print(f"[Eval - img2txt] mAP: {final[f'i2t_map_at_{k}']:.6f} ({where})")
         print(f"cosine mAP@all over all {len(test)} test pairs: i2t {final['i2t_map_all']:.4f}  "
               f"t2i {final['t2i_map_all']:.4f}")
-        if result.trained == 0 and os.path.exists(os.path.join(folder.path, "results.json")):
-            print(f"the run in {folder.path} was already complete; results.json is unchanged")
-            return
         chance = metrics.expected_random_map(test.labels, test.labels)
         metrics_out = {**final, "chance_map_all": chance, "seconds_per_epoch": result.seconds_per_unit}
-        folder.write_results(folder.path, dataset=ds.name, method=f"acmr_{cfg.variant}", seed=FLAGS.seed,
-                             flags=run.flag_values(), metrics=metrics_out, preset=cfg.preset,
-                             config=dataclasses.asdict(cfg), warnings=warnings,
-                             note=(f"i2t/t2i_map_at_{k}: the release's metric (Euclidean, AP@{k} normalised by "
-                                   f"the relevant items in the top {k}, {final['evaluated_pairs']} test pairs); "
-                                   "*_map_all: cosine mAP@all on every test pair (comparable across ports)"))
-        driver.write_final(folder.path, metrics_out, cfg.epochs, replicas)
+        folder.finish(folder.path, trained=result.trained > 0, final_step=cfg.epochs, dataset=ds.name,
+                      method=f"acmr_{cfg.variant}", seed=FLAGS.seed, flags=run.flag_values(), metrics=metrics_out,
+                      preset=cfg.preset, config=dataclasses.asdict(cfg), warnings=warnings,
+                      note=(f"i2t/t2i_map_at_{k}: the release's metric (Euclidean, AP@{k} normalised by the relevant "
+                            f"items in the top {k}, {final['evaluated_pairs']} test pairs); *_map_all: cosine "
+                            "mAP@all on every test pair (comparable across ports)"))
         print(f"results in {os.path.join(folder.path, 'results.json')}")
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from common.layers import PACKAGE, build_symbolic, float32
+from common.layers import PACKAGE, NetworkGroups, build_symbolic, float32
 
 
 @keras.saving.register_keras_serializable(package=f"{PACKAGE}.cmhash")
@@ -60,7 +60,7 @@ def binarize(relaxed):
     return tf.where(relaxed >= 0, 1.0, -1.0)
 
 
-class CMHashNetworks:
+class CMHashNetworks(NetworkGroups):
     """Both heads; `image_dim=None` builds the text head only (single-modality hashing)."""
 
     def __init__(self, image_dim: Optional[int], text_dim: Optional[int], bits: int = 32,
@@ -74,6 +74,3 @@ class CMHashNetworks:
     def groups(self) -> dict:
         heads = {"image": [self.image_head], "text": [self.text_head]}
         return {k: v for k, v in heads.items() if v[0] is not None}
-
-    def variables(self, *groups: str) -> list:
-        return [v for g in groups for m in self.groups[g] for v in m.trainable_variables]

@@ -155,7 +155,7 @@ class CMHashTask(driver.Task):
         self.applied = 0  # batches with at least one triplet, in this process
 
     def models(self) -> dict:
-        return {m.name: m for g in self.trainer.nets.groups.values() for m in g}
+        return self.trainer.nets.models()
 
     def checkpoint_objects(self) -> dict:
         t = self.trainer

@@ -185,12 +185,10 @@ def fit_options(cfg, batch_times: bool):
 
 def report(folder, per_bits: dict, bits: list, dataset: str, warnings: list) -> None:
     from cmhash_tf.task import map_keys
-    from common import driver
 
     keys = map_keys(config_for(bits[0], FLAGS.mode == "e2e"))
     results_path = os.path.join(folder.path, "results.json")
     trained = [r.pop("trained") for r in per_bits.values()]  # every entry's, before results.json sees them
-    unchanged = not any(trained) and os.path.exists(results_path)
     first = per_bits[str(bits[0])]["selected"]
     m = {k: {b: r["selected"][k] for b, r in per_bits.items()} for k in keys}
     m["per_bits"] = per_bits
@@ -201,17 +199,14 @@ def report(folder, per_bits: dict, bits: list, dataset: str, warnings: list) -> 
         contract = ("i2t_map_all", "t2i_map_all")
         m.update(i2t_map_all=first["i2t_map"], t2i_map_all=first["t2i_map"])
         what = f"i2t_map_all/t2i_map_all are the {bits[0]}-bit values."
-    if unchanged:
-        print(f"the run in {folder.path} was already complete; results.json is unchanged")
-    else:
-        folder.write_results(folder.path, dataset=dataset, method="cmhash", seed=FLAGS.seed, flags=run.flag_values(),
-                             metrics=m, required=contract, warnings=warnings,
-                             note=("Hamming-ranking mAP over the whole database (queries without a relevant item "
-                                   "excluded). " + ("Epoch selected on the TEST queries (the release's practice). "
-                                                    if FLAGS.select_on_test else
-                                                    "Epoch selected on the validation queries. ") + what))
-        for b, r in per_bits.items():
-            driver.write_final(folder.part_path(f"bits_{b}"), r["selected"], r["selected"]["epoch"])
+    selection = ("Epoch selected on the TEST queries (the release's practice). " if FLAGS.select_on_test else
+                 "Epoch selected on the validation queries. ")
+    if folder.finish(folder.path, trained=any(trained), final_step=None, dataset=dataset, method="cmhash",
+                     seed=FLAGS.seed, flags=run.flag_values(), metrics=m, required=contract, warnings=warnings,
+                     note="Hamming-ranking mAP over the whole database (queries without a relevant item excluded). "
+                          + selection + what):
+        for b, r in per_bits.items():  # each code length's model has its own TensorBoard folder
+            folder.write_final(folder.part_path(f"bits_{b}"), r["selected"], r["selected"]["epoch"])
     print(f"\nHamming-ranking mAP of the test queries over the database, at the epoch selected on "
           f"{'TEST (the release)' if FLAGS.select_on_test else 'validation'}; random: random codes")
     print(f"{'bits':>5} " + " ".join(f"{k:>8}" for k in keys) + f" {'random':>8}")

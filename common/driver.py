@@ -201,6 +201,27 @@ class RunFolder:
             io.write_json(os.path.join(folder, "results.json"), results)
         return results
 
+    def finish(self, folder: str, *, trained: bool, final_step: Optional[int], **results) -> bool:
+        """The end of a model's run: results.json (`write_results`) and the final/<metric> scalars
+        at `final_step` (None: none). A complete run re-run (`trained` False) keeps the results.json
+        it wrote then, byte for byte; returns whether it wrote."""
+        if not trained and os.path.exists(os.path.join(folder, "results.json")):
+            print(f"the run in {folder} was already complete; results.json is unchanged", flush=True)
+            return False
+        written = self.write_results(folder, **results)
+        if final_step is not None:
+            self.write_final(folder, written["metrics"], final_step)
+        return True
+
+    def write_final(self, folder: str, metrics: dict, step: int) -> None:
+        """The headline numbers as final/<metric> scalars (the HParams view's metric columns)."""
+        if not self.chief:
+            return
+        writer = Summaries(os.path.join(folder, "tb"))
+        writer.scalars({f"final/{k}": v for k, v in flatten(metrics).items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}, step)
+        writer.flush()
+
 
 def describe_changes(old: dict, new: dict, prefix: str) -> list:
     """'name old -> new' for every differing key (flags are listed as --name)."""
@@ -519,10 +540,3 @@ def flatten(d: dict, prefix: str = "") -> dict:
             out[f"{prefix}{k}"] = v
     return out
 
-
-def write_final(folder: str, metrics: dict, step: int, replicas=None) -> None:
-    """The headline numbers as final/<metric> scalars (the HParams view's metric columns)."""
-    writer = Summaries(os.path.join(folder, "tb"), replicas)
-    writer.scalars({f"final/{k}": v for k, v in flatten(metrics).items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}, step)
-    writer.flush()

@@ -38,6 +38,21 @@ def build_symbolic(model: keras.Model, *widths) -> None:
         model(*[keras.Input((int(w),)) for w in widths])
 
 
+class NetworkGroups:
+    """A method's networks in the release's variable groups (one optimizer each); subclasses
+    define `groups` ({group: [networks]})."""
+
+    groups: dict
+
+    def variables(self, *groups: str) -> list:
+        """The trainable variables of the named groups, in order."""
+        return [v for g in groups for m in self.groups[g] for v in m.trainable_variables]
+
+    def models(self) -> dict:
+        """Every network by name (checkpoint objects, weight histograms)."""
+        return {m.name: m for group in self.groups.values() for m in group}
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class GradientReversal(keras.layers.Layer):
     """Keras wrapper of `gradient_reversal`; call as `layer(x, scale)`."""

@@ -248,11 +248,12 @@ def is_chief() -> bool:
         return True
     import json
 
-    if not os.environ.get("TF_CONFIG"):
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
         raise ConfigError("--distribute multiworker reads the cluster from the TF_CONFIG environment variable "
                           "(see docs/design.md, 'Distribution'); it is not set")
     try:
-        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        config = json.loads(raw)
     except ValueError as e:
         raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
     task, cluster = config.get("task", {}), config.get("cluster", {})
@@ -319,9 +320,8 @@ def run_main(main: Callable) -> None:
         except KeyboardInterrupt:
             _fail("error: interrupted; re-run the same command to resume from the last checkpoint", 130)
         except OSError as e:  # e.g. an output folder that cannot be created or written, a full disk
-            where = e.filename if e.filename is not None else None
             reason = e.strerror or str(e)
-            _fail(f"error: {where}: {reason}" if where else f"error: {reason}", 2)
+            _fail(f"error: {e.filename}: {reason}" if e.filename else f"error: {reason}", 2)
 
     app.run(wrapped, flags_parser=parse)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from common.layers import PACKAGE, ModalityClassifier, build_symbolic, float32
+from common.layers import PACKAGE, ModalityClassifier, NetworkGroups, build_symbolic, float32
 
 HIDDEN = 4096  # every hidden layer of G, D and R in the release
 
@@ -73,7 +73,7 @@ class Regressor(keras.Model):
         return dict(super().get_config(), emb_dim=self.emb_dim, hidden=self.hidden_units, input_dim=self.input_dim)
 
 
-class JFSENetworks:
+class JFSENetworks(NetworkGroups):
     """The seven networks, built for given feature / class-embedding / noise widths."""
 
     def __init__(self, image_dim: int = 4096, text_dim: int = 300, emb_dim: int = 300,
@@ -96,6 +96,3 @@ class JFSENetworks:
             "regressors": [self.image_regressor, self.text_regressor],
             "modality_classifier": [self.modality_classifier],
         }
-
-    def variables(self, group: str) -> list:
-        return [v for m in self.groups[group] for v in m.trainable_variables]

@@ -285,7 +285,7 @@ class JFSETask(driver.Task):
         self.key_losses = ("loss_D", "loss_G", "loss_Re")
 
     def models(self) -> dict:
-        return {m.name: m for group in self.trainer.nets.groups.values() for m in group}
+        return self.trainer.nets.models()
 
     def checkpoint_objects(self) -> dict:
         t = self.trainer

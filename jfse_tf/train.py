@@ -14,7 +14,6 @@ Re-running the same command resumes from the last checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 from absl import flags
@@ -227,8 +226,6 @@ def train_scenario(folder, name, cfg, ds, train, eval_sets, val, replicas, unsee
     result = driver.fit(task, path, driver.FitOptions(
         label=f"[{name}]", histogram_every=FLAGS.histogram_every, log_batches=FLAGS.log_batches,
         log_every=FLAGS.log_every, batch_times=spe == 1, hparams=dict(dataclasses.asdict(cfg), scenario=name)))
-    if result.trained == 0:
-        print(f"[{name}] the run in {path} was already complete")
     return ({s: summarise(result.history, s, cfg.eval_every) for s in eval_sets},
             {"trained": result.trained > 0, "seconds_per_epoch": result.seconds_per_unit})
 
@@ -236,11 +233,6 @@ def train_scenario(folder, name, cfg, ds, train, eval_sets, val, replicas, unsee
 def write(folder, info, scenario, ds, cfg, summary, seen=None, prefix="", warnings=()):
     """results.json of one scenario: the contract's numbers and the release's labelled selections
     (left as it is when the model was already complete and its results exist)."""
-    from common import driver
-
-    path = folder.part_path(scenario)
-    if not info["trained"] and os.path.exists(os.path.join(path, "results.json")):
-        return
     m = {f"{prefix}{k}": v for k, v in summary["contract"].items()}
     if seen is not None:
         m.update({f"seen_{k}": v for k, v in seen["contract"].items()})
@@ -255,13 +247,12 @@ def write(folder, info, scenario, ds, cfg, summary, seen=None, prefix="", warnin
     if prefix == "gzs_":  # the contract's plain keys stay the comparable pooled numbers too
         m.update(summary["contract"])
     m["seconds_per_epoch"] = info["seconds_per_epoch"]
-    folder.write_results(path, dataset=ds.name, method=cfg.method, seed=FLAGS.seed, flags=run.flag_values(),
-                         metrics=m, scenario=scenario, config=dataclasses.asdict(cfg), warnings=warnings,
-                         note=("release_max/max2 are selected on the TEST set (the release's MAX/MAX2) over the "
-                               "release's four z-scored test-time variants; final_epoch and val_selected are the "
-                               "clean numbers; i2t_map_all/t2i_map_all: cosine mAP@all of the final epoch on "
-                               "min-max scaled test inputs"))
-    driver.write_final(path, m, cfg.epochs)
+    folder.finish(folder.part_path(scenario), trained=info["trained"], final_step=cfg.epochs, dataset=ds.name,
+                  method=cfg.method, seed=FLAGS.seed, flags=run.flag_values(), metrics=m, scenario=scenario,
+                  config=dataclasses.asdict(cfg), warnings=warnings,
+                  note=("release_max/max2 are selected on the TEST set (the release's MAX/MAX2) over the release's "
+                        "four z-scored test-time variants; final_epoch and val_selected are the clean numbers; "
+                        "i2t_map_all/t2i_map_all: cosine mAP@all of the final epoch on min-max scaled test inputs"))
 
 
 def cli():

@@ -13,7 +13,6 @@ import os
 from typing import Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from common import distribute, driver, io, metrics, training

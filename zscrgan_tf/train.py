@@ -156,20 +156,17 @@ def main(argv):
         if replicas.is_chief:
             export.write_spec(out_dir, **task.encoders())
 
-        def write(history):
-            summary = task.summary(history)
-            folder.write_results(out_dir, dataset=ds.name, method="zscrgan", seed=FLAGS.seed, flags=flag_dict,
-                                 metrics=summary, required=("t2i_map_all",), note=NOTE, warnings=warnings)
-            return summary
+        def results(history):
+            return dict(dataset=ds.name, method="zscrgan", seed=FLAGS.seed, flags=flag_dict,
+                        metrics=task.summary(history), required=("t2i_map_all",), note=NOTE, warnings=warnings)
 
+        # results.json stays current after every cycle (the release wrote its pickles each cycle)
         result = driver.fit(task, out_dir, driver.FitOptions(histogram_every=FLAGS.histogram_every,
-                                                             hparams=dataclasses.asdict(cfg)), on_record=write)
-        summary = task.summary(result.history)
-        if result.trained:
-            write(result.history)
-            driver.write_final(out_dir, summary, max_cycles, replicas)
-        else:
-            print(f"the run in {out_dir} was already complete; results.json is unchanged")
+                                                             hparams=dataclasses.asdict(cfg)),
+                            on_record=lambda history: folder.write_results(out_dir, **results(history)))
+        final = results(result.history)
+        folder.finish(out_dir, trained=result.trained > 0, final_step=max_cycles, **final)
+        summary = final["metrics"]
     print(f"P@{cfg.retrieve_k}: best {summary['p50_best']:.4f} (cycle {summary['p50_best_cycle']}, selected on test, "
           f"as the release), last {summary['p50_last']:.4f}, chance {summary['p50_chance']:.4f}; "
           f"t2i mAP@all {summary['t2i_map_all']:.4f}")
