@@ -113,7 +113,8 @@ class ACMRTrainer:
         order unless --shuffle, last partial batch dropped), losses per batch."""
         cfg = self.cfg
         if len(train) < cfg.batch_size and cfg.drop_remainder:
-            raise ConfigError(f"the train split has {len(train)} pairs, fewer than one batch of {cfg.batch_size}")
+            raise ConfigError(f"the train split has {len(train)} pairs, fewer than one batch of {cfg.batch_size}; "
+                              "lower --batch_size or pass --nodrop_remainder")
         return training.EpochRunner(self._train_step, pipelines.split_tensors(train), ("image", "text", "label"),
                                     LOG_FIELDS[cfg.variant], cfg.batch_size, cfg.shuffle, cfg.seed,
                                     cfg.drop_remainder, steps_per_execution, jit_compile)

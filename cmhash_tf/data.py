@@ -10,7 +10,11 @@ from common.errors import DataError
 
 def multi_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels)
-    return labels.astype(np.float32) if labels.ndim == 2 else np.eye(num_classes, dtype=np.float32)[labels]
+    if labels.ndim == 2:
+        return labels.astype(np.float32)
+    out = np.zeros((len(labels), num_classes), np.float32)
+    out[np.arange(len(labels)), labels] = 1.0
+    return out
 
 
 def has_triplets(labels: np.ndarray, mining: str = "pivot") -> bool:

@@ -197,6 +197,15 @@ class CrossModalDataset:
                 raise DataError(
                     f"{where}: {split_name} pairs image row i with text row i, but there are "
                     f"{split.image.shape[0]} images and {split.text.shape[0]} texts")
+        if not self.multilabel and self.class_embeddings is None and self.num_classes > SPARSE_IDS_FROM:
+            labels = [lab for s in self.splits().values() for lab in (s.labels, s.txt_labels)]
+            present = np.unique(np.concatenate(labels))
+            if self.num_classes > 10 * len(present):
+                raise DataError(
+                    f"{where}: class ids reach {self.num_classes - 1} but only {len(present)} classes have rows; "
+                    "labels must be class ids 0..C-1 (renumber them, e.g. np.unique(labels, return_inverse=True))")
+        if self.text_dim == 0 or (self.image_dim == 0 and self.extras.get("has_images", True)):
+            raise DataError(f"{where}: the {'text' if self.text_dim == 0 else 'image'} features have no columns")
         if self.class_embeddings is not None and self.class_embeddings.shape[0] != self.num_classes:
             raise DataError(
                 f"{where}: class embeddings have {self.class_embeddings.shape[0]} rows, "
@@ -246,6 +255,9 @@ class ZeroShotView:
     seen_classes: np.ndarray
     unseen_classes: np.ndarray
     train_rows: Optional[np.ndarray] = None  # rows of the full train split that `train` holds
+
+
+SPARSE_IDS_FROM = 1000  # beyond this many class ids, most of them unused means the ids are not 0..C-1
 
 
 def _digest(h, name: str, array) -> None:

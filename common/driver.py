@@ -62,6 +62,8 @@ class RunFolder:
         self.started = time.time()
         self._lock = None
         self.resumed = False
+        self._before: Optional[set] = None  # the folder's entries when a new run was accepted
+        self._created_dir = self._had_lock = False
 
     # ------------------------------------------------------------------ identity
     def _record(self) -> dict:
@@ -115,8 +117,10 @@ class RunFolder:
         self.check()  # before the lock: a refused run creates nothing
         if not self.chief:
             return self
+        self._created_dir = not os.path.exists(self.path)
         os.makedirs(self.path, exist_ok=True)
         lock_path = os.path.join(self.path, LOCK_FILE)
+        self._had_lock = os.path.exists(lock_path)
         self._lock = open(lock_path, "a+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,6 +138,7 @@ class RunFolder:
             if self.overwrite:
                 self._clear()
                 self.resumed = False
+            self._before = None if self.resumed else self._entries()
             self._lock.seek(0)
             self._lock.truncate()
             self._lock.write(f"{os.getpid()}\n")
@@ -146,11 +151,41 @@ class RunFolder:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type=None, exc=None, tb=None) -> None:
+        if exc_type is not None and issubclass(exc_type, (ConfigError, DataError)) and self._lock is not None:
+            self._roll_back()
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+
+    def _entries(self) -> set:
+        """The names in the folder and in its part folders (what was there before this run)."""
+        names = set()
+        for part in ("",) + self.parts:
+            folder = self.part_path(part)
+            if os.path.isdir(folder):
+                names.update(os.path.join(part, n) for n in os.listdir(folder))
+        return names
+
+    def _roll_back(self) -> None:
+        """A new run refused after acceptance (its data or flags fail a check that needs the built
+        task), before any checkpoint: remove what this run created, so that the corrected command
+        starts afresh instead of being refused as 'other settings'. A run with a checkpoint, a
+        resumed run and every file that was there before are kept."""
+        if self._before is None or any(os.path.exists(os.path.join(self.part_path(p), "checkpoints", "checkpoint"))
+                                       for p in self.parts):
+            return
+        for name in sorted(self._entries() - self._before - {LOCK_FILE}, key=len, reverse=True):
+            target = os.path.join(self.path, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target, ignore_errors=True)
+            elif os.path.lexists(target):
+                os.unlink(target)
+        if not self._had_lock:
+            os.unlink(os.path.join(self.path, LOCK_FILE))
+        if self._created_dir and not os.listdir(self.path):
+            os.rmdir(self.path)
 
     def _clear(self) -> None:
         """--overwrite: remove this project's outputs (of the old run's parts too), nothing else."""
@@ -238,6 +273,8 @@ def _canonical(value):
 
 
 def _show(value) -> str:
+    if value is None:
+        return "(default)"  # a flag left unset: the preset's or dataset's default applies
     text = json.dumps(value, default=str) if not isinstance(value, str) else value
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -497,7 +534,9 @@ class Summaries:
         values = {}
         for name, model in models.items():
             for v in model.weights:
-                values[f"weights/{name}/{getattr(v, 'path', v.name)}"] = v
+                path = getattr(v, "path", v.name)  # Keras 3: "<model>/<layer>/<variable>"
+                path = path[len(model.name) + 1:] if path.startswith(f"{model.name}/") else path
+                values[f"weights/{name}/{path}"] = v
         self.inner.histograms(values, step)
 
     def pr_curves(self, curves: dict, step: int) -> None:

@@ -61,6 +61,8 @@ def unwrap(obj: Any) -> Any:
 def as_matrix(obj: Any, path: str, dim: Optional[int] = None) -> np.ndarray:
     """A 2-D float32 array from a 2-D array or a sequence of 1-D vectors."""
     obj = unwrap(obj)
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "c":
+        raise DataError(f"{path}: holds complex numbers; features must be real")
     try:
         if isinstance(obj, np.ndarray) and obj.dtype != object:
             arr = np.asarray(obj, dtype=np.float32)
@@ -71,6 +73,8 @@ def as_matrix(obj: Any, path: str, dim: Optional[int] = None) -> np.ndarray:
                         f"vectors ({e})") from None
     if arr.ndim != 2:
         raise DataError(f"{path}: expected a 2-D (n, dim) array, got shape {arr.shape}")
+    if arr.shape[1] == 0:
+        raise DataError(f"{path}: the vectors have no columns (shape {arr.shape})")
     if dim is not None and arr.shape[1] != dim:
         raise DataError(f"{path}: expected {dim} columns, got {arr.shape[1]}")
     return arr

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from absl import app, flags
 
-from common.errors import ConfigError, DataError, DivergenceError
+from common.errors import OS_FAULTS, ConfigError, DataError, DivergenceError, op_error_line, op_error_reason
 
 # flags that change what is printed or where, never a number: left out of a run's fingerprint
 LOGGING_FLAGS = frozenset({"output_dir", "overwrite", "log_every", "log_batches", "histogram_every",
@@ -322,6 +322,10 @@ def run_main(main: Callable) -> None:
         except OSError as e:  # e.g. an output folder that cannot be created or written, a full disk
             reason = e.strerror or str(e)
             _fail(f"error: {e.filename}: {reason}" if e.filename else f"error: {reason}", 2)
+        except Exception as e:  # TensorFlow's own file writes (summaries, datasets) on a full or read-only disk
+            if not hasattr(e, "error_code") or op_error_reason(e) not in OS_FAULTS:
+                raise
+            _fail(f"error: {op_error_line(e)}", 2)
 
     app.run(wrapped, flags_parser=parse)
 

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import io, pipelines
-from common.errors import DataError
+from common.errors import DataError, op_error_reason
 
 CHECKPOINTS = "checkpoints"
 
@@ -120,9 +120,8 @@ class Checkpointer:
         try:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (tf.errors.OpError, ValueError, AssertionError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise DataError(f"{latest}: cannot resume from this checkpoint ({first}); it is damaged or from "
-                            "another configuration. Pass --overwrite to start the run over") from None
+            raise DataError(f"{latest}: cannot resume from this checkpoint ({op_error_reason(e)}); it is damaged or "
+                            "from another configuration. Pass --overwrite to start the run over") from None
         return True
 
     def save(self, number: int | None = None) -> str:
@@ -136,9 +135,9 @@ class Checkpointer:
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
                     os.unlink(leftover)
-            reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
-            raise OSError(errno.EIO, f"cannot save checkpoint {number} ({str(reason).splitlines()[0][:160]}); the "
-                          "previous checkpoint is kept", self.write_directory) from None
+            reason = getattr(e, "strerror", None) or op_error_reason(e)
+            raise OSError(errno.EIO, f"cannot save checkpoint {number} ({reason}); the previous checkpoint is kept",
+                          self.write_directory) from None
 
 
 class RunState:

@@ -67,6 +67,7 @@ def test_run_contract(tmp_path, method):
     seen = tags(folder / "tb")
     assert any(t.startswith("loss/") for t in seen) and test_tag in seen, sorted(seen)
     assert any(p == "histograms" and t.startswith("weights/") for t, p in seen.items())
+    assert not [t for t in seen if re.match(r"weights/([^/]+)/\1/", t)]  # weights/<model>/<layer>/<variable>
     assert any(p == "pr_curves" and t.startswith("pr/") for t, p in seen.items())
     assert seen.get("_hparams_/session_start_info") == "hparams" and any(t.startswith("final/") for t in seen)
 

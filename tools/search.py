@@ -108,7 +108,8 @@ def _signature(model, name: str, path: str):
     return model.signatures[name]
 
 
-def encode(model, side: str, x: np.ndarray, hamming: bool, batch: int = 4096, model_dir: str = "the model"):
+def encode(model, side: str, x: np.ndarray, hamming: bool, batch: int = 4096, model_dir: str = "the model",
+           source: str = ""):
     """`side` rows through a loaded SavedModel's embed_/hash_ signature, in batches."""
     import tensorflow as tf
 
@@ -116,7 +117,8 @@ def encode(model, side: str, x: np.ndarray, hamming: bool, batch: int = 4096, mo
     key = "codes" if hamming else "embedding"
     want = fn.structured_input_signature[1][side].shape[1]
     if x.shape[1] != want:
-        raise DataError(f"{side} features are {x.shape[1]}-d but the model's {side} encoder takes {want}-d")
+        raise DataError(f"{source + ': ' if source else ''}{side} features are {x.shape[1]}-d but the model's {side} "
+                        f"encoder takes {want}-d")
     return np.concatenate([fn(**{side: tf.constant(x[s:s + batch])})[key].numpy() for s in range(0, len(x), batch)])
 
 
@@ -156,8 +158,8 @@ def main(argv):
     import tensorflow as tf
 
     model = tf.saved_model.load(FLAGS.model)
-    q = encode(model, FLAGS.query_side, queries, FLAGS.hamming, model_dir=FLAGS.model)
-    g = encode(model, gallery_side, gallery, FLAGS.hamming, model_dir=FLAGS.model)
+    q = encode(model, FLAGS.query_side, queries, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.queries)
+    g = encode(model, gallery_side, gallery, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.gallery)
     if FLAGS.index == "exact" or FLAGS.hamming:
         ids, scores = exact_search(q, g, FLAGS.top_k, FLAGS.chunk, hamming=FLAGS.hamming)
     else:

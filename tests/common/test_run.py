@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from common import driver, training
-from common.errors import ConfigError, DataError, DivergenceError
+from common.errors import ConfigError, DataError, DivergenceError, op_error_line, op_error_reason
 from tests.common.fixtures import snapshot
 from tests.conftest import REPO
 
@@ -56,6 +56,35 @@ def test_overwrite_removes_only_this_projects_outputs(tmp_path):
     left = sorted(snapshot(run))
     assert left == [".lock", "bits_8/mine.txt", "notes.txt", "run.json"], left
     assert json.loads((run / "run.json").read_text())["settings"] == {"lr": 0.5}
+
+
+def test_a_new_run_refused_before_its_first_checkpoint_leaves_the_folder_as_it_was(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    for path in (tmp_path / "new", user):
+        before = snapshot(path, with_dirs=True) if path.exists() else None
+        with pytest.raises(ConfigError, match="fewer than one batch"):
+            with driver.RunFolder(str(path), SETTINGS, DATA, parts=("", "zs")) as folder:
+                folder.write_results(str(path), dataset="d", method="m", seed=0, flags=SETTINGS,
+                                     metrics={"i2t_map_all": 0.5, "t2i_map_all": 0.4})
+                os.makedirs(path / "zs" / "tb")
+                raise ConfigError("fewer than one batch")
+        assert (snapshot(path, with_dirs=True) if path.exists() else None) == before
+    with driver.RunFolder(str(user), {"lr": 0.5}, DATA) as folder:  # the corrected command is a new run
+        assert not folder.resumed
+    # a run that has saved a checkpoint, or a resumed one, keeps everything
+    run = tmp_path / "run"
+    with pytest.raises(DataError):
+        with driver.RunFolder(str(run), SETTINGS, DATA):
+            os.makedirs(run / "checkpoints")
+            (run / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+            raise DataError("late")
+    with pytest.raises(DataError):
+        with driver.RunFolder(str(run), SETTINGS, DATA) as folder:
+            assert folder.resumed
+            raise DataError("late")
+    assert sorted(snapshot(run)) == [".lock", "checkpoints/checkpoint", "run.json"]
 
 
 def test_outputs_without_run_file_or_a_damaged_one_are_refused(tmp_path):
@@ -151,6 +180,20 @@ def test_damaged_history_is_an_error_and_records_after_the_checkpoint_are_droppe
         training.RunState(str(tmp_path), v=v)
 
 
+# what TensorFlow 2.21 raised for a checkpoint written to a full tmpfs
+TF_FULL_DISK = ("{{{{function_node __wrapped__SaveV2_dtypes_2_device_/job:localhost/replica:0/task:0/device:CPU:0}}}} "
+                "{}/ckpt-2_temp/part-00000-of-00001.data-00000-of-00001.tempstate1568; No space left on device "
+                "[Op:SaveV2]")
+
+
+def test_op_errors_are_told_by_file_and_os_reason():
+    full = tf.errors.ResourceExhaustedError(None, None, TF_FULL_DISK.format("r/checkpoints"))
+    assert op_error_reason(full) == "No space left on device"
+    assert op_error_line(full) == "r/checkpoints/ckpt-2: No space left on device"
+    other = tf.errors.NotFoundError(None, None, "Failed to find any matching files for x [Op:RestoreV2]")
+    assert op_error_line(other) == "Failed to find any matching files for x"
+
+
 def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_files(tmp_path, monkeypatch):
     v = tf.Variable(1.0)
     state = training.RunState(str(tmp_path), v=v)
@@ -160,11 +203,12 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_fil
     def full_disk(self, checkpoint_number=None, **kw):
         os.makedirs(tmp_path / "checkpoints" / f"ckpt-{checkpoint_number}_temp")
         (tmp_path / "checkpoints" / f"ckpt-{checkpoint_number}_temp" / "part-0").write_bytes(b"half")
-        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+        raise tf.errors.ResourceExhaustedError(None, None, TF_FULL_DISK.format(tmp_path / "checkpoints"))
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk)
-    with pytest.raises(OSError, match="cannot save checkpoint 2 .*No space left on device.*previous checkpoint is kept"):
+    with pytest.raises(OSError) as raised:
         state.record({"epoch": 1})
+    assert raised.value.strerror == "cannot save checkpoint 2 (No space left on device); the previous checkpoint is kept"
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
     monkeypatch.undo()
     assert training.RunState(str(tmp_path), v=v).start_epoch == 1
