@@ -50,7 +50,8 @@ def main(argv=None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "train":
         if not rest or rest[0] not in TRAIN:
-            print(f"error: cmr train needs a method: {', '.join(TRAIN)}", file=sys.stderr)
+            what = f"unknown method {rest[0]!r}" if rest else "a method is missing"
+            print(f"error: cmr train: {what}; one of {', '.join(TRAIN)}", file=sys.stderr)
             sys.exit(2)
         module, prog, rest = TRAIN[rest[0]][0], f"cmr train {rest[0]}", rest[1:]
     elif command in TOOLS:

@@ -152,7 +152,7 @@ class RunFolder:
         return self
 
     def __exit__(self, exc_type=None, exc=None, tb=None) -> None:
-        if exc_type is not None and issubclass(exc_type, (ConfigError, DataError)) and self._lock is not None:
+        if exc_type is not None and self._lock is not None:
             self._roll_back()
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
@@ -169,10 +169,10 @@ class RunFolder:
         return names
 
     def _roll_back(self) -> None:
-        """A new run refused after acceptance (its data or flags fail a check that needs the built
-        task), before any checkpoint: remove what this run created, so that the corrected command
-        starts afresh instead of being refused as 'other settings'. A run with a checkpoint, a
-        resumed run and every file that was there before are kept."""
+        """A new run stopped before its first checkpoint (bad input found once the task is built,
+        out of memory, Ctrl-C): remove what this run created, so that the corrected command starts
+        afresh instead of being refused as 'other settings'; there is nothing to resume. A run with
+        a checkpoint, a resumed run and every file that was there before are kept."""
         if self._before is None or any(os.path.exists(os.path.join(self.part_path(p), "checkpoints", "checkpoint"))
                                        for p in self.parts):
             return

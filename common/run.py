@@ -25,8 +25,9 @@ VERBOSE_ENV = "CMR_VERBOSE"
 
 
 def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optional[int] = None,
-                     default_output_dir: Optional[str] = "runs/latest") -> None:
-    """The contract's flags (call once, from the entry module's `define_flags`)."""
+                     default_output_dir: Optional[str] = "runs/latest", trains: bool = True) -> None:
+    """The contract's flags (call once, from the entry module's `define_flags`); `trains` False
+    (a closed-form baseline) leaves out the training-loop flags, which would do nothing there."""
     flags.DEFINE_string("dataset", default_dataset,
                         "synthetic[:small|medium|large], synthetic-multilabel, features, "
                         "wikipedia, nuswide, xmn, zscrgan, iapr, mirflickr.")
@@ -36,13 +37,16 @@ def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optiona
                         "Re-running the same command resumes; other settings are refused unless --overwrite.")
     flags.DEFINE_bool("overwrite", False, "Start --output_dir over: remove this project's outputs in it (only "
                       "those) and train from scratch.")
-    flags.DEFINE_integer("seed", 0, "Seed for data generation, initialisation and sampling.")
+    flags.DEFINE_integer("seed", 0, "Seed for data generation, initialisation and sampling.", lower_bound=0,
+                         upper_bound=2**32 - 1)  # NumPy's legacy seeding (Keras' set_random_seed) takes 32 bits
+    if not trains:
+        return
     flags.DEFINE_integer("epochs", default_epochs, "Training epochs (default: the release's).")
     flags.DEFINE_enum("distribute", "none", ["none", "mirrored", "multiworker"],
                       "none: one device; mirrored: every local GPU (tf.distribute.MirroredStrategy); multiworker: "
                       "the machines in TF_CONFIG (MultiWorkerMirroredStrategy). --batch_size stays the global batch.")
     flags.DEFINE_integer("histogram_every", 10, "TensorBoard weight histograms every N epochs/cycles and at the "
-                         "last (0: none).")
+                         "last (0: none).", lower_bound=0)
 
 
 def define_precision_flag(speed: str) -> None:
@@ -96,7 +100,7 @@ def define_execution_flags() -> None:
     """How the in-graph training loop runs (methods whose epochs run in `training.EpochRunner`)."""
     flags.DEFINE_integer("steps_per_execution", 0,
                          "Batches per compiled call: 0 = a whole epoch in one call (the fastest; 1 with "
-                         "--log_batches), 1 = one call per batch. Results do not depend on it.")
+                         "--log_batches), 1 = one call per batch. Results do not depend on it.", lower_bound=0)
     flags.DEFINE_bool("jit_compile", None, "Compile the training loop (JFSE: its step) with XLA. Default: on with one "
                       "device (1.3-2.1x faster per epoch on CPU, docs/benchmarks.md), off under --distribute and "
                       "under --precision mixed_bfloat16 without a GPU (XLA's CPU bfloat16 is no faster).")
@@ -305,8 +309,8 @@ def run_main(main: Callable) -> None:
     def parse(argv):
         try:
             return flags.FLAGS(argv)
-        except flags.Error as e:
-            print(f"error: {e} (see --helpfull)", file=sys.stderr)
+        except flags.Error as e:  # absl words some of these "ERROR:: ..."
+            print(f"error: {str(e).removeprefix('ERROR::').strip()} (see --helpfull)", file=sys.stderr)
             sys.exit(2)
 
     def wrapped(argv):
@@ -322,12 +326,35 @@ def run_main(main: Callable) -> None:
         except OSError as e:  # e.g. an output folder that cannot be created or written, a full disk
             reason = e.strerror or str(e)
             _fail(f"error: {e.filename}: {reason}" if e.filename else f"error: {reason}", 2)
-        except Exception as e:  # TensorFlow's own file writes (summaries, datasets) on a full or read-only disk
-            if not hasattr(e, "error_code") or op_error_reason(e) not in OS_FAULTS:
-                raise
-            _fail(f"error: {op_error_line(e)}", 2)
+        except MemoryError:
+            _fail(f"error: {OUT_OF_MEMORY}", 2)
+        except Exception as e:
+            if hasattr(e, "error_code") and op_error_reason(e) in OS_FAULTS:  # TensorFlow's own file writes
+                _fail(f"error: {op_error_line(e)}", 2)  # (summaries, datasets) on a full or read-only disk
+            oom = _tensorflow_oom(e)
+            if oom:
+                _fail(f"error: {OUT_OF_MEMORY} ({oom})", 2)
+            raise
 
     app.run(wrapped, flags_parser=parse)
+
+
+OUT_OF_MEMORY = "out of memory; lower --batch_size or the network widths"
+
+
+def _tensorflow_oom(error: BaseException) -> str:
+    """TensorFlow's 'OOM when allocating tensor with shape[...]' anywhere in an error's chain
+    (Keras re-raises it as a ValueError while building a model)."""
+    import re
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        found = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", str(error))
+        if found:
+            return found.group(0)
+        error = error.__cause__ or error.__context__
+    return ""
 
 
 def _fail(message: str, code: int) -> None:

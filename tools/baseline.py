@@ -129,20 +129,26 @@ def main(argv):
             else:
                 result = evaluate(model, ds.test)
             result["chance_map_all"] = metrics.expected_random_map(ds.test.labels, ds.test.labels)
+        result["cca_directions"] = int(model.a.shape[1])  # what was used: --cca_dim is capped by the data
+        warnings = []
+        if FLAGS.cca_dim and FLAGS.cca_dim > result["cca_directions"]:
+            warnings.append(f"--cca_dim {FLAGS.cca_dim}: this data gives {result['cca_directions']} canonical "
+                            "directions; all of them were used")
+            print(f"warning: {warnings[-1]}")
         if bits:
             result.update(cca_sign_maps(ds, bits, FLAGS.cca_reg))
         result["seconds"] = time.time() - folder.started
         folder.write_results(FLAGS.output_dir, dataset=ds.name, method="cca", seed=FLAGS.seed,
-                             flags=run.flag_values(), metrics=result, source=ds.source,
+                             flags=run.flag_values(), metrics=result, source=ds.source, warnings=warnings,
                              scenario="zs" if FLAGS.zero_shot else "standard")
     width = max(len(k) for k in result)
     for k, v in result.items():
-        print(f"{k:<{width}}  {v:.4f}")
+        print(f"{k:<{width}}  {v}" if isinstance(v, int) else f"{k:<{width}}  {v:.4f}")
     print(f"results: {FLAGS.output_dir}/results.json")
 
 
 def define_flags():
-    run.define_run_flags(default_output_dir="runs/cca")
+    run.define_run_flags(default_output_dir="runs/cca", trains=False)
     flags.DEFINE_enum("method", "cca", ["cca"], "Baseline to run.")
     flags.DEFINE_integer("cca_dim", 0, "Canonical directions kept (0: min(feature dims, 128)).")
     flags.DEFINE_float("cca_reg", 1e-3, "Ridge added to each covariance, relative to its mean variance.")

@@ -48,6 +48,16 @@ def _family(method: str) -> str:
 def rows_of(path: str) -> list:
     """One row per reported setting of one results.json."""
     r = io.read_json(path)
+    if not isinstance(r, dict) or "method" not in r:
+        raise DataError(f"{path}: not a results.json of this project (no 'method' entry); name its run folders "
+                        "instead of a folder above it, or remove the file from the paths")
+    try:
+        return _rows(path, r)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as e:
+        raise DataError(f"{path}: unexpected content ({type(e).__name__}: {e})") from None
+
+
+def _rows(path: str, r: dict) -> list:
     method, dataset = r.get("method", "?"), str(r.get("dataset", "?"))
     base = {"method": method, "dataset": dataset, "path": path, "run": run_of(path, r)}
     if method == "cmhash":

@@ -194,6 +194,21 @@ def test_op_errors_are_told_by_file_and_os_reason():
     assert op_error_line(other) == "Failed to find any matching files for x"
 
 
+def test_out_of_memory_is_found_in_an_error_chain():
+    from common import run
+
+    oom = tf.errors.ResourceExhaustedError(None, None, "{{function_node x}} OOM when allocating tensor with "
+                                                       "shape[100,100000000] and type float on /job:localhost")
+    try:
+        try:
+            raise oom
+        except tf.errors.ResourceExhaustedError as e:
+            raise ValueError("Exception encountered when calling Projector.call()") from e
+    except ValueError as wrapped:
+        assert run._tensorflow_oom(wrapped) == "OOM when allocating tensor with shape[100,100000000]"
+    assert run._tensorflow_oom(ValueError("shapes differ")) == ""
+
+
 def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_files(tmp_path, monkeypatch):
     v = tf.Variable(1.0)
     state = training.RunState(str(tmp_path), v=v)
@@ -239,4 +254,7 @@ def test_cmr_lists_every_command_and_refuses_unknown_ones():
         assert f"cmr {command} " in res.stdout, command
     res = subprocess.run([sys.executable, "-m", "common.cli", "train", "clip"], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=REPO))
-    assert res.returncode == 2 and res.stderr.startswith("error: cmr train needs a method")
+    assert res.returncode == 2 and res.stderr.startswith("error: cmr train: unknown method 'clip'; one of acmr, ")
+    res = subprocess.run([sys.executable, "-m", "common.cli", "train", "acmr", "--flagfile=nope.txt"],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    assert res.returncode == 2 and res.stderr.startswith("error: Unable to open flagfile"), res.stderr

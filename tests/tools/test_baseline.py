@@ -41,6 +41,16 @@ def test_cli_synthetic_writes_contract_results(tmp_path):
     recorded = json.loads((out / "flags.json").read_text())
     assert recorded["dataset"] == "synthetic" and recorded["cca_reg"] == 1e-3
     assert "hbm_oom_exit" not in recorded  # TensorFlow's own flags are not ours
+    assert results["cca_directions"] == 64 and results["warnings"] == []  # min(128, 64) on 128/64-d data
+
+
+def test_a_cca_dim_beyond_the_data_is_recorded_as_used_and_warned(tmp_path):
+    res = run_cli("--dataset", "synthetic", "--cca_dim", "500", "--output_dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["cca_directions"] == 64
+    assert results["warnings"] == ["--cca_dim 500: this data gives 64 canonical directions; all of them were used"]
+    assert "warning: --cca_dim 500" in res.stdout
 
 
 def test_cli_zero_shot_reports_seen_unseen_and_pooled(tmp_path):
