@@ -175,6 +175,12 @@ def _load_mat_variable(path: str, stem: str) -> np.ndarray:
     except NotImplementedError:  # MATLAB v7.3 files are HDF5, stored column-major
         return _load_h5_variable(path, stem, transpose=True)
     except ValueError as e:
+        import h5py
+
+        if h5py.is_hdf5(path):  # MATLAB's own v7.3 files carry a header (handled above); without it the
+            raise DataError(    # writer, and so the array order, is unknown
+                f"{path}: an HDF5 file without MATLAB's v7.3 header, so its array order is unknown; save it "
+                "with MATLAB's save -v7.3, or rename it to .h5 to read its arrays as stored (row i = item i)") from None
         raise DataError(f"{path}: not a MATLAB file ({e})") from None
     return np.asarray(contents[_pick_variable(contents.keys(), stem, path)])
 

@@ -199,8 +199,7 @@ def read_zscrgan(folder: str, name: str = "zscrgan") -> CrossModalDataset:
         if not isinstance(table, dict) or not table:
             raise DataError(f"{p(n)}: expected a non-empty dict class id -> list of vectors. "
                             + ZSCRGAN_HOW_TO)
-    trainids = [int(c) for c in io.unwrap(io.load_pickle(p("trainids.pkl")))]
-    testids = [int(c) for c in io.unwrap(io.load_pickle(p("testids.pkl")))]
+    trainids, testids = (_class_ids(io.unwrap(io.load_pickle(p(n))), p(n)) for n in ("trainids.pkl", "testids.pkl"))
     if set(trainids) & set(testids):
         raise DataError(f"{folder}: trainids and testids share classes "
                         f"{sorted(set(trainids) & set(testids))[:5]}")
@@ -216,6 +215,9 @@ def read_zscrgan(folder: str, name: str = "zscrgan") -> CrossModalDataset:
         rows, labels, index = [], [], []
         for c in sorted(classes):
             m = io.as_matrix(table[c], f"{p(n)}[{c}]")
+            if rows and m.shape[1] != rows[0].shape[1]:
+                raise DataError(f"{p(n)}: class {c} has {m.shape[1]}-d vectors, class {sorted(classes)[0]} "
+                                f"{rows[0].shape[1]}-d; every vector of a file must have one width")
             rows.append(m)
             labels.append(np.full(len(m), c, np.int64))
             index.append(np.arange(len(m)))
@@ -232,6 +234,18 @@ def read_zscrgan(folder: str, name: str = "zscrgan") -> CrossModalDataset:
                            unseen_classes=np.asarray(sorted(testids)), source=folder, **splits)
     ds.extras["trainids"] = trainids
     return ds.validate()
+
+
+def _class_ids(obj, path: str) -> list:
+    """A pickled list of integer class ids."""
+    try:
+        values = np.asarray(list(obj)).ravel()
+        ids = values.astype(np.int64)
+        if values.size == 0 or not np.array_equal(ids, values.astype(np.float64)):
+            raise ValueError("empty" if values.size == 0 else "not whole numbers")
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: expected a non-empty list of integer class ids ({e})") from None
+    return [int(c) for c in ids]
 
 
 # --------------------------------------------------------------------------- IAPR TC-12 (hashing)
@@ -348,9 +362,9 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
     for split, files in raw.items():
         image = io.as_matrix(io.load_array(files["img"]), files["img"])
         text = io.as_matrix(io.load_array(files["txt"]), files["txt"])
-        labels = _labels_any(io.load_array(files["lab"]), files["lab"])
+        labels = _labels_any(io.load_array(files["lab"]), files["lab"], image.shape[0])
         if files["txt_lab"]:
-            txt_labels = _labels_any(io.load_array(files["txt_lab"]), files["txt_lab"])
+            txt_labels = _labels_any(io.load_array(files["txt_lab"]), files["txt_lab"], text.shape[0])
             if not np.array_equal(txt_labels, labels):
                 raise DataError(f"{files['txt_lab']}: differs from {os.path.basename(files['lab'])}; "
                                 "pairs must share labels")
@@ -410,8 +424,10 @@ def _label_base(path: str) -> int:
     return int(lines[0])
 
 
-def _labels_any(arr: np.ndarray, path: str) -> np.ndarray:
+def _labels_any(arr: np.ndarray, path: str, rows: int) -> np.ndarray:
     arr = np.asarray(arr)
+    if arr.ndim == 2 and arr.shape[0] == 1 and arr.shape[1] == rows > 1:  # MATLAB's row vector of class ids
+        arr = arr.ravel()                                                  # (what savemat makes of a 1-D array)
     if arr.ndim == 2 and arr.shape[1] > 1:
         if not np.isin(arr, (0, 1)).all():
             raise DataError(f"{path}: a 2-D label array must be multi-hot 0/1 (n, C)")

@@ -89,6 +89,12 @@ CASES = [
     ("zscrgan-nan-features", "zscrgan_tf.run_exp", ["--dataset", "CUB"],
      lambda d: zscrgan_folder(f"{d}/datasets/CUB", **{"image_embed_dict.pkl": _pickle(
          {c: np.full((2, 5), np.nan) for c in range(5)})}), "NaN"),
+    ("zscrgan-widths-differ-by-class", "zscrgan_tf.run_exp", ["--dataset", "CUB"],
+     lambda d: zscrgan_folder(f"{d}/datasets/CUB", **{"image_embed_dict.pkl": _pickle(
+         {c: np.ones((2, 5 + c)) for c in range(5)})}), "class 2 has 7-d vectors, class 0 5-d"),
+    ("zscrgan-ids-not-integers", "zscrgan_tf.run_exp", ["--dataset", "CUB"],
+     lambda d: zscrgan_folder(f"{d}/datasets/CUB", **{"trainids.pkl": _pickle(["a", "b"])}),
+     "trainids.pkl: expected a non-empty list of integer class ids"),
     ("zscrgan-one-unseen-class", "zscrgan_tf.train", ["--dataset", "CUB"],
      lambda d: zscrgan_folder(f"{d}/datasets/CUB", **{"trainids.pkl": _pickle([4, 0, 2, 3]),
                                                      "testids.pkl": _pickle([1])}), "needs at least 2"),

@@ -252,3 +252,36 @@ def test_mirflickr_shared_data(shared_data):
     ds = readers.read_mirflickr(os.path.join(shared_data, "mirflickr25k"))
     assert (len(ds.test), len(ds.database), len(ds.train)) == (2000, 18015, 10000)
     assert ds.text_dim == 1386 and ds.num_classes == 24
+
+
+def _matlab_v73(path, name, array):
+    """A file as MATLAB's `save -v7.3` writes it: HDF5 behind a 512-byte MAT header, column-major."""
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f.create_dataset(name, data=np.asarray(array).T)
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Nov 30 2026 HDF5 schema 1.00 .".ljust(116)
+    with open(path, "r+b") as f:
+        f.write(header + b"\x00" * 8 + b"\x00\x02" + b"IM")
+
+
+def test_features_from_matlab_v73_and_v5_row_vector_labels(tmp_path):
+    import scipy.io
+
+    rng = np.random.default_rng(0)
+    arrays = {"train_img": rng.random((9, 5)), "train_txt": rng.random((9, 4)), "train_lab": np.arange(9) % 3 + 1,
+              "test_img": rng.random((6, 5)), "test_txt": rng.random((6, 4)), "test_lab": np.arange(6) % 3 + 1}
+    for name, arr in arrays.items():
+        if name.endswith("_lab"):  # savemat stores a 1-D vector as MATLAB's 1 x n row vector
+            scipy.io.savemat(tmp_path / f"{name}.mat", {name: arr})
+        else:
+            _matlab_v73(tmp_path / f"{name}.mat", name, arr)
+    ds = load_dataset("features", str(tmp_path))
+    np.testing.assert_allclose(ds.train.image, arrays["train_img"], rtol=1e-6)
+    np.testing.assert_array_equal(ds.test.labels, arrays["test_lab"] - 1)  # 1-based (no class 0) -> 0-based
+    import h5py
+
+    with h5py.File(tmp_path / "train_img.mat", "w") as f:  # HDF5 without MATLAB's header: order unknown
+        f.create_dataset("train_img", data=arrays["train_img"])
+    with pytest.raises(DataError, match="train_img.mat: an HDF5 file without MATLAB's v7.3 header"):
+        load_dataset("features", str(tmp_path))
