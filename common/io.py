@@ -106,12 +106,39 @@ def find_array_file(folder: str, stem: str) -> Optional[str]:
     return found[0] if found else None
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def load_npz(path: str, needed: Sequence[str]) -> dict:
+    """The named arrays of an `.npz` archive; a missing, damaged or incomplete archive is a
+    `DataError` naming the file and what it holds (NumPy reports a non-zip file as 'pickled data')."""
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise DataError(f"missing file {path}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz archive (not a zip file); write it with numpy.savez")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [n for n in needed if n not in archive.files]
+            if missing:
+                raise DataError(f"{path}: lacks the array(s) {missing}; it holds {sorted(archive.files)}")
+            return {n: archive[n] for n in needed}
+    except DataError:
+        raise
+    except Exception as e:  # a damaged member, an object array
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
 def load_array(path: str) -> np.ndarray:
     """`.npy`, `.mat` (v5 or v7.3) or `.h5`; .mat/.h5 hold one variable named like the file."""
     stem = os.path.splitext(os.path.basename(path))[0]
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npy":
+            with open(path, "rb") as f:
+                if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                    raise DataError(f"{path}: not a .npy file (no NumPy header); write it with numpy.save")
             return np.load(path, allow_pickle=False)
         if ext == ".mat":
             return _load_mat_variable(path, stem)

@@ -72,7 +72,10 @@ def read_acmr_nuswide(folder: str) -> CrossModalDataset:
     p = lambda name: os.path.join(folder, name)  # noqa: E731
     splits, bases = {}, set()
     for split in ("train", "test"):
-        ids = list(io.unwrap(io.load_pickle(p(f"{split}_ids.pkl"))))
+        ids = io.unwrap(io.load_pickle(p(f"{split}_ids.pkl")))
+        if isinstance(ids, (str, bytes, dict)) or not hasattr(ids, "__len__") or len(ids) == 0:
+            raise DataError(f"{p(f'{split}_ids.pkl')}: expected a non-empty list of ids, got {type(ids).__name__}")
+        ids = list(ids)
         tables = {}
         for key, name in (("image", f"img_{split}_id_feats.pkl"), ("text", f"{split}_id_bow.pkl"),
                           ("onehot", f"{split}_id_label_map.pkl"),
@@ -301,16 +304,10 @@ def read_iapr(folder: str, text_source: str = "bow") -> CrossModalDataset:
     """
     io.require_files(folder, IAPR_FILES + ("features.npz",), IAPR_HOW_TO)
     feats_path = os.path.join(folder, "features.npz")
-    try:
-        feats = np.load(feats_path, allow_pickle=False)
-        index = {str(pth): i for i, pth in enumerate(feats["path"])}
-        img = feats["img"]
-        txt = feats["txt"] if text_source == "txt" else None
-    except KeyError as e:
-        needed = "'path', 'img' and 'txt'" if text_source == "txt" else "'path' and 'img'"
-        raise DataError(f"{feats_path}: missing array {e} (needs {needed})") from None
-    except Exception as e:
-        raise DataError(f"{feats_path}: cannot read ({type(e).__name__}: {e})") from None
+    feats = io.load_npz(feats_path, ("path", "img", "txt") if text_source == "txt" else ("path", "img"))
+    index = {str(pth): i for i, pth in enumerate(feats["path"])}
+    img = feats["img"]
+    txt = feats["txt"] if text_source == "txt" else None
     splits = {}
     for split, fname in (("train", "iapr_train"), ("test", "iapr_test"), ("database", "iapr_retrieval")):
         paths, bow, labels = read_iapr_list(os.path.join(folder, fname))

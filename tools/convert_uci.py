@@ -53,12 +53,9 @@ def read_uci(mat_path: str, views_path: str | None = None) -> dict:
             raise DataError(f"{mat_path}: L_{s} must hold labels 1..10, found {labels.min()}..{labels.max()}")
         out[f"{split}_lab.npy"] = labels - 1
     if views_path:
-        try:
-            views = np.load(views_path, allow_pickle=False)
-            out["class_emb.npy"] = np.asarray(views["class_glove50"], np.float32)
-            out["class_names.txt"] = [str(n) for n in views["class_names"]]
-        except (OSError, KeyError, ValueError) as e:
-            raise DataError(f"{views_path}: expected an .npz with class_glove50 and class_names ({e})") from None
+        views = io.load_npz(views_path, ("class_glove50", "class_names"))
+        out["class_emb.npy"] = io.as_matrix(views["class_glove50"], views_path)
+        out["class_names.txt"] = [str(n) for n in views["class_names"]]
         if out["class_emb.npy"].shape[0] != 10:
             raise DataError(f"{views_path}: class_glove50 has {out['class_emb.npy'].shape[0]} rows, expected 10")
     return out
