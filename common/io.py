@@ -226,9 +226,27 @@ def _load_h5_variable(path: str, stem: str, transpose: bool) -> np.ndarray:
 
 def read_lines(path: str) -> list:
     """Non-empty stripped lines of a UTF-8 text file; a file that is not UTF-8 is a `DataError`."""
+    return [line for line in read_lines_raw(path) if line]
+
+
+def read_rows(path: str, what: str) -> list:
+    """One entry per line, row i = item i (class names, ids): a blank line inside the file would
+    shift every later row onto the wrong item, so it is an error; blank lines at the end are not."""
+    lines = read_lines_raw(path)
+    while lines and not lines[-1]:
+        lines.pop()
+    blank = [i + 1 for i, line in enumerate(lines) if not line]
+    if blank:
+        raise DataError(f"{path}: line {blank[0]} is empty; the file holds one {what} per line, line i for item i, "
+                        "so every line needs one")
+    return lines
+
+
+def read_lines_raw(path: str) -> list:
+    """Every stripped line of a UTF-8 text file, blank ones included."""
     try:
         with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
+            return [line.strip() for line in f]
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason}); save it as UTF-8") from None
     except FileNotFoundError:

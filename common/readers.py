@@ -473,7 +473,7 @@ def _optional_class_list(folder: str, name: str, num_classes: int) -> Optional[n
 
 def _optional_names(folder: str) -> Optional[list]:
     path = os.path.join(folder, "class_names.txt")
-    return io.read_lines(path) if os.path.exists(path) else None
+    return io.read_rows(path, "class name") if os.path.exists(path) else None
 
 
 # --------------------------------------------------------------------------- MIRFlickr-25K (hashing)

@@ -76,9 +76,13 @@ def main(argv):
     if not (FLAGS.names and FLAGS.out):
         raise ConfigError("--names and --out are required")
     io.check_output_file(FLAGS.out, FLAGS.overwrite)
-    names = io.read_lines(FLAGS.names) if os.path.exists(FLAGS.names) else None
+    names = io.read_rows(FLAGS.names, "class name") if os.path.exists(FLAGS.names) else None
     if not names:
         raise DataError(f"{FLAGS.names}: missing or empty (one class name per line, in class-id order)")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # e.g. ImageNet's two 'crane's: legal, but their vectors will be identical
+        print(f"warning: {len(repeated)} names occur more than once ({', '.join(repeated[:5])}); their classes "
+              "get identical vectors (reword one of each in --names, e.g. 'crane bird' / 'crane machine')")
     aliases = {}
     if FLAGS.aliases:
         for line in io.read_lines(FLAGS.aliases):

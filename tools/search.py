@@ -149,8 +149,8 @@ def main(argv):
                         "tools.export)")
     gallery_side = FLAGS.gallery_side or ("image" if FLAGS.query_side == "text" else "text")
     queries, gallery = _load_features(FLAGS.queries), _load_features(FLAGS.gallery)
-    qid = io.read_lines(FLAGS.query_ids) if FLAGS.query_ids else list(range(len(queries)))
-    gid = io.read_lines(FLAGS.gallery_ids) if FLAGS.gallery_ids else list(range(len(gallery)))
+    qid = io.read_rows(FLAGS.query_ids, "query id") if FLAGS.query_ids else list(range(len(queries)))
+    gid = io.read_rows(FLAGS.gallery_ids, "gallery id") if FLAGS.gallery_ids else list(range(len(gallery)))
     for what, idl, n in (("query", qid, len(queries)), ("gallery", gid, len(gallery))):
         if len(idl) != n:
             raise DataError(f"--{what}_ids has {len(idl)} lines for {n} {what} rows")

@@ -66,3 +66,14 @@ def test_zsl_split_class_names(shared_data, glove, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert np.load(tmp_path / "cub.npy").shape == (200, 50) and "out of vocabulary" in res.stdout
+
+
+def test_repeated_names_warn_and_trailing_blank_lines_are_not_classes(tmp_path):
+    (tmp_path / "names.txt").write_text("crane\ncat\ncrane\n\n\n")
+    res = subprocess.run([sys.executable, "-m", "tools.class_vectors", "--names", str(tmp_path / "names.txt"),
+                          "--out", str(tmp_path / "e.npy")], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert res.returncode == 0, res.stderr
+    assert "warning: 1 names occur more than once (crane)" in res.stdout
+    vec = np.load(tmp_path / "e.npy")
+    assert vec.shape == (3, 50) and np.array_equal(vec[0], vec[2])
