@@ -100,12 +100,25 @@ def restore_models(run_dir: str, checkpoint: Optional[str] = None, **models) -> 
     return checkpoint
 
 
+def model_folder(run_dir: str) -> str:
+    """The folder holding the model of a run: `run_dir` itself, or its one model sub-folder (a JFSE
+    scenario, a cmhash code length); several are an error listing them."""
+    if os.path.exists(os.path.join(run_dir, SPEC)):
+        return run_dir
+    subs = sorted(n for n in (os.listdir(run_dir) if os.path.isdir(run_dir) else [])
+                  if os.path.exists(os.path.join(run_dir, n, SPEC)))
+    if len(subs) == 1:
+        return os.path.join(run_dir, subs[0])
+    if subs:
+        raise DataError(f"{run_dir} holds {len(subs)} models ({', '.join(subs)}); pass one of them, e.g. "
+                        f"--run_dir {os.path.join(run_dir, subs[0])}")
+    raise DataError(f"{run_dir}: no {SPEC}; is this the output folder of a training run?")
+
+
 def load_encoders(run_dir: str, checkpoint: Optional[str] = None) -> Encoders:
     """Rebuild and restore the encoders of the run in `run_dir` (latest checkpoint by default)."""
+    run_dir = model_folder(run_dir)
     path = os.path.join(run_dir, SPEC)
-    if not os.path.exists(path):
-        raise DataError(f"{run_dir}: no {SPEC}; is this the output folder of a training run "
-                        "(for the JFSE demo: one scenario's subfolder, for cmhash: bits_<K>/)?")
     spec = io.read_json(path)
     models = {key: _resolve(m["class"])(**m["kwargs"], name=key) for key, m in spec["models"].items()}
     enc = Encoders(spec, models)

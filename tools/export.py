@@ -74,6 +74,9 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite:
 
     from common import export
 
+    run_dir = export.model_folder(run_dir)  # a run with one model sub-folder names it
+    if os.path.abspath(out) == os.path.abspath(run_dir):
+        raise ConfigError(f"--out {out} is the run folder itself; choose a new folder for the export")
     enc = export.load_encoders(run_dir, checkpoint)
     module, signatures = build_module(enc)
     parent = os.path.dirname(os.path.abspath(out))
