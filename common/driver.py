@@ -39,8 +39,9 @@ from common.errors import ConfigError, DataError, DivergenceError
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 # what a run writes into its folder (and into each part folder); --overwrite removes only these
+EXTRA_FILES = "extra_files.json"  # files a run wrote outside its folder (ZSCRGAN's result pickles)
 RUN_ARTIFACTS = ("run.json", "results.json", "flags.json", "flags.txt", "history.json", "encoders.json", "splits.npz",
-                 "args.txt", "untrained.json", "checkpoints", "tb")
+                 "args.txt", "untrained.json", "checkpoints", "tb", EXTRA_FILES)
 
 
 # --------------------------------------------------------------------------- the run folder
@@ -176,6 +177,7 @@ class RunFolder:
         if self._before is None or any(os.path.exists(os.path.join(self.part_path(p), "checkpoints", "checkpoint"))
                                        for p in self.parts):
             return
+        self._remove_extra_files()  # a new run: every file it noted is its own
         for name in sorted(self._entries() - self._before - {LOCK_FILE}, key=len, reverse=True):
             target = os.path.join(self.path, name)
             if os.path.isdir(target) and not os.path.islink(target):
@@ -187,13 +189,22 @@ class RunFolder:
         if self._created_dir and not os.listdir(self.path):
             os.rmdir(self.path)
 
+    def _remove_extra_files(self) -> None:
+        try:
+            noted = extra_files(self.path)
+        except DataError:  # unreadable: leave those files alone rather than guess
+            return
+        for path in noted:
+            if os.path.isfile(path):
+                os.unlink(path)
+
     def _clear(self) -> None:
         """--overwrite: remove this project's outputs (of the old run's parts too), nothing else."""
         run_file = os.path.join(self.path, RUN_FILE)
-        old_parts, old_extra = [], []
+        old_parts = []
         with contextlib.suppress(DataError, KeyError, TypeError):
-            old = io.read_json(run_file)
-            old_parts, old_extra = list(old.get("parts", [])), list(old.get("extra_paths", []))
+            old_parts = list(io.read_json(run_file).get("parts", []))
+        self._remove_extra_files()  # the old run's files elsewhere, by name: never another run's
         for part in set(old_parts) | set(self.parts) | {""}:  # the folder itself holds run.json
             folder = self.part_path(part)
             for name in RUN_ARTIFACTS:
@@ -204,11 +215,6 @@ class RunFolder:
                     os.unlink(target)
             if part and os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
-        for extra in set(old_extra) | set(self.extra_paths):  # result pickles of the old run
-            if os.path.isdir(extra):
-                for name in os.listdir(extra):
-                    if name.startswith("acc") and name.endswith(".pkl"):
-                        os.unlink(os.path.join(extra, name))
 
     # ------------------------------------------------------------------ outputs
     def part_path(self, part: str) -> str:
@@ -256,6 +262,25 @@ class RunFolder:
         writer.scalars({f"final/{k}": v for k, v in flatten(metrics).items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}, step)
         writer.flush()
+
+
+def note_extra_file(run_dir: str, path: str) -> None:
+    """Record a file this run wrote outside its folder, so that --overwrite (or the roll-back of a
+    run stopped before its first checkpoint) removes exactly the run's own files there."""
+    noted = extra_files(run_dir)
+    path = os.path.abspath(path)
+    if path not in noted:
+        io.write_json(os.path.join(run_dir, EXTRA_FILES), {"files": noted + [path]})
+
+
+def extra_files(run_dir: str) -> list:
+    path = os.path.join(run_dir, EXTRA_FILES)
+    if not os.path.exists(path):
+        return []
+    try:
+        return [str(p) for p in io.read_json(path)["files"]]
+    except (DataError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: damaged ({e}); it lists the files this run wrote outside its folder") from None
 
 
 def describe_changes(old: dict, new: dict, prefix: str) -> list:

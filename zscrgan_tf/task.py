@@ -287,7 +287,9 @@ class ZSCRGANTask(driver.Task):
         if p50 > max([r["test"]["p50"] for r in history], default=0.0):
             if self.chief:
                 os.makedirs(self.res_dir, exist_ok=True)
-                io.write_pickle(os.path.join(self.res_dir, results_file_name(p50)), self._retrieved, protocol=2)
+                pickle_path = os.path.join(self.res_dir, results_file_name(p50))
+                driver.note_extra_file(self.out_dir, pickle_path)  # noted first: a crash leaves no stray file
+                io.write_pickle(pickle_path, self._retrieved, protocol=2)
             losses = evaluation.record.get("losses", {})
             print(f"New best Prec@50 = {p50}", flush=True)
             print(f"Cycle {evaluation.record['cycle']} | d_loss: {losses.get('d_loss')}; g_loss: {losses.get('g_loss')}",

@@ -67,7 +67,8 @@ def define_flags():
                       "RMSProp accumulators: TF1's ones (release) or Keras' zeros.")
     flags.DEFINE_integer("val_classes", 0, "Hold out this many seen classes as validation (an addition; "
                          "the release selects on the test set).")
-    flags.DEFINE_string("res_dir", None, "Results pickles (default retrieved_res/<dataset>_res).")
+    flags.DEFINE_string("res_dir", None, "Results pickles (default: retrieved_res/<dataset>_res as the release; "
+                        "<output_dir>/retrieved_res when --output_dir is given).")
 
 
 def validate_flags() -> None:
@@ -117,7 +118,10 @@ def main(argv):
     ds_name = FLAGS.dataset
     tag = ds_name.replace(":", "_")
     out_dir = FLAGS.output_dir or os.path.join("ckt_logs", f"{tag}_logs")
-    res_dir = FLAGS.res_dir or os.path.join("retrieved_res", f"{tag}_res")
+    # the release's layout by default; a run given its own --output_dir keeps its pickles inside it,
+    # so two runs never write (or, with --overwrite, remove) each other's acc<P@50>.pkl
+    res_dir = FLAGS.res_dir or (os.path.join(FLAGS.output_dir, "retrieved_res") if FLAGS.output_dir
+                                else os.path.join("retrieved_res", f"{tag}_res"))
     cfg = config_from_flags()
     from zscrgan_tf import data as zdata
 

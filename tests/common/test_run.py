@@ -87,6 +87,28 @@ def test_a_new_run_refused_before_its_first_checkpoint_leaves_the_folder_as_it_w
     assert sorted(snapshot(run)) == [".lock", "checkpoints/checkpoint", "run.json"]
 
 
+def test_overwrite_and_roll_back_remove_only_the_runs_own_files_elsewhere(tmp_path):
+    shared = tmp_path / "res"  # e.g. two ZSCRGAN runs given one --res_dir
+    shared.mkdir()
+    (shared / "acc0.5.pkl").write_text("another run's")
+    run = tmp_path / "run"
+    with driver.RunFolder(str(run), SETTINGS, DATA, extra_paths=[str(shared)]):
+        driver.note_extra_file(str(run), str(shared / "acc0.7.pkl"))
+        (shared / "acc0.7.pkl").write_text("mine")
+        os.makedirs(run / "checkpoints")
+        (run / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    assert sorted(os.listdir(shared)) == ["acc0.5.pkl", "acc0.7.pkl"]
+    with driver.RunFolder(str(run), {"lr": 0.5}, DATA, overwrite=True, extra_paths=[str(shared)]):
+        pass
+    assert sorted(os.listdir(shared)) == ["acc0.5.pkl"]
+    with pytest.raises(DataError):  # stopped before its first checkpoint: its own pickle goes too
+        with driver.RunFolder(str(tmp_path / "new"), SETTINGS, DATA, extra_paths=[str(shared)]):
+            driver.note_extra_file(str(tmp_path / "new"), str(shared / "acc0.9.pkl"))
+            (shared / "acc0.9.pkl").write_text("mine")
+            raise DataError("late")
+    assert sorted(os.listdir(shared)) == ["acc0.5.pkl"] and not (tmp_path / "new").exists()
+
+
 def test_outputs_without_run_file_or_a_damaged_one_are_refused(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
