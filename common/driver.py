@@ -60,6 +60,9 @@ class RunFolder:
         self.path, self.settings, self.data = path, settings, data
         self.parts, self.overwrite, self.chief = tuple(parts), overwrite, chief
         self.extra_paths = tuple(extra_paths)  # e.g. ZSCRGAN's results pickles folder
+        from common import run
+
+        self.program = run.program()  # None outside an entry point (tests, notebooks): not compared
         self.started = time.time()
         self._lock = None
         self.resumed = False
@@ -68,7 +71,7 @@ class RunFolder:
 
     # ------------------------------------------------------------------ identity
     def _record(self) -> dict:
-        return {"settings": self.settings, "data": self.data, "parts": list(self.parts),
+        return {"program": self.program, "settings": self.settings, "data": self.data, "parts": list(self.parts),
                 "extra_paths": list(self.extra_paths)}
 
     def _existing_artifacts(self) -> list:
@@ -107,6 +110,10 @@ class RunFolder:
                 return
             raise DataError(f"{run_file}: damaged ({e}); pass --overwrite to start this folder over, or choose "
                             "another --output_dir") from None
+        other = old.get("program") if isinstance(old, dict) else None
+        if other and self.program and other != self.program and not self.overwrite:
+            raise ConfigError(f"{self.path} holds a run of {other}, not of {self.program}; choose another "
+                              "--output_dir, or pass --overwrite to replace that run")
         changes = describe_changes(old_settings, self.settings, "--") + describe_changes(old_data, self.data, "data ")
         if changes and not self.overwrite:
             raise ConfigError(f"{self.path} holds a run with other settings: {'; '.join(changes)}. Re-run with the "

@@ -298,10 +298,23 @@ def steps_per_execution() -> int:
     return value if value or not flags.FLAGS.log_batches else 1
 
 
+_PROGRAM: Optional[str] = None
+
+
+def program() -> Optional[str]:
+    """The running entry module ('acmr_tf.train'; the releases' names `jfse_tf.demo` and
+    `zscrgan_tf.run_exp` are the same programs as `jfse_tf.train` / `zscrgan_tf.train`)."""
+    return _PROGRAM
+
+
 def run_main(main: Callable) -> None:
     """`absl.app.run(main)` with one-line errors and no traceback for what a user can fix:
     unknown or invalid flags, data and configuration errors and unreadable/unwritable paths exit
     with code 2; a diverged training (NaN/inf loss) exits with code 3; Ctrl-C exits with 130."""
+    global _PROGRAM
+    _PROGRAM = main.__module__
+    if _PROGRAM == "__main__":  # `python -m package.module`
+        _PROGRAM = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", None) or _PROGRAM
     quiet()
     for flag in {flags.FLAGS[name] for name in flag_values()}:  # --help lists them, under python -m or cmr
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
