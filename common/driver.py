@@ -67,6 +67,7 @@ class RunFolder:
         self._lock = None
         self.resumed = False
         self._before: Optional[set] = None  # the folder's entries when a new run was accepted
+        self.first_run: Optional[dict] = None  # a resumed run: when and with which code it started
         self._created_dir = self._had_lock = False
 
     # ------------------------------------------------------------------ identity
@@ -120,6 +121,7 @@ class RunFolder:
                               "same flags to resume it, pass --overwrite to start it over, or choose another "
                               "--output_dir")
         self.resumed = not changes
+        self.first_run = {"created": old.get("created"), "code": old.get("code")} if self.resumed else None
 
     def __enter__(self) -> "RunFolder":
         self.check()  # before the lock: a refused run creates nothing
@@ -145,7 +147,7 @@ class RunFolder:
             self.check()  # again under the lock: the folder may have changed while we waited
             if self.overwrite:
                 self._clear()
-                self.resumed = False
+                self.resumed, self.first_run = False, None
             self._before = None if self.resumed else self._entries()
             self._lock.seek(0)
             self._lock.truncate()
@@ -153,7 +155,7 @@ class RunFolder:
             self._lock.flush()
             if not self.resumed:
                 io.write_json(os.path.join(self.path, RUN_FILE),
-                              dict(self._record(), created=_now(), version=common.__version__))
+                              dict(self._record(), created=_now(), version=common.__version__, code=code_state()))
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -234,8 +236,16 @@ class RunFolder:
         missing = [k for k in required if k not in metrics]
         if missing:
             raise ConfigError(f"results for {method} lack the contract's metrics {missing}")
+        warnings, origin = list(warnings), provenance(self.started, self.data)
+        if self.first_run is not None:  # wall_seconds etc. are this process's; say where the run began
+            origin["resumed"] = True
+            origin["run_created"] = self.first_run["created"]
+            before = self.first_run.get("code")
+            if before and before != code_state():
+                warnings.append(f"this run was started with code {_show_code(before)} and resumed with "
+                                f"{_show_code(code_state())}: its model may mix two versions of the method")
         results = {"dataset": dataset, "method": method, "seed": seed, "flags": flags, "metrics": metrics,
-                   "provenance": provenance(self.started, self.data), "warnings": list(warnings), **extra}
+                   "provenance": origin, "warnings": warnings, **extra}
         results.update(metrics)
         if self.chief:
             io.write_json(os.path.join(folder, "flags.json"), flags)
@@ -333,6 +343,17 @@ def git_state() -> dict:
             except (OSError, subprocess.SubprocessError):
                 _GIT = {}
     return _GIT
+
+
+def code_state() -> dict:
+    """The code a run is trained with: the project version and, from a checkout, its commit."""
+    git = git_state()
+    return {"version": common.__version__, "git_commit": git.get("commit"), "git_dirty": git.get("dirty")}
+
+
+def _show_code(code: dict) -> str:
+    commit = (code.get("git_commit") or "")[:8] + ("+changes" if code.get("git_dirty") else "")
+    return f"{code.get('version')}" + (f" ({commit})" if commit else "")
 
 
 def command_line() -> str:

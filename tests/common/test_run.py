@@ -45,6 +45,23 @@ def test_same_settings_resume_other_settings_are_refused_untouched(tmp_path):
     assert snapshot(run) == before
 
 
+def test_a_resumed_run_says_so_and_warns_when_the_code_changed_in_between(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    make_run(run)
+    created = json.loads((run / "run.json").read_text())
+    assert created["code"] == driver.code_state()
+    with driver.RunFolder(str(run), SETTINGS, DATA) as folder:
+        r = folder.write_results(str(run), dataset="d", method="m", seed=0, flags=SETTINGS,
+                                 metrics={"i2t_map_all": 0.5, "t2i_map_all": 0.4})
+    assert r["provenance"]["resumed"] and r["provenance"]["run_created"] == created["created"]
+    assert r["warnings"] == []
+    monkeypatch.setattr(driver, "code_state", lambda: {"version": "9.9", "git_commit": "abcdef0123", "git_dirty": False})
+    with driver.RunFolder(str(run), SETTINGS, DATA) as folder:
+        r = folder.write_results(str(run), dataset="d", method="m", seed=0, flags=SETTINGS,
+                                 metrics={"i2t_map_all": 0.5, "t2i_map_all": 0.4})
+    assert len(r["warnings"]) == 1 and "resumed with 9.9 (abcdef01)" in r["warnings"][0]
+
+
 def test_overwrite_removes_only_this_projects_outputs(tmp_path):
     run = tmp_path / "run"
     make_run(run, parts=("", "bits_8"))
