@@ -3,9 +3,15 @@ before TensorFlow loads)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
+
+# live (B, B, B) float32 tensors of a training step (weights, hinges, their gradients; measured on
+# CPU: 0.6 GB more at B = 256 than at 128), in bytes per element
+TRIPLET_BYTES_PER_ELEMENT = 40
 
 
 def multi_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -44,3 +50,19 @@ def hold_out(n: int, seed: int, val_size: int, name: str):
                         "items (at most a fifth of it is held out)")
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[k:]), np.sort(order[:k])
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_batch_memory(batch_size: int, n_train: int, memory: int) -> None:
+    """The vectorised triplet loss holds (B, B, B) tensors: refuse a batch whose step cannot fit in
+    memory (it would be killed without a word) and name the largest that fits."""
+    b = min(batch_size, n_train)
+    need = b ** 3 * TRIPLET_BYTES_PER_ELEMENT
+    if need > 0.75 * memory:
+        fits = int((0.75 * memory / TRIPLET_BYTES_PER_ELEMENT) ** (1 / 3))
+        raise ConfigError(f"--batch_size {batch_size}: the triplet loss builds (B, B, B) tensors, about "
+                          f"{need / 2**30:.0f} GiB at B = {b}, and this machine has {memory / 2**30:.0f} GiB; "
+                          f"use at most about {fits} (the release's is 32)")

@@ -97,7 +97,7 @@ def main(argv):
     bits = validate_flags()
     if FLAGS.mode == "e2e":
         return main_e2e(bits)
-    from cmhash_tf.data import hold_out, multi_hot
+    from cmhash_tf.data import check_batch_memory, hold_out, multi_hot, physical_memory
     from common.dataset import Split
     from common.datasets import load_dataset
 
@@ -123,12 +123,22 @@ def main(argv):
             saved.update({f"{k}_ids": s.ids for k, s in (("query", queries), ("database", database),
                                                          ("train", train)) if s.ids is not None})
         train, val = train.subset(train_idx), train.subset(val_idx)
+    if saved is not None and len(val) < FLAGS.val_size:
+        warnings_early = [f"--val_size {FLAGS.val_size}: {len(val)} validation items held out (at most a fifth of "
+                          f"the {len(train) + len(val)} train pairs)"]
+    elif ds.val is not None and FLAGS["val_size"].present:
+        warnings_early = [f"--val_size is not used: {ds.source or ds.name} has its own validation split"]
+    else:
+        warnings_early = []
     train, queries, database = (as_mh(s) for s in (train, queries, database))
     val = None if val is None else as_mh(val)
     print(f"{ds.name}: train {len(train)}, validation {len(val) if val is not None else 'none'}, queries "
           f"{len(queries)}, database {len(database)}; "
           f"dims {ds.image_dim}/{ds.text_dim}, {ds.num_classes} labels; bits {bits}", flush=True)
-    warnings = check_signal(train, val, queries, database, FLAGS.mining)
+    check_batch_memory(FLAGS.batch_size, len(train), physical_memory())
+    for w in warnings_early:
+        print(f"warning: {w}", flush=True)
+    warnings = warnings_early + check_signal(train, val, queries, database, FLAGS.mining)
     from common import driver
 
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), parts=[f"bits_{k}" for k in bits],
@@ -218,7 +228,7 @@ def report(folder, per_bits: dict, bits: list, dataset: str, warnings: list) -> 
 def main_e2e(bits: list) -> None:
     """ResNet-18 + BERT on the IAPR images and texts, one model per bit length."""
     from cmhash_tf import e2e
-    from cmhash_tf.data import hold_out
+    from cmhash_tf.data import check_batch_memory, hold_out, physical_memory
 
     run.import_tensorflow()
     precision_warnings = run.set_precision()
@@ -234,6 +244,7 @@ def main_e2e(bits: list) -> None:
         train_idx, val_idx = hold_out(len(splits["train"]), FLAGS.seed, FLAGS.val_size, "iapr")
         train, val = splits["train"].subset(train_idx), splits["train"].subset(val_idx)
     queries, database = splits["test"], splits["database"]
+    check_batch_memory(FLAGS.batch_size, len(train), physical_memory())  # the loss; the backbones come on top
     warnings = check_signal(train, val, queries, database, FLAGS.mining) + precision_warnings
     from cmhash_tf.model import CMHashNetworks
     from cmhash_tf.task import CMHashTrainer, fit

@@ -224,3 +224,14 @@ def test_mirflickr_tag_only_cli(tmp_path):
     split = np.load(tmp_path / "o" / "splits.npz")  # the seeded protocol split is saved with the run
     assert len(split["query_ids"]) == 10 and len(split["database_ids"]) == 50
     assert not set(split["query_ids"]) & set(split["database_ids"])
+
+
+def test_a_batch_whose_triplet_tensors_cannot_fit_is_refused_with_the_largest_that_fits():
+    from cmhash_tf.data import check_batch_memory
+    from common.errors import ConfigError
+
+    gib = 2**30
+    check_batch_memory(32, 10_000, 1 * gib)  # the release's batch: 1.3 MB of triplet tensors
+    check_batch_memory(100_000, 200, 1 * gib)  # the batch is the whole (small) split: 200^3
+    with pytest.raises(ConfigError, match=r"about 5 GiB at B = 512, and this machine has 4 GiB; use at most about 431"):
+        check_batch_memory(512, 10_000, 4 * gib)
