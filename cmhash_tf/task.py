@@ -73,7 +73,7 @@ class CMHashTrainer:
         # a batch without any triplet is skipped (the release crashed on it). Under a strategy the
         # update cannot sit in a tf.cond (it synchronises replicas), so such a batch is applied
         # with its zero gradient there: Adam's moments decay and its step count advances.
-        if self.replicas.num > 1:
+        if self.replicas.strategy is not None:  # one replica too: the optimiser's merge_call cannot sit in a cond
             self.apply_gradients(grads)
             terms["applied"] = terms["triplets"] > 0
         else:
