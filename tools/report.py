@@ -147,8 +147,8 @@ def pr_curves_and_projector(model_dir: str, features_dir: str, out_dir: str, use
     ds = readers.read_feature_folder(features_dir)
     test = ds.test
     model = tf.saved_model.load(model_dir)
-    img = encode(model, "image", test.image, hamming=False, model_dir=model_dir)
-    txt = encode(model, "text", test.text, hamming=False, model_dir=model_dir)
+    img = encode(model, "image", test.image, hamming=False, model_dir=model_dir, source=f"{features_dir} (test split)")
+    txt = encode(model, "text", test.text, hamming=False, model_dir=model_dir, source=f"{features_dir} (test split)")
     os.makedirs(out_dir, exist_ok=True)
     curves = {"i2t": metrics.precision_recall_curve(img, txt, test.labels, test.txt_labels),
               "t2i": metrics.precision_recall_curve(txt, img, test.txt_labels, test.labels)}
