@@ -240,6 +240,8 @@ CASES = [
      "--hash_bits"),
     ("baseline-negative-reg", "tools.baseline", ["--cca_reg=-1", "--output_dir", "{d}/out"], lambda d: None,
      "--cca_reg"),
+    ("benchmark-unknown-variant", "tools.benchmark", ["--variants", "loop,fastest", "--output", "{d}/b.json"],
+     lambda d: None, "unknown --variants ['fastest']"),
     ("benchmark-unknown-method", "tools.benchmark", ["--methods", "foo", "--output", "{d}/b.json"], lambda d: None,
      "unknown methods"),
     # ---------------------------------------------------------------- outputs and paths
@@ -308,6 +310,8 @@ CASES = [
                 text(f"{d}/ids.txt", "a\n\nb\n")), "ids.txt: line 2 is empty"),
     ("class-vectors-out-exists", "tools.class_vectors", ["--names", "{d}/names.txt", "--out", "{d}/e.npy"],
      lambda d: (text(f"{d}/names.txt", "cat\n"), np.save(f"{d}/e.npy", np.ones(2))), "exists"),
+    ("convert-uci-unseen-not-numbers", "tools.convert_uci", ["--mat", "{d}/uci.mat", "--out", "{d}/o", "--unseen",
+                                                             "five"], lambda d: None, "--unseen: expected class ids"),
     ("convert-uci-out-holds-files", "tools.convert_uci", ["--mat", "{d}/uci.mat", "--out", "{d}/o"],
      lambda d: text(f"{d}/o/notes.txt", "mine"), "not a previous feature folder"),
     ("xlsa17-out-previous", "tools.convert_xlsa17", ["--res101", "r", "--splits", "s", "--out", "{d}/o"],

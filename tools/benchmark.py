@@ -39,7 +39,7 @@ FLAGS = flags.FLAGS
 def define_flags():
     flags.DEFINE_list("methods", ["acmr_simple", "acmr_triplet", "jfse", "zscrgan", "cmhash"], "Methods.")
     flags.DEFINE_list("sizes", ["wiki", "xmn"], "wiki (2,170 pairs), xmn (32,000 pairs), tiny (tests).")
-    flags.DEFINE_list("variants", ["loop", "floor", "xla", "floor_xla", "batch_loop", "eager"], "Variants to time.")
+    flags.DEFINE_list("variants", list(VARIANTS), "Variants to time.")
     flags.DEFINE_integer("steps", 100, "Timed steps per repeat, at most an epoch's full batches (scaled to an epoch).")
     flags.DEFINE_integer("jfse_steps", 5, "JFSE's timed steps (its release-width step takes seconds on CPU).")
     flags.DEFINE_integer("repeats", 5, "Repeats per variant, taken round-robin (median).")
@@ -58,6 +58,7 @@ def define_flags():
 SIZES = {"wiki": dict(num_classes=10, train_per_class=217, test_per_class=69),
          "xmn": dict(num_classes=200, train_per_class=160, test_per_class=20),
          "tiny": dict(num_classes=4, train_per_class=40, test_per_class=10)}  # for the test suite
+VARIANTS = ("loop", "floor", "xla", "floor_xla", "batch_loop", "eager")
 TEXT_DIM = {"acmr_simple": 5000, "acmr_triplet": 5000, "cmhash": 5000, "jfse": 300, "zscrgan": 300}
 
 
@@ -395,6 +396,9 @@ def main(argv):
     if unknown:
         raise ConfigError(f"unknown methods/sizes {unknown}; methods: {', '.join(TEXT_DIM)}; sizes: "
                           f"{', '.join(SIZES)}")
+    if set(FLAGS.variants) - set(VARIANTS):
+        raise ConfigError(f"unknown --variants {sorted(set(FLAGS.variants) - set(VARIANTS))}; one or more of "
+                          f"{', '.join(VARIANTS)}")
     try:
         [int(g) for g in FLAGS.gallery_sizes if g]
     except ValueError:

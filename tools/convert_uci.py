@@ -61,10 +61,19 @@ def read_uci(mat_path: str, views_path: str | None = None) -> dict:
     return out
 
 
-def write_folder(arrays: dict, out: str, unseen: str = "") -> None:
-    ids = sorted({int(tok) for tok in unseen.replace(",", " ").split()}) if unseen.strip() else []
+def unseen_ids(unseen: str) -> list:
+    """--unseen '5,9' or '5 9': class ids in 0..9."""
+    try:
+        ids = sorted({int(tok) for tok in unseen.replace(",", " ").split()}) if unseen.strip() else []
+    except ValueError:
+        raise ConfigError(f"--unseen: expected class ids in 0..9 separated by commas, got {unseen!r}") from None
     if ids and (ids[0] < 0 or ids[-1] > 9):
         raise ConfigError(f"--unseen: class ids must be in 0..9, got {ids}")
+    return ids
+
+
+def write_folder(arrays: dict, out: str, unseen: str = "") -> None:
+    ids = unseen_ids(unseen)
     os.makedirs(out, exist_ok=True)
     for name, value in arrays.items():
         path = os.path.join(out, name)
@@ -85,6 +94,7 @@ def main(argv):
     if not FLAGS.mat or not FLAGS.out:
         raise ConfigError("--mat and --out are required")
     io.check_output_dir(FLAGS.out, FLAGS.overwrite, owned="train_img.npy", what="feature folder")
+    unseen_ids(FLAGS.unseen)  # before any work
     write_folder(read_uci(FLAGS.mat, FLAGS.views), FLAGS.out, FLAGS.unseen)
     print(f"wrote {FLAGS.out}")
 
