@@ -16,7 +16,7 @@ from typing import Optional
 import tensorflow as tf
 
 from common import io, training
-from common.errors import DataError
+from common.errors import DataError, op_error_reason
 
 SPEC = "encoders.json"
 
@@ -90,13 +90,13 @@ def restore_models(run_dir: str, checkpoint: Optional[str] = None, **models) -> 
     if checkpoint is None:
         raise DataError(f"{ckpt_dir}: no checkpoint to export (train first, or pass the checkpoint path)")
     indexes = {f"{k}__variables": training.variable_index(m) for k, m in models.items()}
-    status = tf.train.Checkpoint(**indexes).restore(checkpoint)
-    status.expect_partial()  # optimizers, critics and data position are not restored here
     try:
+        status = tf.train.Checkpoint(**indexes).restore(checkpoint)
+        status.expect_partial()  # optimizers, critics and data position are not restored here
         status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise DataError(f"{checkpoint}: does not hold models {sorted(models)} of these shapes "
-                        f"({str(e)[:300]})") from None
+    except (AssertionError, ValueError, tf.errors.OpError) as e:  # other models, other shapes, damaged
+        first = op_error_reason(e).split(". Showing")[0]  # one line, not the arrays TensorFlow lists
+        raise DataError(f"{checkpoint}: does not hold models {sorted(models)} of these shapes ({first})") from None
     return checkpoint
 
 

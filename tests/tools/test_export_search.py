@@ -168,6 +168,12 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     want_ids, want_dist = _brute(want, codes_g, 5, hamming=True)
     assert [h["id"] for h in hits[3]["hits"]] == [f"img{i}" for i in want_ids[3]]
     assert [h["score"] for h in hits[0]["hits"]] == want_dist[0].tolist()
+    # another run's checkpoint (8-bit heads) for these 16-bit encoders: one line, not the arrays TF lists
+    fit(CMHashConfig(bits=8, epochs=1, eval_every=1), train, queries, queries, database, str(tmp_path / "bits_8"))
+    with pytest.raises(DataError) as e:
+        export_run(str(tmp_path / "bits_16"), str(tmp_path / "other"),
+                   checkpoint=str(tmp_path / "bits_8" / "checkpoints" / "ckpt-1"))
+    assert "does not hold models" in str(e.value) and "\n" not in str(e.value) and "array(" not in str(e.value)
     bad = np.zeros((3, 7), np.float32)
     np.save(tmp_path / "bad.npy", bad)
     res = subprocess.run(cmd[:6] + [str(tmp_path / "bad.npy")] + cmd[7:] + ["--out", str(tmp_path / "x.json")],
