@@ -72,3 +72,13 @@ class ACMRConfig:
             cfg.w_dis = weights[2] if cfg.w_dis is None else cfg.w_dis
         cfg.epochs = RELEASE_EPOCHS[self.key] if cfg.epochs is None else cfg.epochs
         return cfg
+
+    def check_split_sizes(self, n_train: int, n_test: Optional[int] = None) -> None:
+        """The release trains on whole batches (with drop_remainder) and evaluates whole batches
+        only (without eval_full_test): a split smaller than one batch gives it nothing to do."""
+        if self.drop_remainder and n_train < self.batch_size:
+            raise ValueError(f"the train split has {n_train} pairs, fewer than one batch of {self.batch_size}; "
+                             "lower --batch_size or pass --nodrop_remainder")
+        if n_test is not None and not self.eval_full_test and n_test < self.batch_size:
+            raise ValueError(f"the test split has {n_test} pairs, fewer than one batch of {self.batch_size} (the "
+                             "release evaluates whole batches only); lower --batch_size or pass --eval_full_test")

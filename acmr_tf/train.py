@@ -102,12 +102,10 @@ def main(argv):
     where = ds.source or ds.name
     require_classes(train.labels, f"{where}: the train split", "ACMR's losses (pairs of different classes)")
     require_classes(test.labels, f"{where}: the test split", "a meaningful mAP (one class makes every item relevant)")
-    if cfg.drop_remainder and len(train) < cfg.batch_size:  # checked again by the task; here before any work
-        raise ConfigError(f"{where}: the train split has {len(train)} pairs, fewer than one batch of "
-                          f"{cfg.batch_size}; lower --batch_size or pass --nodrop_remainder")
-    if not cfg.eval_full_test and len(test) < cfg.batch_size:
-        raise ConfigError(f"{where}: the test split has {len(test)} pairs, fewer than one batch of {cfg.batch_size} "
-                          "(the release evaluates whole batches only); lower --batch_size or pass --eval_full_test")
+    try:
+        cfg.check_split_sizes(len(train), len(test))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
     print(f"{ds.name}: {len(train)} train / {len(test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"labels {int(train.labels.min())}..{int(train.labels.max())} (0-based), {ds.num_classes} classes; "
           f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, {cfg.epochs} epochs", flush=True)

@@ -4,6 +4,7 @@ before TensorFlow loads)."""
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -56,9 +57,10 @@ def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_batch_memory(batch_size: int, n_train: int, memory: int) -> None:
+def check_batch_memory(batch_size: int, n_train: int, memory: Optional[int] = None) -> None:
     """The vectorised triplet loss holds (B, B, B) tensors: refuse a batch whose step cannot fit in
-    memory (it would be killed without a word) and name the largest that fits."""
+    memory (default: this machine's; it would be killed without a word) and name the largest that fits."""
+    memory = memory or physical_memory()
     b = min(batch_size, n_train)
     need = b ** 3 * TRIPLET_BYTES_PER_ELEMENT
     if need > 0.75 * memory:

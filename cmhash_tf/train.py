@@ -97,7 +97,7 @@ def main(argv):
     bits = validate_flags()
     if FLAGS.mode == "e2e":
         return main_e2e(bits)
-    from cmhash_tf.data import check_batch_memory, hold_out, multi_hot, physical_memory
+    from cmhash_tf.data import check_batch_memory, hold_out, multi_hot
     from common.dataset import Split
     from common.datasets import load_dataset
 
@@ -135,7 +135,7 @@ def main(argv):
     print(f"{ds.name}: train {len(train)}, validation {len(val) if val is not None else 'none'}, queries "
           f"{len(queries)}, database {len(database)}; "
           f"dims {ds.image_dim}/{ds.text_dim}, {ds.num_classes} labels; bits {bits}", flush=True)
-    check_batch_memory(FLAGS.batch_size, len(train), physical_memory())
+    check_batch_memory(FLAGS.batch_size, len(train))
     for w in warnings_early:
         print(f"warning: {w}", flush=True)
     warnings = warnings_early + check_signal(train, val, queries, database, FLAGS.mining)
@@ -228,7 +228,7 @@ def report(folder, per_bits: dict, bits: list, dataset: str, warnings: list) -> 
 def main_e2e(bits: list) -> None:
     """ResNet-18 + BERT on the IAPR images and texts, one model per bit length."""
     from cmhash_tf import e2e
-    from cmhash_tf.data import check_batch_memory, hold_out, physical_memory
+    from cmhash_tf.data import check_batch_memory, hold_out
 
     run.import_tensorflow()
     precision_warnings = run.set_precision()
@@ -244,7 +244,7 @@ def main_e2e(bits: list) -> None:
         train_idx, val_idx = hold_out(len(splits["train"]), FLAGS.seed, FLAGS.val_size, "iapr")
         train, val = splits["train"].subset(train_idx), splits["train"].subset(val_idx)
     queries, database = splits["test"], splits["database"]
-    check_batch_memory(FLAGS.batch_size, len(train), physical_memory())  # the loss; the backbones come on top
+    check_batch_memory(FLAGS.batch_size, len(train))  # the loss; the backbones come on top
     warnings = check_signal(train, val, queries, database, FLAGS.mining) + precision_warnings
     from cmhash_tf.model import CMHashNetworks
     from cmhash_tf.task import CMHashTrainer, fit

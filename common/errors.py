@@ -42,3 +42,16 @@ def op_error_line(error: Exception) -> str:
     head = text.split(";")[0].strip() if ";" in text else ""
     path = re.sub(r"_temp[^/]*/.*$|\.tempstate\d+$", "", head)
     return f"{path}: {reason}" if path and path != reason else reason
+
+
+def tensorflow_oom(error: BaseException) -> str:
+    """TensorFlow's 'OOM when allocating tensor with shape[...]' in an error or in the errors it was
+    raised from ('' if none)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        found = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", str(error))
+        if found:
+            return found.group(0)
+        error = error.__cause__ or error.__context__
+    return ""

@@ -15,7 +15,8 @@ from typing import Callable, Optional
 
 from absl import app, flags
 
-from common.errors import OS_FAULTS, ConfigError, DataError, DivergenceError, op_error_line, op_error_reason
+from common.errors import (OS_FAULTS, ConfigError, DataError, DivergenceError, op_error_line, op_error_reason,
+                           tensorflow_oom)
 
 # flags that change what is printed or where, never a number: left out of a run's fingerprint
 LOGGING_FLAGS = frozenset({"output_dir", "overwrite", "log_every", "log_batches", "histogram_every",
@@ -344,7 +345,7 @@ def run_main(main: Callable) -> None:
         except Exception as e:
             if hasattr(e, "error_code") and op_error_reason(e) in OS_FAULTS:  # TensorFlow's own file writes
                 _fail(f"error: {op_error_line(e)}", 2)  # (summaries, datasets) on a full or read-only disk
-            oom = _tensorflow_oom(e)
+            oom = tensorflow_oom(e)
             if oom:
                 _fail(f"error: {OUT_OF_MEMORY} ({oom})", 2)
             raise
@@ -353,21 +354,6 @@ def run_main(main: Callable) -> None:
 
 
 OUT_OF_MEMORY = "out of memory; lower --batch_size or the network widths"
-
-
-def _tensorflow_oom(error: BaseException) -> str:
-    """TensorFlow's 'OOM when allocating tensor with shape[...]' anywhere in an error's chain
-    (Keras re-raises it as a ValueError while building a model)."""
-    import re
-
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        found = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", str(error))
-        if found:
-            return found.group(0)
-        error = error.__cause__ or error.__context__
-    return ""
 
 
 def _fail(message: str, code: int) -> None:

@@ -67,16 +67,15 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite:
     """Save the SavedModel to `out`: a new or empty folder, or a previous export (it holds
     saved_model.pb) replaced with `overwrite` once the new one is complete. Any other folder is
     refused, never deleted."""
-    if os.path.abspath(out) == os.path.abspath(run_dir):
-        raise ConfigError(f"--out {out} is the run folder itself; choose a new folder for the export")
-    io.check_output_dir(out, overwrite, owned="saved_model.pb", what="export")
     import tensorflow as tf
 
     from common import export
 
-    run_dir = export.model_folder(run_dir)  # a run with one model sub-folder names it
-    if os.path.abspath(out) == os.path.abspath(run_dir):
+    model_dir = export.model_folder(run_dir)  # a run with one model sub-folder names it
+    if os.path.abspath(out) in (os.path.abspath(run_dir), os.path.abspath(model_dir)):
         raise ConfigError(f"--out {out} is the run folder itself; choose a new folder for the export")
+    io.check_output_dir(out, overwrite, owned="saved_model.pb", what="export")
+    run_dir = model_dir
     enc = export.load_encoders(run_dir, checkpoint)
     module, signatures = build_module(enc)
     parent = os.path.dirname(os.path.abspath(out))

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from common import driver, training
-from common.errors import ConfigError, DataError, DivergenceError, op_error_line, op_error_reason
+from common.errors import ConfigError, DataError, DivergenceError, op_error_line, op_error_reason, tensorflow_oom
 from tests.common.fixtures import snapshot
 from tests.conftest import REPO
 
@@ -234,8 +234,6 @@ def test_op_errors_are_told_by_file_and_os_reason():
 
 
 def test_out_of_memory_is_found_in_an_error_chain():
-    from common import run
-
     oom = tf.errors.ResourceExhaustedError(None, None, "{{function_node x}} OOM when allocating tensor with "
                                                        "shape[100,100000000] and type float on /job:localhost")
     try:
@@ -244,8 +242,8 @@ def test_out_of_memory_is_found_in_an_error_chain():
         except tf.errors.ResourceExhaustedError as e:
             raise ValueError("Exception encountered when calling Projector.call()") from e
     except ValueError as wrapped:
-        assert run._tensorflow_oom(wrapped) == "OOM when allocating tensor with shape[100,100000000]"
-    assert run._tensorflow_oom(ValueError("shapes differ")) == ""
+        assert tensorflow_oom(wrapped) == "OOM when allocating tensor with shape[100,100000000]"
+    assert tensorflow_oom(ValueError("shapes differ")) == ""
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_files(tmp_path, monkeypatch):
