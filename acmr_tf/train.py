@@ -149,7 +149,7 @@ def main(argv):
 
 def cli():
     define_flags()
-    run.run_main(main)
+    run.run_main(main, resumes="from the last checkpoint")
 
 
 if __name__ == "__main__":

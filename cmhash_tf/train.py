@@ -284,7 +284,7 @@ def main_e2e(bits: list) -> None:
 
 def cli():
     define_flags()
-    run.run_main(main)
+    run.run_main(main, resumes="from the last checkpoint")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 from typing import Callable, Optional
 
@@ -308,10 +309,11 @@ def program() -> Optional[str]:
     return _PROGRAM
 
 
-def run_main(main: Callable) -> None:
+def run_main(main: Callable, resumes: str = "") -> None:
     """`absl.app.run(main)` with one-line errors and no traceback for what a user can fix:
     unknown or invalid flags, data and configuration errors and unreadable/unwritable paths exit
-    with code 2; a diverged training (NaN/inf loss) exits with code 3; Ctrl-C exits with 130."""
+    with code 2; a diverged training (NaN/inf loss) exits with code 3; Ctrl-C exits with 130, SIGTERM with 143
+    (saying "re-run the same command to resume <resumes>" for a program that resumes)."""
     global _PROGRAM
     _PROGRAM = main.__module__
     if _PROGRAM == "__main__":  # `python -m package.module`
@@ -329,14 +331,18 @@ def run_main(main: Callable) -> None:
 
     def wrapped(argv):
         quiet()  # --verbosity is known now; TensorFlow is not loaded yet
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             return main(argv)
         except (DataError, ConfigError) as e:
             _fail(f"error: {e}", 2)
         except DivergenceError as e:  # not bad input: the run itself went wrong
             _fail(f"error: training diverged: {e}", 3)
-        except KeyboardInterrupt:
-            _fail("error: interrupted; re-run the same command to resume from the last checkpoint", 130)
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            hint = f"; re-run the same command to resume {resumes}" if resumes else ""
+            _fail(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint}",
+                  128 + signal.SIGTERM if terminated else 130)
         except OSError as e:  # e.g. an output folder that cannot be created or written, a full disk
             reason = e.strerror or str(e)
             _fail(f"error: {e.filename}: {reason}" if e.filename else f"error: {reason}", 2)
@@ -351,6 +357,16 @@ def run_main(main: Callable) -> None:
             raise
 
     app.run(wrapped, flags_parser=parse)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a batch scheduler's stop or pre-emption) stops a run as Ctrl-C does: a new
+    run without a checkpoint is rolled back, temporary files are removed, and the user is told how
+    to resume, instead of the process vanishing with Python's default action."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 OUT_OF_MEMORY = "out of memory; lower --batch_size or the network widths"

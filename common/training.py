@@ -125,16 +125,19 @@ class Checkpointer:
         return True
 
     def save(self, number: int | None = None) -> str:
-        """Save; a failed save (a full disk) leaves the previous checkpoints and no temporary files."""
+        """Save; a failed or interrupted save (a full disk, Ctrl-C, SIGTERM) leaves the previous
+        checkpoints and no temporary files."""
         number = int(self.step.numpy()) if number is None else number
         try:
             return self.manager.save(checkpoint_number=number)
-        except (tf.errors.OpError, OSError) as e:
+        except BaseException as e:
             for leftover in glob.glob(os.path.join(self.write_directory, f"ckpt-{number}_temp*")):
                 if os.path.isdir(leftover):
                     shutil.rmtree(leftover, ignore_errors=True)
-                else:
+                elif os.path.lexists(leftover):
                     os.unlink(leftover)
+            if not isinstance(e, (tf.errors.OpError, OSError)):
+                raise
             reason = getattr(e, "strerror", None) or op_error_reason(e)
             raise OSError(errno.EIO, f"cannot save checkpoint {number} ({reason}); the previous checkpoint is kept",
                           self.write_directory) from None

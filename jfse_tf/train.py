@@ -257,7 +257,7 @@ def write(folder, info, scenario, ds, cfg, summary, seen=None, prefix="", warnin
 
 def cli():
     define_flags()
-    run.run_main(main)
+    run.run_main(main, resumes="from the last checkpoint")
 
 
 if __name__ == "__main__":

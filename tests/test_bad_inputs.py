@@ -378,7 +378,9 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     assert len(lines) == 1 and "cannot resume from this checkpoint" in lines[0], res.stderr[-1500:]
 
 
-def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
+@pytest.mark.parametrize("sig,code,said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_ctrl_c_or_sigterm_says_how_to_resume(tmp_path, sig, code, said):
+    """Ctrl-C, and SIGTERM as a scheduler sends it, stop a run with one line and no temporary files."""
     import signal
     import time
 
@@ -390,8 +392,9 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     while not (tmp_path / "o" / "checkpoints" / "checkpoint").exists():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-1500:]
-    assert err.strip().splitlines()[-1] == ("error: interrupted; re-run the same command to resume from the last "
-                                            "checkpoint")
+    assert proc.returncode == code, err[-1500:]
+    assert err.strip().splitlines()[-1] == f"error: {said}; re-run the same command to resume from the last checkpoint"
+    leftovers = [p for p in (tmp_path / "o").rglob("*") if "_temp" in p.name or p.name.startswith(".tmp-")]
+    assert not leftovers, leftovers

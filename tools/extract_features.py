@@ -223,7 +223,7 @@ def define_flags():
 
 def cli():
     define_flags()
-    run.run_main(main)
+    run.run_main(main, resumes="the extraction")
 
 
 if __name__ == "__main__":

@@ -266,6 +266,41 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_fil
     assert training.RunState(str(tmp_path), v=v).start_epoch == 1
 
 
+def test_an_interrupted_save_leaves_no_temporary_files(tmp_path, monkeypatch):
+    v = tf.Variable(1.0)
+    state = training.RunState(str(tmp_path), v=v)
+    state.record({"epoch": 0})
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+
+    def interrupted(self, checkpoint_number=None, **kw):
+        os.makedirs(tmp_path / "checkpoints" / f"ckpt-{checkpoint_number}_temp")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        state.record({"epoch": 1})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+@pytest.mark.parametrize("stop,code,line", [
+    ("raise KeyboardInterrupt", 130, "error: interrupted"),
+    ("os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)", 143, "error: terminated (SIGTERM)")])
+def test_a_stopped_tool_exits_with_one_line_and_no_resume_promise(stop, code, line):
+    """Only programs that resume say "re-run the same command to resume"; a tool just stops."""
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        from common import run
+
+        def main(argv):
+            {stop}
+
+        run.run_main(main)
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert (res.returncode, res.stderr.strip()) == (code, line), res.stderr
+
+
 def test_divergence_guard_names_the_first_bad_batch_and_losses():
     driver.check_finite({"a": np.array([1.0, 2.0]), "b": np.array([0.0, -1.0])}, "epoch", 0)
     with pytest.raises(DivergenceError, match=r"non-finite b=inf at epoch 4, batch 2; the last good"):
