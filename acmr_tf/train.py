@@ -108,7 +108,8 @@ def main(argv):
         raise ConfigError(f"{where}: {e}") from None
     print(f"{ds.name}: {len(train)} train / {len(test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"labels {int(train.labels.min())}..{int(train.labels.max())} (0-based), {ds.num_classes} classes; "
-          f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, {cfg.epochs} epochs", flush=True)
+          f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, "
+          f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}", flush=True)
     from common import driver
 
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite,

@@ -19,8 +19,6 @@ Without a strategy every helper is the identity and the step is the one-device s
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import tempfile
 import threading
 from typing import Callable, Optional
@@ -39,13 +37,9 @@ def make_strategy(name: str, devices: Optional[list] = None):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(devices)
     if name == "multiworker":
-        if not os.environ.get("TF_CONFIG"):
-            raise ConfigError("--distribute multiworker reads the cluster from the TF_CONFIG environment variable "
-                              "(see docs/design.md, 'Distribution'); it is not set")
-        try:
-            json.loads(os.environ["TF_CONFIG"])
-        except ValueError as e:
-            raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
+        from common.run import tf_config
+
+        tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ConfigError(f"unknown --distribute {name!r}; choose one of {', '.join(STRATEGIES)}")
 

@@ -252,6 +252,14 @@ def is_chief() -> bool:
     without TensorFlow so the run folder can be locked before it loads)."""
     if flags.FLAGS.distribute != "multiworker":
         return True
+    task, cluster = tf_config()
+    kind, index = task.get("type"), task.get("index", 0)
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+
+
+def tf_config() -> tuple:
+    """TF_CONFIG's (task, cluster), checked so that a mistake in it is one line rather than
+    TensorFlow's traceback once the strategy is built."""
     import json
 
     raw = os.environ.get("TF_CONFIG")
@@ -262,9 +270,23 @@ def is_chief() -> bool:
         config = json.loads(raw)
     except ValueError as e:
         raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ConfigError('TF_CONFIG must be a JSON object {"cluster": {...}, "task": {"type": ..., "index": ...}}')
     task, cluster = config.get("task", {}), config.get("cluster", {})
-    kind, index = task.get("type"), int(task.get("index", 0))
-    return kind in (None, "chief") or (kind == "worker" and index == 0 and "chief" not in cluster)
+    def host_list(hosts):
+        return isinstance(hosts, list) and hosts and all(isinstance(h, str) for h in hosts)
+
+    if not (isinstance(cluster, dict) and cluster and all(host_list(hosts) for hosts in cluster.values())):
+        raise ConfigError('TF_CONFIG "cluster" must map each job ("chief", "worker") to a list of "host:port" '
+                          f"strings; got {cluster!r}")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise ConfigError(f'TF_CONFIG "task" must name a job of the cluster ({", ".join(cluster)}) as "type"; '
+                          f"got {task!r}")
+    hosts, index = cluster[task["type"]], task.get("index", 0)
+    if not (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(hosts)):
+        raise ConfigError(f'TF_CONFIG task index {index!r} is not one of the {len(hosts)} "{task["type"]}" '
+                          f"machines (0..{len(hosts) - 1})")
+    return task, cluster
 
 
 def replicas():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import distribute, training
+from common import distribute, run, training
 from common.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -82,6 +82,20 @@ def test_multiworker_needs_tf_config(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         distribute.make_strategy("multiworker")
+    workers = {"worker": ["localhost:1", "localhost:2"]}
+    for config, message in [
+            ([1], "must be a JSON object"),
+            ({"cluster": {"worker": "localhost:1"}, "task": {"type": "worker", "index": 0}}, 'list of "host:port"'),
+            ({"cluster": workers}, 'must name a job of the cluster \\(worker\\)'),
+            ({"cluster": workers, "task": {"type": "chief", "index": 0}}, "must name a job"),
+            ({"cluster": workers, "task": {"type": "worker", "index": 5}}, r"task index 5 is not one of the 2 "
+                                                                           r'"worker" machines \(0..1\)'),
+            ({"cluster": workers, "task": {"type": "worker", "index": "0"}}, "task index '0'")]:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+        with pytest.raises(ConfigError, match=message):  # TensorFlow's own check is a traceback
+            distribute.make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": workers, "task": {"type": "worker", "index": 1}}))
+    assert run.tf_config() == ({"type": "worker", "index": 1}, workers)
 
 
 @pytest.mark.parametrize("module,args,results", [
