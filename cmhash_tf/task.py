@@ -152,7 +152,7 @@ class CMHashTask(driver.Task):
         self.steps_per_unit = runner.steps
         self.keys = map_keys(trainer.cfg)
         self.headline = tuple(f"test/{k}" for k in self.keys)
-        self.applied = 0  # batches with at least one triplet, in this process
+        self.applied = 0  # batches with at least one triplet since the last record
 
     def models(self) -> dict:
         return self.trainer.nets.models()
@@ -175,6 +175,13 @@ class CMHashTask(driver.Task):
         values = self.runner.run_epoch(epoch, on_block=on_block)
         self.applied += int(np.sum(values["applied"] > 0))
         return values
+
+    def before_record(self, evaluation: driver.Evaluation, history: list) -> None:
+        """The run's count of applied batches goes into each record, so that a resumed or complete
+        run still knows whether any update ever happened (older records lack it: unknown)."""
+        prior = history[-1].get("applied_batches") if history else 0
+        evaluation.record["applied_batches"] = None if prior is None else prior + self.applied
+        self.applied = 0
 
     def unit_losses(self, values: dict) -> dict:
         return {"loss": float(np.mean(values["loss"])), "skipped_batches": int(np.sum(values["applied"] == 0))}
@@ -215,9 +222,12 @@ def fit(cfg: CMHashConfig, train, val, queries, database, out_dir: str, select_o
     if not cfg.text_only and position is None and trainer.replicas.is_chief:  # feature heads export
         export.write_spec(out_dir, **task.encoders(train.image.shape[1], train.text.shape[1]))
     result = driver.fit(task, out_dir, options or driver.FitOptions(label=f"[{cfg.bits} bits]"))
-    if result.trained and task.applied == 0:
-        raise DataError(f"no training batch of {cfg.batch_size} produced a triplet in {result.trained} epochs (every "
-                        "update was skipped); a larger --batch_size or data with more label overlap is needed")
+    if result.history[-1].get("applied_batches") == 0:  # also when a complete run is re-run
+        epochs = sum(r.get("train_units", 0) for r in result.history)
+        raise DataError(f"no training batch of {cfg.batch_size} produced a triplet in {epochs} "
+                        f"epoch{'s' if epochs != 1 else ''} (every update was skipped), so there is no result; a "
+                        "larger --batch_size or data with more label overlap is needed (with --overwrite or "
+                        "another --output_dir)")
     out = task.summary(result.history, select_on_test)
     out.update(seconds_per_epoch=result.seconds_per_unit, trained=result.trained > 0,
                random_codes_map=random_codes_map(queries, database, cfg.bits, seed))

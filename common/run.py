@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import Callable, Optional
 
+import numpy as np
 from absl import app, flags
 
 from common.errors import (OS_FAULTS, ConfigError, DataError, DivergenceError, op_error_line, op_error_reason,
@@ -154,13 +155,17 @@ def require_nonnegative(*names: str) -> None:
 
 
 def require_float(name: str, low: float = 0.0, high: float = math.inf, low_open: bool = True,
-                  high_open: bool = False) -> None:
-    """A float flag, when set, must be finite and inside the range ((low, high] by default)."""
+                  high_open: bool = False, float32: bool = True) -> None:
+    """A float flag, when set, must be finite and inside the range ((low, high] by default), and
+    neither 0 nor infinite once cast to float32 (a 1e-300 rate would silently train nothing)."""
     value = flags.FLAGS[name].value
     if value is None:
         return
     if not math.isfinite(value):
         raise ConfigError(f"--{name} must be a finite number, got {value}")
+    single = float(np.float32(value)) if abs(value) < 3.4e38 else math.inf
+    if float32 and (not math.isfinite(single) or (value != 0 and single == 0)):
+        raise ConfigError(f"--{name} {value} is {'infinite' if single else '0'} in float32, which the training uses")
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:

@@ -218,6 +218,8 @@ CASES = [
     ("acmr-zero-batch", "acmr_tf.train", ["--batch_size", "0"], lambda d: None, "batch"),
     ("acmr-negative-lr", "acmr_tf.train", ["--lr=-0.1"], lambda d: None, "--lr must be > 0"),
     ("acmr-nan-lr", "acmr_tf.train", ["--lr", "nan"], lambda d: None, "--lr must be a finite number"),
+    ("acmr-lr-zero-in-float32", "acmr_tf.train", ["--lr", "1e-300"], lambda d: None, "--lr 1e-300 is 0 in float32"),
+    ("jfse-lr-infinite-in-float32", "jfse_tf.train", ["--lr", "1e39"], lambda d: None, "is infinite in float32"),
     ("acmr-narrow-embedding", "acmr_tf.train", ["--emb_dim", "2"], lambda d: None, "--emb_dim must be at least 4"),
     ("acmr-zero-top-k", "acmr_tf.train", ["--top_k", "0"], lambda d: None, "--top_k"),
     ("jfse-negative-epochs", "jfse_tf.demo", ["--epochs", "-2"], lambda d: None, "--epochs"),

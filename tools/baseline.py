@@ -95,8 +95,8 @@ def cca_sign_maps(ds, bits, reg: float) -> dict:
 def main(argv):
     run.no_arguments(argv)
     run.require_nonnegative("cca_dim")
-    run.require_float("cca_reg", 0.0, low_open=False)
-    run.require_float("cca_power", 0.0, low_open=False)
+    run.require_float("cca_reg", 0.0, low_open=False, float32=False)  # CCA computes in float64
+    run.require_float("cca_power", 0.0, low_open=False, float32=False)
     bits = run.int_list("hash_bits") if FLAGS.hash_bits else []
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims "

@@ -166,6 +166,19 @@ def test_cli_contract_and_errors(tmp_path):
     assert res.returncode == 2 and "--bits must be integers" in res.stderr
 
 
+def test_a_run_whose_every_batch_was_skipped_has_no_result_even_when_re_run(tmp_path):
+    """Batches of 2 never hold a triplet here: no update ever happens, so no mAP may be reported,
+    neither by the run nor by re-running the complete run (it once printed the untrained model's)."""
+    args = ["--bits", "8", "--epochs", "2", "--batch_size", "2", "--output_dir", str(tmp_path / "a")]
+    for _ in range(2):
+        res = cli(*args)
+        assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith(
+            "error: no training batch of 2 produced a triplet in 2 epochs"), res.stderr[-1500:]
+        assert not (tmp_path / "a" / "results.json").exists()
+    history = json.loads((tmp_path / "a" / "bits_8" / "history.json").read_text())["history"]
+    assert [r["applied_batches"] for r in history] == [0, 0]
+
+
 def test_single_label_features_get_a_saved_validation_split(tmp_path):
     from tests.common import fixtures
 
