@@ -49,6 +49,9 @@ def main(argv=None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command == "train":
+        if rest and rest[0] in ("-h", "--help", "help"):
+            print(usage())
+            return
         if not rest or rest[0] not in TRAIN:
             what = f"unknown method {rest[0]!r}" if rest else "a method is missing"
             print(f"error: cmr train: {what}; one of {', '.join(TRAIN)}", file=sys.stderr)
@@ -60,7 +63,9 @@ def main(argv=None) -> None:
         print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [prog, *rest]
-    importlib.import_module(module).cli()
+    entry = importlib.import_module(module)
+    sys.modules["__main__"].__doc__ = entry.__doc__  # absl's --help shows the main module's docstring
+    entry.cli()
 
 
 if __name__ == "__main__":

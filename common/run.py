@@ -350,11 +350,18 @@ def run_main(main: Callable, resumes: str = "") -> None:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
     def parse(argv):
+        end = argv.index("--") if "--" in argv else len(argv)
+        argv = [("--help" if a == "-h" else a) for a in argv[:end]] + argv[end:]  # the usual short form
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:  # absl words some of these "ERROR:: ..."
             print(f"error: {str(e).removeprefix('ERROR::').strip()} (see --helpfull)", file=sys.stderr)
             sys.exit(2)
+        except SystemExit as e:  # absl ends --help, --helpfull, --helpshort with status 1; asked-for help is 0
+            asked = any(a.split("=")[0] in HELP_FLAGS for a in argv[1:end])
+            sys.exit(0 if asked and e.code == 1 else e.code)
+        except BrokenPipeError:  # `--help | head`
+            _pipe_closed()
 
     def wrapped(argv):
         quiet()  # --verbosity is known now; TensorFlow is not loaded yet
@@ -370,6 +377,8 @@ def run_main(main: Callable, resumes: str = "") -> None:
             hint = f"; re-run the same command to resume {resumes}" if resumes else ""
             _fail(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint}",
                   128 + signal.SIGTERM if terminated else 130)
+        except BrokenPipeError:  # `cmr report runs/ | head`: stop as Unix tools do, without a message
+            _pipe_closed()
         except OSError as e:  # e.g. an output folder that cannot be created or written, a full disk
             reason = e.strerror or str(e)
             _fail(f"error: {e.filename}: {reason}" if e.filename else f"error: {reason}", 2)
@@ -397,6 +406,15 @@ def _terminate(signum, frame) -> None:
 
 
 OUT_OF_MEMORY = "out of memory; lower --batch_size or the network widths"
+
+
+HELP_FLAGS = ("--help", "--helpfull", "--helpshort", "--helpxml", "-?")
+
+
+def _pipe_closed() -> None:
+    """The reader of stdout went away: exit with SIGPIPE's status and no traceback from the final flush."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    os._exit(128 + signal.SIGPIPE)
 
 
 def _fail(message: str, code: int) -> None:

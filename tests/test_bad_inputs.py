@@ -236,6 +236,8 @@ CASES = [
      "feature-mode option"),
     ("multiworker-without-tf-config", "acmr_tf.train", ["--distribute", "multiworker", "--epochs", "1"],
      lambda d: None, "TF_CONFIG"),
+    ("report-plots-alone", "tools.report", ["--plots", "{d}/p", "{d}"], lambda d: None,
+     "--model, --features and --plots go together"),
     ("baseline-zero-bits", "tools.baseline", ["--hash_bits", "0", "--output_dir", "{d}/out"], lambda d: None,
      "--hash_bits"),
     ("baseline-negative-bits", "tools.baseline", ["--hash_bits=-8", "--output_dir", "{d}/out"], lambda d: None,

@@ -208,7 +208,7 @@ def pr_curves_and_projector(model_dir: str, features_dir: str, out_dir: str, use
 
 
 def main(argv):
-    if FLAGS.model or FLAGS.features:
+    if FLAGS.model or FLAGS.features or FLAGS.plots:  # one without the others would be ignored
         if not (FLAGS.model and FLAGS.features and FLAGS.plots):
             raise ConfigError("--model, --features and --plots go together")
         io.check_output_dir(FLAGS.plots, FLAGS.overwrite, owned="pr_curves.json", flag="--plots", what="report")

@@ -324,6 +324,14 @@ def test_cmr_lists_every_command_and_refuses_unknown_ones():
     for command in ("train acmr", "train jfse", "train zscrgan", "train cmhash", "export", "search", "report",
                     "baseline", "class-vectors", "extract-features", "convert-uci", "benchmark"):
         assert f"cmr {command} " in res.stdout, command
+    for args in (["train", "--help"], ["train", "acmr", "-h"], ["search", "--helpfull"], ["export", "--help"]):
+        res = subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=REPO))
+        assert res.returncode == 0 and not res.stderr, (args, res.returncode, res.stderr[-500:])  # absl: status 1
+        assert "cmr train acmr" in res.stdout if args == ["train", "--help"] else "  --out" in res.stdout, args
+    assert "ACMR entry point" in subprocess.run([sys.executable, "-m", "common.cli", "train", "acmr", "--help"],
+                                                capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO)
+                                                ).stdout  # the module's docstring, as under python -m
     res = subprocess.run([sys.executable, "-m", "common.cli", "train", "clip"], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 2 and res.stderr.startswith("error: cmr train: unknown method 'clip'; one of acmr, ")
