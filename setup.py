@@ -15,6 +15,7 @@ setup(
     packages=find_packages(include=["common", "common.*", "acmr_tf", "acmr_tf.*", "jfse_tf", "jfse_tf.*",
                                     "zscrgan_tf", "zscrgan_tf.*", "cmhash_tf", "cmhash_tf.*",
                                     "tools", "tools.*"]),
+    package_data={"tools": ["published_results.json"]},  # tools.report's published numbers, in any install
     install_requires=[
         "tensorflow>=2.21,<2.22",  # brings Keras 3
         "keras>=3.10",

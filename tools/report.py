@@ -6,7 +6,7 @@
 Finds every results.json under the given folders, and prints for each: method, dataset,
 scenario or bit length, our i2t / t2i numbers (the contract's mAP@all, per-bit Hamming mAP
 for hashing, P@50 for ZSCRGAN), and the published numbers for the same method, dataset and
-scenario from docs/published_results.json, each with its source. A missing published cell
+scenario from tools/published_results.json, each with its source. A missing published cell
 means no verified number exists for that setting (e.g. synthetic data).
 """
 
@@ -21,8 +21,7 @@ from common.errors import ConfigError, DataError
 
 FLAGS = flags.FLAGS
 
-PUBLISHED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
-                         "published_results.json")
+PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published_results.json")  # package data
 
 
 def find_results(paths) -> list:
@@ -112,7 +111,7 @@ def published_for(row: dict, groups: list) -> list:
 
 
 def report(paths, published: str = PUBLISHED) -> str:
-    groups = io.read_json(published)["groups"] if os.path.exists(published) else []
+    groups = io.read_json(published)["groups"]  # shipped with the package: missing is a broken install
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["| method | dataset | setting | metric | ours i2t / t2i | published i2t / t2i | source | run |",
              "|---|---|---|---|---|---|---|---|"]

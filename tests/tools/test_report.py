@@ -55,3 +55,23 @@ def test_report_labels_every_scenario_and_metric(tmp_path):
     assert sum(r[0].strip("| ") == "jfse" for r in rows) == 1  # the gzs run is not listed twice
     zs = next(r for r in rows if r[0].strip("| ") == "zscrgan")
     assert zs[3] == "P@50, best cycle on test (release)" and zs[4].startswith("— / 0.5682 (P@50 last 0.5464")
+
+
+def test_every_data_file_the_packages_read_ships_with_a_pip_install():
+    """`pip install .` (not -e) copies only what setup.py declares: a file beside the code that is
+    not package data is missing there (the published numbers once lived in docs/ and vanished)."""
+    import ast
+    import os
+
+    from tests.conftest import REPO
+
+    tree = ast.parse(open(os.path.join(REPO, "setup.py"), encoding="utf-8").read())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    declared = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "package_data"))
+    found = set()
+    for package in ("common", "acmr_tf", "jfse_tf", "zscrgan_tf", "cmhash_tf", "tools"):
+        for root, dirs, files in os.walk(os.path.join(REPO, package)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            found.update(os.path.relpath(os.path.join(root, f), REPO) for f in files if not f.endswith(".py"))
+    listed = {os.path.join(package, name) for package, names in declared.items() for name in names}
+    assert found == listed and "tools/published_results.json" in listed
