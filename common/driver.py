@@ -86,7 +86,8 @@ class RunFolder:
     def check(self) -> None:
         """Refuse (ConfigError / DataError) a folder that holds another run; touches nothing."""
         if not self.path:
-            raise ConfigError("--output_dir is required")
+            raise ConfigError("--output_dir is required: the run folder for checkpoints, logs and results (e.g. "
+                              "--output_dir runs/my_run)")
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ConfigError(f"--output_dir {self.path} is a file, not a folder")
         parent = os.path.dirname(os.path.abspath(self.path))

@@ -104,7 +104,8 @@ def _load_features(path: str) -> np.ndarray:
 
 def _signature(model, name: str, path: str):
     if name not in model.signatures:
-        raise ConfigError(f"{path} has no {name!r} signature (it has {sorted(model.signatures)})")
+        hint = "; --hamming needs a model exported from a cmhash run" if name.startswith("hash_") else ""
+        raise ConfigError(f"{path} has no {name!r} signature (it has {sorted(model.signatures)}){hint}")
     return model.signatures[name]
 
 
