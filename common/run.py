@@ -278,6 +278,7 @@ def tf_config() -> tuple:
     if not isinstance(config, dict):
         raise ConfigError('TF_CONFIG must be a JSON object {"cluster": {...}, "task": {"type": ..., "index": ...}}')
     task, cluster = config.get("task", {}), config.get("cluster", {})
+
     def host_list(hosts):
         return isinstance(hosts, list) and hosts and all(isinstance(h, str) for h in hosts)
 
