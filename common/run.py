@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from typing import Callable, Optional
 
 import numpy as np
@@ -366,7 +367,8 @@ def run_main(main: Callable, resumes: str = "") -> None:
 
     def wrapped(argv):
         quiet()  # --verbosity is known now; TensorFlow is not loaded yet
-        signal.signal(signal.SIGTERM, _terminate)
+        if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             return main(argv)
         except (DataError, ConfigError) as e:
