@@ -4,6 +4,7 @@
     cmr train jfse --scenario zs                              # = python -m jfse_tf.train ...
     cmr export --run_dir runs/acmr --out exported/acmr        # = python -m tools.export ...
     cmr search|report|baseline|... --help
+    cmr --version
 
 Each command is the same program as its `python -m` form (same flags, outputs and exit codes);
 `cmr <command> --help` lists its flags, `--flagfile <run>/flags.txt` repeats a run.
@@ -35,17 +36,37 @@ TOOLS = {
 
 
 def usage() -> str:
-    lines = ["usage: cmr <command> [flags]   (cmr <command> --help for its flags)", "", "train a method:"]
+    lines = ["usage: cmr <command> [flags]   (cmr <command> --help for its flags; cmr --version)", "",
+             "train a method:"]
     lines += [f"  cmr train {name:<16} {what}" for name, (_, what) in TRAIN.items()]
     lines += ["", "tools:"]
     lines += [f"  cmr {name:<22} {what}" for name, (_, what) in TOOLS.items()]
     return "\n".join(lines)
 
 
+def version() -> str:
+    """The project's version and the stack it runs on, without loading TensorFlow."""
+    from importlib import metadata
+
+    import common
+
+    def installed(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    stack = ", ".join(f"{name} {installed(name)}" for name in ("tensorflow", "keras", "tensorflow-datasets"))
+    return f"cmr-tf {common.__version__} (Python {sys.version.split()[0]}; {stack})"
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return
+    if argv[0] == "--version":
+        print(version())
         return
     command, rest = argv[0], argv[1:]
     if command == "train":

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import common
 from common import driver, training
 from common.errors import ConfigError, DataError, DivergenceError, op_error_line, op_error_reason, tensorflow_oom
 from tests.common.fixtures import snapshot
@@ -332,6 +333,10 @@ def test_cmr_lists_every_command_and_refuses_unknown_ones():
     assert "ACMR entry point" in subprocess.run([sys.executable, "-m", "common.cli", "train", "acmr", "--help"],
                                                 capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO)
                                                 ).stdout  # the module's docstring, as under python -m
+    res = subprocess.run([sys.executable, "-m", "common.cli", "--version"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert res.returncode == 0 and res.stdout.startswith(f"cmr-tf {common.__version__} (Python 3.")
+    assert f"tensorflow {tf.__version__}" in res.stdout
     res = subprocess.run([sys.executable, "-m", "common.cli", "train", "clip"], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 2 and res.stderr.startswith("error: cmr train: unknown method 'clip'; one of acmr, ")
