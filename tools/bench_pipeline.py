@@ -15,8 +15,13 @@ import os
 import time
 
 import numpy as np
-import tensorflow as tf
-from absl import app, flags
+from absl import flags
+
+from common import io, run
+
+run.quiet()
+run.import_tensorflow()  # TensorFlow's load-time banners held back: the benchmark prints its table only
+import tensorflow as tf  # noqa: E402
 
 flags.DEFINE_integer("pairs", 2173, "Training pairs.")
 flags.DEFINE_integer("image_dim", 4096, "Image feature dim.")
@@ -25,6 +30,7 @@ flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("epochs", 3, "Timed epochs per variant and round (after one warm-up epoch).")
 flags.DEFINE_integer("rounds", 4, "Rounds; the variant order rotates each round to cancel drift.")
 flags.DEFINE_string("json_out", None, "Also write the results here.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --json_out file.")
 FLAGS = flags.FLAGS
 
 
@@ -52,6 +58,11 @@ def build():
 def main(argv):
     from common import pipelines
     from common.dataset import Split
+
+    run.no_arguments(argv)
+    run.require_positive("pairs", "image_dim", "text_dim", "batch_size", "epochs", "rounds")
+    if FLAGS.json_out:
+        io.check_output_file(FLAGS.json_out, FLAGS.overwrite, flag="--json_out")
 
     rng = np.random.default_rng(0)
     split = Split(rng.random((FLAGS.pairs, FLAGS.image_dim), np.float32),
@@ -115,9 +126,8 @@ def main(argv):
         print(f"{name:>16}: {sec:.3f} s/epoch  {FLAGS.pairs / sec:8.0f} pairs/s  "
               f"{sec / results['floor']:.3f} x floor")
     if FLAGS.json_out:
-        from common import io
         io.write_json(FLAGS.json_out, {"cpus": os.cpu_count(), "seconds_per_epoch": results})
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run.run_main(main)

@@ -16,7 +16,9 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from common import io, run
 
 flags.DEFINE_integer("queries", 2000, "Query rows.")
 flags.DEFINE_integer("gallery", 200000, "Gallery rows.")
@@ -26,6 +28,7 @@ flags.DEFINE_integer("chunk", 65536, "Exact search block size.")
 flags.DEFINE_string("backend", None, "Internal: run one backend and print JSON.")
 flags.DEFINE_string("ref", None, "Internal: .npy of the exact search's ids (written by exact_tf, read by the others).")
 flags.DEFINE_string("out", None, "Optional JSON output.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
 FLAGS = flags.FLAGS
 
 
@@ -61,6 +64,10 @@ def main(argv):
     if FLAGS.backend:
         print(json.dumps(_one(FLAGS.backend)))
         return
+    run.no_arguments(argv)
+    run.require_positive("queries", "gallery", "dim", "top_k", "chunk")
+    if FLAGS.out:
+        io.check_output_file(FLAGS.out, FLAGS.overwrite)
     rows = []
     ref = os.path.join(tempfile.mkdtemp(prefix="bench_search-"), "exact_ids.npy")
     for backend in ("exact_tf", "faiss_flat", "faiss_ivf"):
@@ -75,10 +82,9 @@ def main(argv):
         print(f"{backend:11s} {r['seconds']:8.2f} s  peak RSS {r['peak_rss_mib']:7.0f} MiB  "
               f"recall@{FLAGS.top_k} vs exact {r['recall_vs_exact']:.4f}", flush=True)
     if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            json.dump({"config": {k: getattr(FLAGS, k) for k in ("queries", "gallery", "dim", "top_k", "chunk")},
-                       "results": rows}, f, indent=2)
+        io.write_json(FLAGS.out, {"config": {k: getattr(FLAGS, k) for k in ("queries", "gallery", "dim", "top_k",
+                                                                          "chunk")}, "results": rows})
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run.run_main(main)
