@@ -67,9 +67,10 @@ def validate_flags() -> list:
     run.require_positive("epochs", "batch_size", "eval_every", "val_size", "num_queries", "num_train", "hidden",
                          "log_every", "max_len", "image_size")
     run.require_nonnegative("histogram_every")
-    for name in ("lr", "image_lr", "text_lr", "margin"):
+    for name in ("lr", "image_lr", "text_lr"):
         run.require_float(name)
-    run.require_float("weight_decay", 0.0, low_open=False)
+    for name in ("margin", "weight_decay"):  # 0 is an ablation (as ACMR's --margin 0), not a mistake
+        run.require_float(name, 0.0, low_open=False)
     if FLAGS.batch_size < 2:
         raise ConfigError("--batch_size must be at least 2 (triplets need two items)")
     if FLAGS.mode == "e2e":
