@@ -80,10 +80,10 @@ def faiss_search(queries, gallery, k: int, kind: str = "flat", nlist: int = 1024
     q = np.ascontiguousarray(_normalise(queries).numpy())
     g = np.ascontiguousarray(_normalise(gallery).numpy())
     k = int(min(k, len(g)))
-    if kind == "flat":
+    nlist = int(min(nlist, max(1, len(g) // 39)))  # faiss wants ~39 training points per list
+    if kind == "flat" or nlist == 1:  # one list is the exact search (and faiss would warn about too few points)
         index = faiss.IndexFlatIP(g.shape[1])
     else:
-        nlist = int(min(nlist, max(1, len(g) // 39)))  # faiss wants ~39 training points per list
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(g.shape[1]), g.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         index.train(g)
