@@ -466,7 +466,7 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     Each record carries the training time and units since the previous one (`train_seconds`,
     `train_units`), so seconds per epoch stay right across resumes.
     """
-    from common import training
+    from common import run, training
 
     state = training.RunState(folder, replicas=task.replicas, **task.checkpoint_objects())
     label = f"{options.label} " if options.label else ""
@@ -480,6 +480,8 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     progress = Progress(total, first, task.unit, label)
     since, units_since = 0.0, 0
     for unit in range(first, total):
+        if run.stop_requested():  # Ctrl-C / SIGTERM whose KeyboardInterrupt TensorFlow did not pass on
+            run.raise_stop(run.stop_requested())
         on_block = _block_printer(task, unit, options, label, time.time()) if options.log_batches else None
         t0 = time.time()
         values = task.train_unit(unit, on_block=_guarded(task, unit, on_block))

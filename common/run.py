@@ -369,6 +369,7 @@ def run_main(main: Callable, resumes: str = "") -> None:
         quiet()  # --verbosity is known now; TensorFlow is not loaded yet
         if threading.current_thread() is threading.main_thread():  # signal.signal works only there
             signal.signal(signal.SIGTERM, _terminate)
+            _watch_stops(resumes)
         try:
             return main(argv)
         except (DataError, ConfigError) as e:
@@ -406,6 +407,47 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame) -> None:
     raise Terminated()
+
+
+_STOP: list = []  # the stop signals received (SIGINT / SIGTERM numbers), in order
+
+
+def stop_requested() -> Optional[int]:
+    """The first Ctrl-C / SIGTERM received, if any: the run driver stops at the next epoch or cycle
+    even if TensorFlow swallowed the KeyboardInterrupt of a signal that came during its call."""
+    return _STOP[0] if _STOP else None
+
+
+def raise_stop(signum: int) -> None:
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _watch_stops(resumes: str) -> None:
+    """Python runs a signal's handler only once the running TensorFlow call returns: a whole
+    compiled epoch by default, minutes at release widths. A thread woken by the signal (Python's
+    wakeup fd) says so at once, and a second Ctrl-C or SIGTERM stops the process at once (as a kill
+    would: the run resumes from its last checkpoint)."""
+    import time
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def watch():
+        while True:
+            for signum in os.read(read_fd, 64):
+                if signum not in (signal.SIGINT, signal.SIGTERM):
+                    continue
+                _STOP.append(signum)
+                hint = f"; re-run the same command to resume {resumes}" if resumes else ""
+                if len(_STOP) > 1:
+                    print(f"error: stopped at once{hint}", file=sys.stderr, flush=True)
+                    os._exit(128 + signum)
+                time.sleep(1.0)  # a stop the main thread handles right away has ended the process by now
+                print("stopping when the running TensorFlow call returns (up to one compiled epoch); "
+                      "Ctrl-C again stops at once", file=sys.stderr, flush=True)
+
+    threading.Thread(target=watch, name="stop-signals", daemon=True).start()
 
 
 OUT_OF_MEMORY = "out of memory; lower --batch_size or the network widths"

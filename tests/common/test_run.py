@@ -302,6 +302,80 @@ def test_a_stopped_tool_exits_with_one_line_and_no_resume_promise(stop, code, li
     assert (res.returncode, res.stderr.strip()) == (code, line), res.stderr
 
 
+def test_a_stop_during_a_long_tensorflow_call_is_acknowledged_at_once_and_a_second_one_stops():
+    """Python handles Ctrl-C only when TensorFlow's call returns (a whole compiled epoch): the
+    first one is acknowledged at once, the second stops the process without waiting for it."""
+    import signal
+    import time
+
+    script = textwrap.dedent("""
+        import sys
+        from common import run
+
+        def main(argv):
+            import tensorflow as tf
+
+            @tf.function
+            def endless():  # one TensorFlow call far longer than the test
+                body = lambda i, x: (i + 1, tf.tanh(x @ x))
+                return tf.while_loop(lambda i, x: i < 10**9, body, (0, tf.ones((64, 64))))[1]
+
+            print("calling", flush=True)
+            endless()
+
+        run.run_main(main, resumes="from the last checkpoint")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.stdout.readline().strip() == "calling"
+    time.sleep(1.0)  # inside the call
+    proc.send_signal(signal.SIGINT)
+    time.sleep(2.5)
+    assert proc.poll() is None  # still in the call, as Python defers the handler
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 130, err[-1000:]
+    assert lines[-2].startswith("stopping when the running TensorFlow call returns"), err[-1000:]
+    assert lines[-1] == "error: stopped at once; re-run the same command to resume from the last checkpoint"
+
+
+def test_a_stop_whose_keyboard_interrupt_was_swallowed_stops_at_the_next_epoch(tmp_path, monkeypatch):
+    """A Ctrl-C during a TensorFlow call can come back without a KeyboardInterrupt; the driver
+    still stops before the next epoch (after the first epoch's checkpoint)."""
+    import signal
+
+    from common import run
+
+    class Counting(driver.Task):
+        num_units = 5
+
+        def __init__(self):
+            self.v, self.trained = tf.Variable(0.0), []
+
+        def checkpoint_objects(self):
+            return {"v": self.v}
+
+        def train_unit(self, unit, on_block=None):
+            self.trained.append(unit)
+            if unit == 1:
+                run._STOP.append(signal.SIGINT)  # as the watcher thread records it
+            return {"loss": np.array([1.0])}
+
+        def evaluate(self, unit):
+            return driver.Evaluation({"epoch": unit}, {})
+
+    monkeypatch.setattr(run, "_STOP", [])
+    task = Counting()
+    with pytest.raises(KeyboardInterrupt):
+        driver.fit(task, str(tmp_path), driver.FitOptions(histogram_every=0))
+    assert task.trained == [0, 1]
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-2")  # epoch 1 was recorded
+    monkeypatch.setattr(run, "_STOP", [signal.SIGTERM])
+    with pytest.raises(run.Terminated):
+        driver.fit(Counting(), str(tmp_path), driver.FitOptions(histogram_every=0))
+
+
 def test_divergence_guard_names_the_first_bad_batch_and_losses():
     driver.check_finite({"a": np.array([1.0, 2.0]), "b": np.array([0.0, -1.0])}, "epoch", 0)
     with pytest.raises(DivergenceError, match=r"non-finite b=inf at epoch 4, batch 2; the last good"):
