@@ -444,8 +444,9 @@ def _watch_stops(resumes: str) -> None:
                     print(f"error: stopped at once{hint}", file=sys.stderr, flush=True)
                     os._exit(128 + signum)
                 time.sleep(1.0)  # a stop the main thread handles right away has ended the process by now
-                print("stopping when the running TensorFlow call returns (up to one compiled epoch); "
-                      "Ctrl-C again stops at once", file=sys.stderr, flush=True)
+                longest = " (up to one compiled epoch)" if resumes else ""
+                print(f"stopping when the running TensorFlow call returns{longest}; Ctrl-C again stops at once",
+                      file=sys.stderr, flush=True)
 
     threading.Thread(target=watch, name="stop-signals", daemon=True).start()
 
