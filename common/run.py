@@ -354,6 +354,13 @@ def run_main(main: Callable, resumes: str = "") -> None:
     def parse(argv):
         end = argv.index("--") if "--" in argv else len(argv)
         argv = [("--help" if a == "-h" else a) for a in argv[:end]] + argv[end:]  # the usual short form
+        for i, a in enumerate(argv[:end]):
+            path = a.split("=", 1)[1] if a.startswith("--flagfile=") else (
+                argv[i + 1] if a == "--flagfile" and i + 1 < end else "")
+            if path.endswith(".json"):  # absl would read each JSON line as an argument
+                print(f"error: --flagfile {path}: a flag file holds --name=value lines; a run's is flags.txt "
+                      "(flags.json is its machine-readable record)", file=sys.stderr)
+                sys.exit(2)
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:  # absl words some of these "ERROR:: ..."

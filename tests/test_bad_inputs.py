@@ -243,6 +243,8 @@ CASES = [
     ("bench-search-empty-gallery", "tools.bench_search", ["--gallery", "0"], lambda d: None, "--gallery"),
     ("bench-pipeline-existing-output", "tools.bench_pipeline", ["--json_out", "{d}/b.json"],
      lambda d: open(f"{d}/b.json", "w").write("{}"), "exists; pass --overwrite"),
+    ("flagfile-json", "acmr_tf.train", ["--flagfile", "{d}/flags.json"],
+     lambda d: open(f"{d}/flags.json", "w").write('{"lr": 0.1}'), "a run's is flags.txt"),
     ("baseline-zero-bits", "tools.baseline", ["--hash_bits", "0", "--output_dir", "{d}/out"], lambda d: None,
      "--hash_bits"),
     ("baseline-negative-bits", "tools.baseline", ["--hash_bits=-8", "--output_dir", "{d}/out"], lambda d: None,
