@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from common.errors import ConfigError
+
 # embedding-loss weights per release file: (label, similar, dissimilar) or (label, triplet)
 WEIGHTS = {"simple_wiki": (100.0, 1.0, 0.02), "simple_nuswide": (50.0, 1.0, 0.2), "triplet_wiki": (100.0, 1.0)}
 PRESETS = {
@@ -73,12 +75,13 @@ class ACMRConfig:
         cfg.epochs = RELEASE_EPOCHS[self.key] if cfg.epochs is None else cfg.epochs
         return cfg
 
-    def check_split_sizes(self, n_train: int, n_test: Optional[int] = None) -> None:
+    def check_split_sizes(self, n_train: int, n_test: Optional[int] = None, where: str = "") -> None:
         """The release trains on whole batches (with drop_remainder) and evaluates whole batches
         only (without eval_full_test): a split smaller than one batch gives it nothing to do."""
+        where = f"{where}: " if where else ""
         if self.drop_remainder and n_train < self.batch_size:
-            raise ValueError(f"the train split has {n_train} pairs, fewer than one batch of {self.batch_size}; "
-                             "lower --batch_size or pass --nodrop_remainder")
+            raise ConfigError(f"{where}the train split has {n_train} pairs, fewer than one batch of "
+                              f"{self.batch_size}; lower --batch_size or pass --nodrop_remainder")
         if n_test is not None and not self.eval_full_test and n_test < self.batch_size:
-            raise ValueError(f"the test split has {n_test} pairs, fewer than one batch of {self.batch_size} (the "
-                             "release evaluates whole batches only); lower --batch_size or pass --eval_full_test")
+            raise ConfigError(f"{where}the test split has {n_test} pairs, fewer than one batch of {self.batch_size} "
+                              "(the release evaluates whole batches only); lower --batch_size or pass --eval_full_test")

@@ -112,10 +112,7 @@ class ACMRTrainer:
         """The epoch loop in the graph (`training.EpochRunner`): the release's batches (file
         order unless --shuffle, last partial batch dropped), losses per batch."""
         cfg = self.cfg
-        try:
-            cfg.check_split_sizes(len(train))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        cfg.check_split_sizes(len(train))
         return training.EpochRunner(self._train_step, pipelines.split_tensors(train), ("image", "text", "label"),
                                     LOG_FIELDS[cfg.variant], cfg.batch_size, cfg.shuffle, cfg.seed,
                                     cfg.drop_remainder, steps_per_execution, jit_compile)

@@ -102,14 +102,11 @@ def main(argv):
     where = ds.source or ds.name
     require_classes(train.labels, f"{where}: the train split", "ACMR's losses (pairs of different classes)")
     require_classes(test.labels, f"{where}: the test split", "a meaningful mAP (one class makes every item relevant)")
-    try:
-        cfg.check_split_sizes(len(train), len(test))
-    except ValueError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    cfg.check_split_sizes(len(train), len(test), where)
     print(f"{ds.name}: {len(train)} train / {len(test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"labels {int(train.labels.min())}..{int(train.labels.max())} (0-based), {ds.num_classes} classes; "
-          f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, "
-          f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}", flush=True)
+          f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, {run.counted(cfg.epochs, 'epoch')}",
+          flush=True)
     from common import driver
 
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite,
@@ -150,7 +147,7 @@ def main(argv):
 
 def cli():
     define_flags()
-    run.run_main(main, resumes="from the last checkpoint")
+    run.run_main(main, resumes=run.FROM_CHECKPOINT)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import tensorflow as tf
 from cmhash_tf import losses
 from cmhash_tf.config import CMHashConfig
 from cmhash_tf.model import CMHashNetworks, HashHead, binarize
-from common import distribute, driver, metrics, pipelines, training
+from common import distribute, driver, metrics, pipelines, run, training
 from common.optimizers import TorchAdam
 from common.dataset import Split
 from common.errors import DataError
@@ -223,11 +223,10 @@ def fit(cfg: CMHashConfig, train, val, queries, database, out_dir: str, select_o
         export.write_spec(out_dir, **task.encoders(train.image.shape[1], train.text.shape[1]))
     result = driver.fit(task, out_dir, options or driver.FitOptions(label=f"[{cfg.bits} bits]"))
     if result.history[-1].get("applied_batches") == 0:  # also when a complete run is re-run
-        epochs = sum(r.get("train_units", 0) for r in result.history)
-        raise DataError(f"no training batch of {cfg.batch_size} produced a triplet in {epochs} "
-                        f"epoch{'s' if epochs != 1 else ''} (every update was skipped), so there is no result; a "
-                        "larger --batch_size or data with more label overlap is needed (with --overwrite or "
-                        "another --output_dir)")
+        epochs = run.counted(sum(r.get("train_units", 0) for r in result.history), "epoch")
+        raise DataError(f"no training batch of {cfg.batch_size} produced a triplet in {epochs} (every update was "
+                        "skipped), so there is no result; a larger --batch_size or data with more label overlap is "
+                        "needed (with --overwrite or another --output_dir)")
     out = task.summary(result.history, select_on_test)
     out.update(seconds_per_epoch=result.seconds_per_unit, trained=result.trained > 0,
                random_codes_map=random_codes_map(queries, database, cfg.bits, seed))

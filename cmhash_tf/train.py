@@ -285,7 +285,7 @@ def main_e2e(bits: list) -> None:
 
 def cli():
     define_flags()
-    run.run_main(main, resumes="from the last checkpoint")
+    run.run_main(main, resumes=run.FROM_CHECKPOINT)
 
 
 if __name__ == "__main__":

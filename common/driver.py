@@ -480,8 +480,8 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     progress = Progress(total, first, task.unit, label)
     since, units_since = 0.0, 0
     for unit in range(first, total):
-        if run.stop_requested():  # Ctrl-C / SIGTERM whose KeyboardInterrupt TensorFlow did not pass on
-            run.raise_stop(run.stop_requested())
+        if (signum := run.stop_requested()) is not None:  # a Ctrl-C / SIGTERM TensorFlow's call swallowed
+            run.raise_stop(signum)
         on_block = _block_printer(task, unit, options, label, time.time()) if options.log_batches else None
         t0 = time.time()
         values = task.train_unit(unit, on_block=_guarded(task, unit, on_block))

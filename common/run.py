@@ -338,6 +338,14 @@ def program() -> Optional[str]:
     return _PROGRAM
 
 
+FROM_CHECKPOINT = "from the last checkpoint"  # what a training program's rerun resumes from
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
 def run_main(main: Callable, resumes: str = "") -> None:
     """`absl.app.run(main)` with one-line errors and no traceback for what a user can fix:
     unknown or invalid flags, data and configuration errors and unreadable/unwritable paths exit
@@ -350,6 +358,8 @@ def run_main(main: Callable, resumes: str = "") -> None:
     quiet()
     for flag in {flags.FLAGS[name] for name in flag_values()}:  # --help lists them, under python -m or cmr
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+    hint = f"; re-run the same command to resume {resumes}" if resumes else ""
 
     def parse(argv):
         end = argv.index("--") if "--" in argv else len(argv)
@@ -376,7 +386,7 @@ def run_main(main: Callable, resumes: str = "") -> None:
         quiet()  # --verbosity is known now; TensorFlow is not loaded yet
         if threading.current_thread() is threading.main_thread():  # signal.signal works only there
             signal.signal(signal.SIGTERM, _terminate)
-            _watch_stops(resumes)
+            _watch_stops(hint, training=resumes == FROM_CHECKPOINT)
         try:
             return main(argv)
         except (DataError, ConfigError) as e:
@@ -385,7 +395,6 @@ def run_main(main: Callable, resumes: str = "") -> None:
             _fail(f"error: training diverged: {e}", 3)
         except KeyboardInterrupt as e:
             terminated = isinstance(e, Terminated)
-            hint = f"; re-run the same command to resume {resumes}" if resumes else ""
             _fail(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint}",
                   128 + signal.SIGTERM if terminated else 130)
         except BrokenPipeError:  # `cmr report runs/ | head`: stop as Unix tools do, without a message
@@ -429,7 +438,7 @@ def raise_stop(signum: int) -> None:
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
-def _watch_stops(resumes: str) -> None:
+def _watch_stops(hint: str, training: bool) -> None:
     """Python runs a signal's handler only once the running TensorFlow call returns: a whole
     compiled epoch by default, minutes at release widths. A thread woken by the signal (Python's
     wakeup fd) says so at once, and a second Ctrl-C or SIGTERM stops the process at once (as a kill
@@ -446,12 +455,11 @@ def _watch_stops(resumes: str) -> None:
                 if signum not in (signal.SIGINT, signal.SIGTERM):
                     continue
                 _STOP.append(signum)
-                hint = f"; re-run the same command to resume {resumes}" if resumes else ""
                 if len(_STOP) > 1:
                     print(f"error: stopped at once{hint}", file=sys.stderr, flush=True)
                     os._exit(128 + signum)
                 time.sleep(1.0)  # a stop the main thread handles right away has ended the process by now
-                longest = " (up to one compiled epoch)" if resumes else ""
+                longest = " (up to one compiled epoch)" if training else ""
                 print(f"stopping when the running TensorFlow call returns{longest}; Ctrl-C again stops at once",
                       file=sys.stderr, flush=True)
 

@@ -141,7 +141,7 @@ def main(argv):
                                 f"per class): {e}") from None
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"class embeddings {ds.class_embeddings.shape}; method {cfg.method}, align {cfg.align}, "
-          f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, scenarios {scenarios}", flush=True)
+          f"{run.counted(cfg.epochs, 'epoch')}, scenarios {scenarios}", flush=True)
     from common import driver
 
     parts = [p for p in ("standard", "zs") if p in scenarios or (p == "zs" and "gzs" in scenarios)]
@@ -257,7 +257,7 @@ def write(folder, info, scenario, ds, cfg, summary, seen=None, prefix="", warnin
 
 def cli():
     define_flags()
-    run.run_main(main, resumes="from the last checkpoint")
+    run.run_main(main, resumes=run.FROM_CHECKPOINT)
 
 
 if __name__ == "__main__":

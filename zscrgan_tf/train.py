@@ -179,7 +179,7 @@ def main(argv):
 
 def cli():
     define_flags()
-    run.run_main(main, resumes="from the last checkpoint")
+    run.run_main(main, resumes=run.FROM_CHECKPOINT)
 
 
 if __name__ == "__main__":

@@ -247,40 +247,29 @@ def test_out_of_memory_is_found_in_an_error_chain():
     assert tensorflow_oom(ValueError("shapes differ")) == ""
 
 
-def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_files(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fault", ["full disk", "Ctrl-C"])
+def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_files(tmp_path, monkeypatch, fault):
     v = tf.Variable(1.0)
     state = training.RunState(str(tmp_path), v=v)
     state.record({"epoch": 0})
     before = sorted(os.listdir(tmp_path / "checkpoints"))
 
-    def full_disk(self, checkpoint_number=None, **kw):
+    def failing(self, checkpoint_number=None, **kw):
         os.makedirs(tmp_path / "checkpoints" / f"ckpt-{checkpoint_number}_temp")
         (tmp_path / "checkpoints" / f"ckpt-{checkpoint_number}_temp" / "part-0").write_bytes(b"half")
+        if fault == "Ctrl-C":
+            raise KeyboardInterrupt
         raise tf.errors.ResourceExhaustedError(None, None, TF_FULL_DISK.format(tmp_path / "checkpoints"))
 
-    monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk)
-    with pytest.raises(OSError) as raised:
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", failing)
+    with pytest.raises(KeyboardInterrupt if fault == "Ctrl-C" else OSError) as raised:
         state.record({"epoch": 1})
-    assert raised.value.strerror == "cannot save checkpoint 2 (No space left on device); the previous checkpoint is kept"
+    if fault == "full disk":
+        assert raised.value.strerror == ("cannot save checkpoint 2 (No space left on device); the previous "
+                                         "checkpoint is kept")
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
     monkeypatch.undo()
     assert training.RunState(str(tmp_path), v=v).start_epoch == 1
-
-
-def test_an_interrupted_save_leaves_no_temporary_files(tmp_path, monkeypatch):
-    v = tf.Variable(1.0)
-    state = training.RunState(str(tmp_path), v=v)
-    state.record({"epoch": 0})
-    before = sorted(os.listdir(tmp_path / "checkpoints"))
-
-    def interrupted(self, checkpoint_number=None, **kw):
-        os.makedirs(tmp_path / "checkpoints" / f"ckpt-{checkpoint_number}_temp")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(tf.train.CheckpointManager, "save", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        state.record({"epoch": 1})
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
 @pytest.mark.parametrize("stop,code,line", [
