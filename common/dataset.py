@@ -214,6 +214,13 @@ class CrossModalDataset:
             bad = [int(c) for c in self.unseen_classes if not 0 <= c < self.num_classes]
             if bad:
                 raise DataError(f"{where}: unseen class ids {bad} are outside 0..{self.num_classes - 1}")
+        for split_name, split in self.splits().items():
+            for modality, feats in (("image", split.image), ("text", split.text)):
+                if feats.shape[0] > 1 and feats.shape[1] and not np.ptp(feats, axis=0).any():
+                    raise DataError(
+                        f"{where}: every {split_name} {modality} row is identical, so these features "
+                        "cannot tell items apart and any ranking of them would be arbitrary "
+                        "(a failed feature extraction?)")
         return self
 
     def zero_shot(self, unseen_classes: Optional[Sequence[int]] = None) -> "ZeroShotView":

@@ -106,6 +106,8 @@ CASES = [
      "differ from train's"),
     ("features-count-mismatch", "acmr_tf.train", F, lambda d: features(f"{d}/f", train_txt=np.ones((11, 4))), "rows"),
     ("features-inf", "acmr_tf.train", F, lambda d: features(f"{d}/f", train_img=np.full((12, 5), np.inf)), "NaN/inf"),
+    ("features-constant-test-text", "cmhash_tf.train", F, lambda d: features(f"{d}/f", test_txt=np.zeros((6, 4))),
+     "every test text row is identical"),
     ("features-negative-label", "acmr_tf.train", F, lambda d: features(f"{d}/f", train_lab=np.arange(12) % 3 - 1),
      "train_lab.npy: label -1 is below the label base 0"),
     ("features-empty-split", "cmhash_tf.train", F,
