@@ -367,8 +367,10 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
                                 "pairs must share labels")
         for what, arr, path in (("image", image, files["img"]), ("text", text, files["txt"])):
             if arr.shape[0] != labels.shape[0]:
+                hint = (f"; it looks transposed ({arr.shape[0]} x {arr.shape[1]}): save it as (items, dims)"
+                        if arr.shape[1] == labels.shape[0] else "")
                 raise DataError(f"{path}: {arr.shape[0]} {what} rows but "
-                                f"{os.path.basename(files['lab'])} has {labels.shape[0]} labels")
+                                f"{os.path.basename(files['lab'])} has {labels.shape[0]} labels{hint}")
         loaded[split] = [image, text, labels]
     if all(v[2].ndim == 2 for v in loaded.values()) and all((v[2].sum(axis=1) == 1).all() for v in loaded.values()):
         for v in loaded.values():  # one-hot rows are class ids (0-based by position)
@@ -423,8 +425,8 @@ def _label_base(path: str) -> int:
 
 def _labels_any(arr: np.ndarray, path: str, rows: int) -> np.ndarray:
     arr = np.asarray(arr)
-    if arr.ndim == 2 and arr.shape[0] == 1 and arr.shape[1] == rows > 1:  # MATLAB's row vector of class ids
-        arr = arr.ravel()                                                  # (what savemat makes of a 1-D array)
+    if arr.ndim == 2 and arr.shape[0] == 1 and arr.shape[1] > 1 and rows != 1:  # MATLAB's row vector of
+        arr = arr.ravel()                                          # class ids (what savemat makes of a 1-D array)
     if arr.ndim == 2 and arr.shape[1] > 1:
         if not np.isin(arr, (0, 1)).all():
             raise DataError(f"{path}: a 2-D label array must be multi-hot 0/1 (n, C)")
