@@ -1,6 +1,6 @@
 """UCI Multiple Features (`uci_all.mat` + `uci_mfeat_6views.npz`) -> the generic feature folder.
 
-    python -m tools.convert_uci --mat ../shared/data/uci_mfeat/uci_all.mat \
+    python -m tools.convert_uci --mat ../shared/data/uci_mfeat/uci_all.mat \\
         --views ../shared/data/uci_mfeat/uci_mfeat_6views.npz --out data/uci --unseen 5,6,7,8,9
 
 The fixed 1500/500 split of `uci_all.mat` (fou76 as "image", kar64 as "text", labels 1..10 for
