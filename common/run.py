@@ -36,11 +36,15 @@ def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optiona
                         "synthetic[:small|medium|large], synthetic-multilabel, features, "
                         "wikipedia, nuswide, xmn, zscrgan, iapr, mirflickr.")
     flags.DEFINE_string("data_dir", None, "Folder with the dataset's files (not needed for synthetic).")
-    flags.DEFINE_string("output_dir", default_output_dir,
-                        "Run folder: results.json, flags.json, run.json, history.json, tb/, checkpoints/. "
-                        "Re-running the same command resumes; other settings are refused unless --overwrite.")
+    if trains:
+        folder_help = ("Run folder: results.json, flags.json, run.json, history.json, tb/, checkpoints/. "
+                       "Re-running the same command resumes; other settings are refused unless --overwrite.")
+    else:
+        folder_help = ("Result folder: results.json, flags.json, run.json. Re-running the same command computes "
+                       "the results again; other settings are refused unless --overwrite.")
+    flags.DEFINE_string("output_dir", default_output_dir, folder_help)
     flags.DEFINE_bool("overwrite", False, "Start --output_dir over: remove this project's outputs in it (only "
-                      "those) and train from scratch.")
+                      f"those) and {'train from scratch' if trains else 'compute afresh'}.")
     flags.DEFINE_integer("seed", 0, "Seed for data generation, initialisation and sampling.", lower_bound=0,
                          upper_bound=2**32 - 1)  # NumPy's legacy seeding (Keras' set_random_seed) takes 32 bits
     if not trains:
