@@ -79,6 +79,10 @@ def _rows(path: str, r: dict) -> list:
     if "gzs_i2t_map_all" in r and scenario != "gzs":  # a zero-shot baseline also reports the pooled test set
         out.append(dict(base, setting="gzs (pooled)", scenario="gzs", metric="mAP@all",
                         i2t=r["gzs_i2t_map_all"], t2i=r["gzs_t2i_map_all"]))
+    hash_bits = sorted({int(k.split("_")[1]) for k in r if k.startswith("hash_") and k.endswith("_i2t_map")})
+    for b in hash_bits:  # the baseline's CCA-then-sign codes (--hash_bits)
+        out.append(dict(base, setting=f"{b} bits (sign of CCA)", metric="Hamming mAP",
+                        i2t=r[f"hash_{b}_i2t_map"], t2i=r.get(f"hash_{b}_t2i_map")))
     return out
 
 

@@ -41,7 +41,8 @@ def test_report_labels_every_scenario_and_metric(tmp_path):
     """A zero-shot baseline's rows are zs / seen / pooled (not 'standard'); ZSCRGAN's says which P@50 it is."""
     _write(tmp_path / "cca_zs", method="cca", dataset="uci", flags={"zero_shot": True}, i2t_map_all=0.29,
            t2i_map_all=0.28, seen_i2t_map_all=0.67, seen_t2i_map_all=0.66, gzs_i2t_map_all=0.33, gzs_t2i_map_all=0.34)
-    _write(tmp_path / "cca", method="cca", dataset="uci", scenario="standard", i2t_map_all=0.58, t2i_map_all=0.57)
+    _write(tmp_path / "cca", method="cca", dataset="uci", scenario="standard", i2t_map_all=0.58, t2i_map_all=0.57,
+           hash_16_i2t_map=0.31, hash_16_t2i_map=0.32, hash_8_i2t_map=0.25, hash_8_t2i_map=0.26)
     _write(tmp_path / "jfse_gzs", method="jfse", dataset="uci", scenario="gzs", i2t_map_all=0.36, t2i_map_all=0.34,
            gzs_i2t_map_all=0.36, gzs_t2i_map_all=0.34)
     _write(tmp_path / "zs", method="zscrgan", dataset="synthetic-medium", p50_best=0.5682, p50_last=0.5464,
@@ -52,6 +53,9 @@ def test_report_labels_every_scenario_and_metric(tmp_path):
     assert ("cca", "zs (seen classes)", "0.6700 / 0.6600") in got
     assert ("cca", "gzs (pooled)", "0.3300 / 0.3400") in got
     assert ("cca", "standard", "0.5800 / 0.5700") in got
+    cca = [r[2] for r in rows if r[0].strip("| ") == "cca" and "bits" in r[2]]
+    assert cca == ["8 bits (sign of CCA)", "16 bits (sign of CCA)"]  # --hash_bits rows, in bit order
+    assert ("cca", "16 bits (sign of CCA)", "0.3100 / 0.3200") in got
     assert sum(r[0].strip("| ") == "jfse" for r in rows) == 1  # the gzs run is not listed twice
     zs = next(r for r in rows if r[0].strip("| ") == "zscrgan")
     assert zs[3] == "P@50, best cycle on test (release)" and zs[4].startswith("— / 0.5682 (P@50 last 0.5464")
