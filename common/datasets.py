@@ -33,6 +33,9 @@ def load_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0,
                  via_tfds: bool = False, **kwargs) -> CrossModalDataset:
     """Load `name`; raises `DataError` with a clear message on any data problem."""
     base, _, size = name.partition(":")
+    if base.startswith("synthetic") and data_dir:
+        raise DataError(f"--data_dir {data_dir} is not read by the embedded synthetic data; to train on that "
+                        "folder pass --dataset features (or its release format's name), else drop --data_dir")
     if base == "synthetic-hashing":
         return make_hashing_synthetic(seed=seed, **kwargs)
     if base in ("synthetic", "synthetic-multilabel"):

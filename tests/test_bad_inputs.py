@@ -100,6 +100,8 @@ CASES = [
                                                      "testids.pkl": _pickle([1])}), "needs at least 2"),
     ("unknown-dataset", "cmhash_tf.train", ["--dataset", "imagenet-22k", "--data_dir", "{d}"], lambda d: None,
      "unknown dataset"),
+    ("synthetic-with-data-dir", "zscrgan_tf.train", ["--dataset", "synthetic", "--data_dir", "{d}/f"],
+     lambda d: features(f"{d}/f"), "/f is not read by the embedded synthetic data"),
     ("features-missing-dir", "acmr_tf.train", ["--dataset", "features", "--data_dir", "{d}/nope"], lambda d: None,
      "does not exist"),
     ("features-dims-differ", "acmr_tf.train", F, lambda d: features(f"{d}/f", test_img=np.ones((6, 7))),
