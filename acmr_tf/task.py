@@ -122,8 +122,8 @@ class ACMRTask(driver.Task):
     """ACMR for `common.driver.fit`: an in-graph epoch, then the release's evaluation on the test split."""
 
     def __init__(self, trainer: ACMRTrainer, train: Split, test: Split, steps_per_execution: int = 0,
-                 jit_compile: bool = False):
-        self.trainer, self.test, self.replicas = trainer, test, trainer.replicas
+                 jit_compile: bool = False, val: Split | None = None):
+        self.trainer, self.test, self.val, self.replicas = trainer, test, val, trainer.replicas
         self.runner = trainer.make_runner(train, steps_per_execution, jit_compile)
         self.steps_per_unit = self.runner.steps
         self.num_units = trainer.cfg.epochs
@@ -158,6 +158,11 @@ class ACMRTask(driver.Task):
         result, (e_v, e_t) = self.trainer.evaluate(self.test, embeddings=True)
         labels = self.test.labels
         record = {"epoch": epoch, "grl_lambda": float(self.trainer.grl_scale.numpy()), "test": result}
-        return driver.Evaluation(record, {f"test/{k}": v for k, v in result.items()},
+        scalars = {f"test/{k}": v for k, v in result.items()}
+        if self.val is not None:  # monitored only: the release selects no epoch, it reports the last
+            record["val"] = metrics.cross_modal_map_all(*self.trainer.embed(self.val.image, self.val.text),
+                                                        self.val.labels, self.val.labels)
+            scalars.update({f"val/{k}": v for k, v in record["val"].items()})
+        return driver.Evaluation(record, scalars,
                                  {"i2t": (e_v, e_t, labels, labels, "cosine"),
                                   "t2i": (e_t, e_v, labels, labels, "cosine")})

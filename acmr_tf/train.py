@@ -101,9 +101,13 @@ def main(argv):
     train, test = release_order(ds, FLAGS.shuffle_ids, FLAGS.seed)
     where = ds.source or ds.name
     require_classes(train.labels, f"{where}: the train split", "ACMR's losses (pairs of different classes)")
-    require_classes(test.labels, f"{where}: the test split", "a meaningful mAP (one class makes every item relevant)")
+    for name, split in (("test", test), ("val", ds.val)):
+        if split is not None:
+            require_classes(split.labels, f"{where}: the {name} split",
+                            "a meaningful mAP (one class makes every item relevant)")
     cfg.check_split_sizes(len(train), len(test), where)
-    print(f"{ds.name}: {len(train)} train / {len(test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
+    val = "" if ds.val is None else f" / {len(ds.val)} val"
+    print(f"{ds.name}: {len(train)} train{val} / {len(test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"labels {int(train.labels.min())}..{int(train.labels.max())} (0-based), {ds.num_classes} classes; "
           f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, {run.counted(cfg.epochs, 'epoch')}",
           flush=True)
@@ -120,7 +124,7 @@ def main(argv):
         replicas = run.replicas()
         trainer = ACMRTrainer(cfg, ds.image_dim, ds.text_dim, ds.num_classes, replicas=replicas)
         spe = run.steps_per_execution()
-        task = ACMRTask(trainer, train, test, spe, run.jit_compile(replicas))
+        task = ACMRTask(trainer, train, test, spe, run.jit_compile(replicas), val=ds.val)
         if replicas.is_chief:
             export.write_spec(folder.path, **task.encoders())
         result = driver.fit(task, folder.path, driver.FitOptions(
@@ -136,6 +140,10 @@ def main(argv):
               f"t2i {final['t2i_map_all']:.4f}")
         chance = metrics.expected_random_map(test.labels, test.labels)
         metrics_out = {**final, "chance_map_all": chance, "seconds_per_epoch": result.seconds_per_unit}
+        if "val" in result.history[-1]:
+            metrics_out.update({f"val_{k}": v for k, v in result.history[-1]["val"].items()})
+            print(f"cosine mAP@all over the {len(ds.val)} val pairs (monitored, not used to select): "
+                  f"i2t {metrics_out['val_i2t_map_all']:.4f}  t2i {metrics_out['val_t2i_map_all']:.4f}")
         folder.finish(folder.path, trained=result.trained > 0, final_step=cfg.epochs, dataset=ds.name,
                       method=f"acmr_{cfg.variant}", seed=FLAGS.seed, flags=run.flag_values(), metrics=metrics_out,
                       preset=cfg.preset, config=dataclasses.asdict(cfg), warnings=warnings,

@@ -271,3 +271,28 @@ def test_cli_nuswide_widths_and_errors(tmp_path):
     assert res.returncode == 2 and "no triplet variant" in res.stderr
     res = cli("--epochs", "0")
     assert res.returncode == 2 and "--epochs must be a positive integer" in res.stderr
+
+
+def test_cli_monitors_a_val_split_without_selecting_on_it(tmp_path):
+    """A feature folder's val split is evaluated every epoch (history, `val/` scalars, results.json
+    `val_*`: cosine mAP@all of the final weights, equal to a brute-force reference); the reported test
+    numbers stay the last epoch's, as the release's."""
+    data = fixtures.write_feature_folder(str(tmp_path / "f"), one_based=False, with_val=True)
+    res = cli("--dataset", "features", "--data_dir", str(tmp_path / "f"), "--epochs", "2", "--batch_size", "4",
+              "--eval_full_test", "--output_dir", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "12 train / 4 val / 6 test pairs" in res.stdout and "val pairs (monitored, not used to select)" in res.stdout
+    history = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
+    assert [sorted(h["val"]) for h in history] == [["i2t_map_all", "t2i_map_all"]] * 2
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert r["i2t_map_all"] == history[-1]["test"]["i2t_map_all"]
+    from acmr_tf.model import ACMRNetworks
+    from common.export import restore_models
+    from tests.common.test_metrics import brute_force_ap
+
+    nets = ACMRNetworks(7, 3, 4)
+    restore_models(str(tmp_path / "run"), image_projector=nets.image_projector, text_projector=nets.text_projector)
+    img, txt, lab = data["val"]
+    e_v, e_t, lab = nets.image_projector(img).numpy(), nets.text_projector(txt).numpy(), lab.ravel()
+    assert r["val_i2t_map_all"] == pytest.approx(brute_force_ap(e_v, e_t, lab, lab)[0].mean(), abs=1e-6)
+    assert r["val_t2i_map_all"] == pytest.approx(brute_force_ap(e_t, e_v, lab, lab)[0].mean(), abs=1e-6)
