@@ -172,6 +172,7 @@ def main(argv):
     if not (os.path.isdir(FLAGS.out) and os.listdir(FLAGS.out) == [".partial"]):  # a stopped run resumes
         io.check_output_dir(FLAGS.out, FLAGS.overwrite, owned="train_img.npy", what="feature folder")
     items = read_manifest(FLAGS.manifest)
+    run.import_tensorflow()
     model, size = build_cnn(FLAGS.cnn, FLAGS.weights, FLAGS.allow_random_init, FLAGS.image_size)
     names = list(dict.fromkeys(label for _, _, label, _ in items))
     by_split = {s: [it for it in items if it[0] == s] for s in SPLITS}
