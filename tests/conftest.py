@@ -4,9 +4,24 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import re  # noqa: E402
+
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# TensorFlow / absl log lines a default run must not print (glog prefixes, banners, CUDA probes)
+NOISE = re.compile(r"^([IWEF]\d{4} |WARNING|INFO|.*absl::InitializeLog|.*cuInit)")
+
+
+def user_env(**extra) -> dict:
+    """The environment a user's shell has: none of the suite's log silencing, no cluster, not verbose."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG", "CMR_VERBOSE")}
+    env.update(PYTHONPATH=REPO, **extra)
+    return env
+
+
+def noise(stderr: str) -> list:
+    return [line for line in stderr.splitlines() if NOISE.match(line)]
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ import scipy.io
 
 from tests.common import fixtures
 from tests.common.fixtures import snapshot
-from tests.conftest import REPO
+from tests.conftest import REPO, noise, user_env
 
 
 def features(folder, n_train=12, n_test=6, img=5, txt=4, classes=3, **edit):
@@ -356,13 +356,13 @@ def test_bad_input(tmp_path, case):
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "notes.txt").write_text("the user's, never touched")
     before = snapshot(d, with_dirs=True)
-    env = dict(os.environ, PYTHONPATH=REPO)
-    env.pop("TF_CONFIG", None)
+    env = user_env()
     res = subprocess.run([sys.executable, "-m", module, *args], cwd=d, env=env, capture_output=True, text=True,
                          timeout=300)
     err = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.returncode == (code[0] if code else 2), (res.returncode, res.stderr[-1500:])
     assert "Traceback" not in res.stderr and len(err) == 1, res.stderr[-1500:]
+    assert not noise(res.stderr), res.stderr[-1500:]
     assert fragment in err[0], err[0]
     assert ": :" not in err[0] and ".tmp-" not in err[0], err[0]
     assert snapshot(d, with_dirs=True) == before, sorted(set(snapshot(d, with_dirs=True)) ^ set(before)) or "a file changed"
@@ -379,7 +379,7 @@ def test_the_catalogue_covers_every_entry_point():
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = user_env()
     cmd = [sys.executable, "-m", "cmhash_tf.train", "--epochs", "1", "--bits", "8", "--output_dir", str(tmp_path / "o"),
            "--nojit_compile"]
     assert subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300).returncode == 0
@@ -402,7 +402,7 @@ def test_ctrl_c_or_sigterm_says_how_to_resume(tmp_path, sig, code, said):
     import signal
     import time
 
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = user_env()
     proc = subprocess.Popen([sys.executable, "-m", "acmr_tf.train", "--epochs", "500", "--nojit_compile",
                              "--output_dir", str(tmp_path / "o")], env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

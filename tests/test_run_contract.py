@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tests.common.fixtures import snapshot
-from tests.conftest import REPO
+from tests.conftest import REPO, noise, user_env
 
 # (id, module, tiny args, the part holding tb/ and checkpoints/, a result-affecting change, test/ tag)
 METHODS = [
@@ -26,7 +26,6 @@ METHODS = [
     ("cmhash", "cmhash_tf.train", ["--epochs", "2", "--bits", "8", "--eval_every", "1", "--nojit_compile"], "bits_8",
      ["--margin", "5"], "test/i2t_map"),
 ]
-NOISE = re.compile(r"^([IWEF]\d{4} |WARNING|INFO|.*absl::InitializeLog|.*cuInit)")
 
 
 def tags(logdir):
@@ -43,8 +42,7 @@ def tags(logdir):
 def test_run_contract(tmp_path, method):
     name, module, args, part, change, test_tag = method
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=REPO)
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the default a user gets
+    env = user_env()
 
     def cli(*extra):
         cmd = [sys.executable, "-m", module, *args, "--output_dir", str(out), "--res_dir", str(tmp_path / "res"),
@@ -56,8 +54,7 @@ def test_run_contract(tmp_path, method):
 
     first = cli()
     assert first.returncode == 0, first.stderr[-2000:]
-    noise = [line for line in first.stderr.splitlines() if NOISE.match(line)]
-    assert not noise, noise[:5]
+    assert not noise(first.stderr), noise(first.stderr)[:5]
     folder = out / part if part else out
     results = json.loads(((out / "zs") if name == "jfse" else out).joinpath("results.json").read_text())
     for key in ("version", "git_commit", "python", "tensorflow", "keras", "numpy", "devices", "command", "started",

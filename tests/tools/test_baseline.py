@@ -8,14 +8,15 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, noise, user_env
 from tools.baseline import CCA
 
 
 def run_cli(*args, cwd=REPO):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "tools.baseline", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", "tools.baseline", *args], cwd=cwd, env=user_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert not noise(res.stderr), res.stderr[-2000:]  # quiet by default, also when it refuses
+    return res
 
 
 def test_cca_recovers_a_shared_signal():

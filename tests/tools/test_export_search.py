@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from common import io, training
 from common.errors import ConfigError, DataError
+from tests.conftest import REPO, noise, user_env
 from tools.export import export_run
 from tools.search import exact_search, faiss_search, write_results
 
@@ -144,7 +145,10 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     cfg = CMHashConfig(bits=16, epochs=2, eval_every=1)
     training.set_seed(0)
     fit(cfg, train, queries, queries, database, str(tmp_path / "bits_16"))
-    export_run(str(tmp_path / "bits_16"), str(tmp_path / "exported"))
+    env = user_env()  # both CLIs run as a user's shell runs them: quiet without the suite's log silencing
+    res = subprocess.run([sys.executable, "-m", "tools.export", "--run_dir", str(tmp_path / "bits_16"), "--out",
+                          str(tmp_path / "exported")], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and not noise(res.stderr), res.stderr[-2000:]
     trainer = CMHashTrainer(cfg, ds.image_dim, ds.text_dim)
     objects = {m.name: m for g in trainer.nets.groups.values() for m in g}
     objects.update({f"opt_{k}": (o, trainer.nets.variables(*trainer.var_groups[k])) for k, o in trainer.optimizers.items()})
@@ -156,13 +160,12 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     np.save(tmp_path / "q.npy", queries.text)
     np.save(tmp_path / "g.npy", database.image)
     (tmp_path / "gids.txt").write_text("\n".join(f"img{i}" for i in range(len(database))) + "\n")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     cmd = [sys.executable, "-m", "tools.search", "--model", str(tmp_path / "exported"), "--queries",
            str(tmp_path / "q.npy"), "--gallery", str(tmp_path / "g.npy"), "--top_k", "5", "--hamming",
            "--gallery_ids", str(tmp_path / "gids.txt")]
     res = subprocess.run(cmd + ["--out", str(tmp_path / "hits.json")], env=env, capture_output=True, text=True,
-                         timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert res.returncode == 0, res.stderr[-2000:]
+                         timeout=300, cwd=REPO)
+    assert res.returncode == 0 and not noise(res.stderr), res.stderr[-2000:]
     hits = json.loads((tmp_path / "hits.json").read_text())
     codes_g = np.where(trainer.nets.image_head(database.image).numpy() >= 0, 1.0, -1.0)
     want_ids, want_dist = _brute(want, codes_g, 5, hamming=True)
@@ -178,7 +181,7 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     np.save(tmp_path / "bad.npy", bad)
     res = subprocess.run(cmd[:6] + [str(tmp_path / "bad.npy")] + cmd[7:] + ["--out", str(tmp_path / "x.json")],
                          env=env, capture_output=True, text=True, timeout=300,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+                         cwd=REPO)
     assert res.returncode == 2 and "7-d" in res.stderr and not os.path.exists(tmp_path / "x.json")
 
 

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import readers, run
+from common import readers
 from common.errors import ConfigError, DataError
-from tests.conftest import REPO
-from tests.test_run_contract import NOISE
+from tests.conftest import REPO, noise, user_env
 from tools.extract_features import build_cnn, image_features, read_manifest, text_features
 
 
@@ -72,12 +71,12 @@ def test_resnet_features_resume_from_shards(tmp_path):
 
 def test_cli_writes_a_feature_folder_every_method_reads(tmp_path):
     m = _manifest(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", run.VERBOSE_ENV)}
+    env = user_env()
     res = subprocess.run([sys.executable, "-m", "tools.extract_features", "--manifest", str(m), "--out",
                           str(tmp_path / "feats"), "--cnn", "resnet50", "--allow_random_init", "--image_size", "32",
                           "--text", "tfidf"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert not [line for line in res.stderr.splitlines() if NOISE.match(line)], res.stderr  # quiet by default
+    assert not noise(res.stderr), res.stderr  # quiet by default
     ds = readers.read_feature_folder(str(tmp_path / "feats"))
     assert (len(ds.train), len(ds.test), ds.image_dim) == (4, 2, 2048)
     assert ds.train.labels.tolist() == [0, 1, 0, 1] and (tmp_path / "feats" / "class_names.txt").read_text().split() == ["cat", "car"]
