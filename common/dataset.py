@@ -229,7 +229,7 @@ class CrossModalDataset:
         if unseen is None or len(unseen) == 0:
             raise DataError(
                 f"{self.source or self.name}: zero-shot needs unseen classes "
-                "(unseen_classes.txt in the feature folder, or --unseen_classes)")
+                "(write unseen_classes.txt into the feature folder: one 0-based class id per line)")
         unseen = np.asarray(sorted(set(int(c) for c in unseen)), dtype=np.int64)
         seen = np.setdiff1d(np.arange(self.num_classes), unseen)
         if self.multilabel:
