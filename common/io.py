@@ -89,9 +89,19 @@ def as_int_labels(obj: Any, path: str) -> np.ndarray:
             arr = arr[:, 0]
         if arr.ndim != 1:
             raise ValueError(f"shape {arr.shape}")
+        if arr.dtype.kind in "USO" and arr.size:
+            try:
+                arr = arr.astype(np.float64)
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"{path}: labels are names ({', '.join(map(str, arr[:3]))}, ...), not class ids: save "
+                    "np.unique(names, return_inverse=True)[1] as the labels and the unique names, one per line, "
+                    "as class_names.txt") from None
         if arr.size and not np.all(np.equal(np.mod(arr.astype(np.float64), 1), 0)):
             raise ValueError("non-integer values")
         return arr.astype(np.int64)
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"{path}: expected integer class ids of shape (n,) or (n, 1) ({e})") from None
 
