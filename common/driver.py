@@ -46,6 +46,17 @@ RUN_ARTIFACTS = ("run.json", "results.json", "flags.json", "flags.txt", "history
 
 # --------------------------------------------------------------------------- the run folder
 
+def _write_flagfile(folder: str) -> None:
+    """`<folder>/flags.txt`: `--flagfile <folder>/flags.txt` repeats this command (an entry point only)."""
+    from absl import flags as absl_flags
+
+    from common import run
+
+    if absl_flags.FLAGS.is_parsed():
+        with io.atomic_open(os.path.join(folder, "flags.txt")) as f:
+            f.write(run.flagfile_text())
+
+
 class RunFolder:
     """One `--output_dir`: its lock, identity, parts (sub-runs) and results.
 
@@ -157,6 +168,7 @@ class RunFolder:
             if not self.resumed:
                 io.write_json(os.path.join(self.path, RUN_FILE),
                               dict(self._record(), created=_now(), version=common.__version__, code=code_state()))
+            _write_flagfile(self.path)  # now, so that a stopped run can be resumed with --flagfile
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -250,13 +262,7 @@ class RunFolder:
         results.update(metrics)
         if self.chief:
             io.write_json(os.path.join(folder, "flags.json"), flags)
-            from absl import flags as absl_flags
-
-            from common import run
-
-            if absl_flags.FLAGS.is_parsed():  # `--flagfile <folder>/flags.txt` repeats this command
-                with io.atomic_open(os.path.join(folder, "flags.txt")) as f:
-                    f.write(run.flagfile_text())
+            _write_flagfile(folder)
             io.write_json(os.path.join(folder, "results.json"), results)
         return results
 

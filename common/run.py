@@ -128,9 +128,12 @@ def flag_values() -> dict:
 
 
 def flagfile_text() -> str:
-    """This project's flags in absl's flagfile format: `--flagfile <run>/flags.txt` re-runs the run."""
+    """This project's flags in absl's flagfile format: `--flagfile <run>/flags.txt` re-runs (resumes) the
+    run. `--overwrite` is left out: it would start the run it names over."""
     lines = []
     for name in sorted(flag_values()):
+        if name == "overwrite":  # re-running a run's flag file resumes it; it must never start it over
+            continue
         text = flags.FLAGS[name].serialize()
         if text:  # a flag left at None serialises to nothing: its default applies again
             lines.append(text)

@@ -1,5 +1,5 @@
 """Kill and resume (issue 8): SIGKILL a training process after its first checkpoint, run the same
-command again, and finish with the metrics and model weights of an uninterrupted run.
+command again (from the run's own flags.txt), and finish with the metrics and model weights of an uninterrupted run.
 ACMR runs the default path (in-graph epochs, XLA step); JFSE and cmhash the in-graph epochs
 without XLA (XLA compilation in every process would push the suite past its time budget)."""
 
@@ -66,8 +66,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, method):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    resumed = subprocess.run(_cmd(module, args, tmp_path / "b"), cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=600)
+    # the killed run's flags.txt (written when the run was accepted) is the whole command
+    resumed = subprocess.run([sys.executable, "-m", module, "--flagfile", str(tmp_path / "b" / "flags.txt")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed after" in resumed.stdout + resumed.stderr
     ra, rb = (json.loads((tmp_path / d / res_rel / "results.json").read_text()) for d in "ab")

@@ -52,7 +52,7 @@ def test_run_contract(tmp_path, method):
             cmd.remove(str(tmp_path / "res"))
         return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
-    first = cli()
+    first = cli("--overwrite")  # on a new folder: nothing to replace, but it must not enter flags.txt
     assert first.returncode == 0, first.stderr[-2000:]
     assert not noise(first.stderr), noise(first.stderr)[:5]
     folder = out / part if part else out
@@ -76,8 +76,9 @@ def test_run_contract(tmp_path, method):
     assert snapshot(out) == before
 
     # the console script (`cmr train <method>`), fed the run's own flags.txt plus a pure logging
-    # flag: the same run, so it resumes (complete: nothing is trained or rewritten)
-    flagfile = (out / "zs" if name == "jfse" else out) / "flags.txt"
+    # flag: the same run, so it resumes (complete: nothing is trained or rewritten); never --overwrite
+    flagfile = out / "flags.txt"
+    assert "overwrite" not in flagfile.read_text() and f"--output_dir={out}" in flagfile.read_text()
     logging_only = subprocess.run([sys.executable, "-m", "common.cli", "train", name, f"--flagfile={flagfile}",
                                    "--histogram_every", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
                                   timeout=600)
