@@ -225,15 +225,16 @@ class CrossModalDataset:
 
     def zero_shot(self, unseen_classes: Optional[Sequence[int]] = None) -> "ZeroShotView":
         """Split classes into seen/unseen: train (and val) keep seen classes only."""
+        where = self.source or self.name
+        if self.multilabel:
+            raise DataError(f"{where}: zero-shot splits are defined for single-label datasets only")
         unseen = self.unseen_classes if unseen_classes is None else np.asarray(unseen_classes)
         if unseen is None or len(unseen) == 0:
             raise DataError(
-                f"{self.source or self.name}: zero-shot needs unseen classes "
-                "(write unseen_classes.txt into the feature folder: one 0-based class id per line)")
+                f"{where}: zero-shot needs unseen classes and this data defines none (a feature folder "
+                "names them in unseen_classes.txt: one 0-based class id per line)")
         unseen = np.asarray(sorted(set(int(c) for c in unseen)), dtype=np.int64)
         seen = np.setdiff1d(np.arange(self.num_classes), unseen)
-        if self.multilabel:
-            raise DataError("zero-shot splits are defined for single-label datasets only")
         train_rows = np.flatnonzero(_has_class(self.train.labels, seen))
         train = self.train.subset(train_rows)
         if len(train) == 0:
