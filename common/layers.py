@@ -33,9 +33,27 @@ def float32(x):
 
 def build_symbolic(model: keras.Model, *widths) -> None:
     """Build `model` by a symbolic call on inputs of unknown batch size, so its variables exist
-    before any step or restore and `summary()` shows `(None, ...)`."""
-    if all(w is not None for w in widths):
-        model(*[keras.Input((int(w),)) for w in widths])
+    before any step or restore and `summary()` shows `(None, ...)`.
+
+    When a variable does not fit in memory, Keras retries the call and raises its retry's error
+    ("already initialized"); the out-of-memory error is only in its warning, so it is raised here."""
+    if not all(w is not None for w in widths):
+        return
+    import warnings
+
+    from common.errors import tensorflow_oom
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model(*[keras.Input((int(w),)) for w in widths])
+        except Exception as e:
+            oom = next((tensorflow_oom(w.message) for w in caught if tensorflow_oom(w.message)), "")
+            if oom:
+                raise RuntimeError(f"building {model.name}: {oom}") from e
+            raise
+    for w in caught:  # the build went through: pass on what it warned about
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 class NetworkGroups:

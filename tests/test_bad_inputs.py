@@ -419,3 +419,22 @@ def test_ctrl_c_or_sigterm_says_how_to_resume(tmp_path, sig, code, said):
     assert err.strip().splitlines()[-1] == f"error: {said}; re-run the same command to resume from the last checkpoint"
     leftovers = [p for p in (tmp_path / "o").rglob("*") if "_temp" in p.name or p.name.startswith(".tmp-")]
     assert not leftovers, leftovers
+
+
+def test_a_network_too_large_for_memory_is_one_line(tmp_path):
+    """A width that cannot be allocated (here under an 8 GB address-space limit) is the one
+    out-of-memory line, also when Keras hides the failure behind its build retry (ZSCRGAN's
+    generator; each failed allocation costs TensorFlow's 10 s allocator retry, so one case); the new
+    run's folder is rolled back."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    args = ["--dataset", "synthetic", "--gf_dim", "3000000", "--max_cycles", "1", "--output_dir", str(tmp_path / "o")]
+    res = subprocess.run([sys.executable, "-m", "zscrgan_tf.train", *args], env=user_env(), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr[-2000:]  # one line, nothing else
+    assert res.stderr.startswith("error: out of memory; lower --batch_size or the network widths (OOM when allocating")
+    assert not (tmp_path / "o").exists()
