@@ -50,7 +50,7 @@ def test_all_scenarios_write_contract_results(tmp_path):
 def test_cfsa_runs_zero_shot_only(tmp_path):
     res = demo("--method", "cfsa", "--epochs", "1", "--output_dir", str(tmp_path), *TINY, *NOJIT)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert sorted(os.listdir(tmp_path)) == [".lock", "run.json", "zs"]
+    assert sorted(os.listdir(tmp_path)) == [".lock", "flags.txt", "run.json", "zs"]
     cfg = json.loads((tmp_path / "zs" / "results.json").read_text())["config"]
     assert cfg["align"] == "cmpm" and not cfg["train_modality_classifier"] and cfg["weights"]["w_adv_real"] == 0
 
