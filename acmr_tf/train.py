@@ -106,8 +106,8 @@ def main(argv):
             require_classes(split.labels, f"{where}: the {name} split",
                             "a meaningful mAP (one class makes every item relevant)")
     cfg.check_split_sizes(len(train), len(test), where)
-    val = "" if ds.val is None else f" / {len(ds.val)} val"
-    print(f"{ds.name}: {len(train)} train{val} / {len(test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
+    val_part = "" if ds.val is None else f" / {len(ds.val)} val"
+    print(f"{ds.name}: {len(train)} train{val_part} / {len(test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"labels {int(train.labels.min())}..{int(train.labels.max())} (0-based), {ds.num_classes} classes; "
           f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, {run.counted(cfg.epochs, 'epoch')}",
           flush=True)
