@@ -155,8 +155,8 @@ def main(argv):
         if "standard" in scenarios:
             summ, info = train_scenario(folder, "standard", cfg, ds, ds.train, {"test": ds.test}, ds.val, replicas,
                                         targets=training_targets(ds, np.arange(len(ds.train)), FLAGS.class_targets))
-            write(folder, info, "standard", ds, cfg, summ["test"], warnings=warnings)
-            table.append(("standard", summ["test"]["contract"]))
+            write(folder, info, "standard", ds, cfg, summ["test"], warnings=warnings, chance=chance_of(ds.test))
+            table.append(("standard", summ["test"]["contract"], chance_of(ds.test)))
         if zs is not None:
             sets = {"unseen": zs.test_unseen}
             if len(zs.test_seen):
@@ -164,24 +164,23 @@ def main(argv):
             summ, info = train_scenario(folder, "zs", cfg, ds, zs.train, sets, zs.val, replicas,
                                         unseen=zs.unseen_classes,
                                         targets=training_targets(ds, zs.train_rows, FLAGS.class_targets))
-            from common import metrics
-
             if "zs" in scenarios:
-                write(folder, info, "zs", ds, cfg, summ["unseen"], seen=summ.get("seen"), warnings=warnings)
-                table.append(("zs unseen", summ["unseen"]["contract"]))
-                if "seen" in summ:
-                    table.append(("zs seen", summ["seen"]["contract"]))
-                chance = metrics.expected_random_map(zs.test_unseen.labels, zs.test_unseen.labels)
-                table.append(("chance (unseen)", {"i2t_map_all": chance, "t2i_map_all": chance}))
+                seen = {"seen": summ["seen"], "chance": chance_of(zs.test_seen)} if "seen" in summ else None
+                write(folder, info, "zs", ds, cfg, summ["unseen"], seen=seen, warnings=warnings,
+                      chance=chance_of(zs.test_unseen))
+                table.append(("zs unseen", summ["unseen"]["contract"], chance_of(zs.test_unseen)))
+                if seen:
+                    table.append(("zs seen", summ["seen"]["contract"], seen["chance"]))
             if "gzs" in scenarios:
-                write(folder, info, "gzs", ds, cfg, summ["pooled"], prefix="gzs_", warnings=warnings)
-                table.append(("gzs pooled", summ["pooled"]["contract"]))
+                write(folder, info, "gzs", ds, cfg, summ["pooled"], prefix="gzs_", warnings=warnings,
+                      chance=chance_of(zs.test_all))
+                table.append(("gzs pooled", summ["pooled"]["contract"], chance_of(zs.test_all)))
     print(f"\n{cfg.method} on {ds.name}: the contract's numbers, cosine mAP@all of the final epoch on min-max "
           "scaled test inputs (the per-epoch blocks above are the release's z-scored variants):")
-    print(f"{'scenario':<16} {'i2t':>7} {'t2i':>7} {'avg':>7}")
-    for name, r in table:
+    print(f"{'scenario':<16} {'i2t':>7} {'t2i':>7} {'avg':>7} {'chance':>7}")
+    for name, r, chance in table:
         i2t, t2i = r["i2t_map_all"], r["t2i_map_all"]
-        print(f"{name:<16} {i2t:7.4f} {t2i:7.4f} {(i2t + t2i) / 2:7.4f}")
+        print(f"{name:<16} {i2t:7.4f} {t2i:7.4f} {(i2t + t2i) / 2:7.4f} {chance:7.4f}")
     print(f"results under {FLAGS.output_dir}/<scenario>/results.json")
 
 
@@ -230,11 +229,21 @@ def train_scenario(folder, name, cfg, ds, train, eval_sets, val, replicas, unsee
             {"trained": result.trained > 0, "seconds_per_epoch": result.seconds_per_unit})
 
 
-def write(folder, info, scenario, ds, cfg, summary, seen=None, prefix="", warnings=()):
-    """results.json of one scenario: the contract's numbers and the release's labelled selections
-    (left as it is when the model was already complete and its results exist)."""
+def chance_of(split) -> float:
+    """mAP@all of a random ranking of this (paired, single-label) test set: the same both ways."""
+    from common import metrics
+
+    return metrics.expected_random_map(split.labels, split.labels)
+
+
+def write(folder, info, scenario, ds, cfg, summary, seen=None, prefix="", warnings=(), chance=None):
+    """results.json of one scenario: the contract's numbers, the chance level of the test set they
+    rank, and the release's labelled selections (left as it is when the model was already complete
+    and its results exist). `seen`: {"seen": summary, "chance": float} of zero-shot's seen classes."""
     m = {f"{prefix}{k}": v for k, v in summary["contract"].items()}
+    m[f"{prefix}chance_map_all"] = chance
     if seen is not None:
+        seen, m["seen_chance_map_all"] = seen["seen"], seen["chance"]
         m.update({f"seen_{k}": v for k, v in seen["contract"].items()})
     m["release_max"] = summary["test_selected_max"]
     m["release_max2"] = summary["test_selected_max2"]
@@ -245,7 +254,7 @@ def write(folder, info, scenario, ds, cfg, summary, seen=None, prefix="", warnin
         m["seen_release_max"] = seen["test_selected_max"]
         m["seen_final_epoch"] = seen["final"]
     if prefix == "gzs_":  # the contract's plain keys stay the comparable pooled numbers too
-        m.update(summary["contract"])
+        m.update(summary["contract"], chance_map_all=chance)
     m["seconds_per_epoch"] = info["seconds_per_epoch"]
     folder.finish(folder.part_path(scenario), trained=info["trained"], final_step=cfg.epochs, dataset=ds.name,
                   method=cfg.method, seed=FLAGS.seed, flags=run.flag_values(), metrics=m, scenario=scenario,

@@ -20,6 +20,13 @@ def demo(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+def lines_after(stdout, header):
+    """The rows of the final table: the lines after `header` up to the 'results under' line."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header)) + 1
+    return [line for line in lines[start:] if not line.startswith("results under")]
+
+
 def test_all_scenarios_write_contract_results(tmp_path):
     res = demo("--epochs", "2", "--output_dir", str(tmp_path), *TINY, *NOJIT)  # XLA: test_train.py
     assert res.returncode == 0, res.stderr[-2000:]
@@ -32,6 +39,20 @@ def test_all_scenarios_write_contract_results(tmp_path):
     assert set(zs["final_epoch"]) == {"raw", "softmax", "minmax", "minmax_softmax"}
     assert "TEST set" in zs["note"] and zs["flags"]["method"] == "jfse"
     assert "zs unseen" in res.stdout and os.listdir(tmp_path / "zs" / "tb")
+    # each result sits next to the chance level of the test set it ranks (exact expected random mAP)
+    from common.metrics import expected_random_map
+    from common.synthetic import make_synthetic
+
+    ds = make_synthetic("small")
+    view = ds.zero_shot()
+    chance = {name: expected_random_map(s.labels, s.labels)
+              for name, s in (("standard", ds.test), ("unseen", view.test_unseen), ("seen", view.test_seen),
+                              ("pooled", view.test_all))}
+    assert (std["chance_map_all"], zs["chance_map_all"], zs["seen_chance_map_all"], gzs["gzs_chance_map_all"]) == \
+        (chance["standard"], chance["unseen"], chance["seen"], chance["pooled"])
+    table = {line[:16].strip(): line.split()[-1] for line in lines_after(res.stdout, "scenario ")}  # name, chance
+    assert table == {"standard": f"{chance['standard']:.4f}", "zs unseen": f"{chance['unseen']:.4f}",
+                     "zs seen": f"{chance['seen']:.4f}", "gzs pooled": f"{chance['pooled']:.4f}"}
     # §10.16: every evaluation prints the four variants, then the running MAX and MAX2 triples
     lines = res.stdout.splitlines()
     maxes = [i for i, line in enumerate(lines) if line.strip().startswith("MAX:")]
