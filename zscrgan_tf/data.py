@@ -31,6 +31,13 @@ class RetrievalSet:
         classes = np.unique(self.query_labels)
         return float(np.mean([np.mean(self.gallery_labels == c) for c in classes]))
 
+    @property
+    def chance_map_all(self) -> float:
+        """Expected mAP@all of a random ranking (the level `t2i_map_all` is compared with)."""
+        from common import metrics
+
+        return metrics.expected_random_map(self.query_labels, self.gallery_labels)
+
 
 @dataclasses.dataclass
 class ZSData:

@@ -206,7 +206,7 @@ def summarize(history: list, data: ZSData, untrained_path: Optional[str] = None)
     out = {"p50_best": best["test"]["p50"], "p50_best_cycle": best["cycle"],
            "p50_last": last["test"]["p50"], "t2i_map_all": last["test"]["t2i_map_all"],
            "t2i_map_all_at_best": best["test"]["t2i_map_all"], "cycles": last["cycle"],
-           "p50_chance": data.test.chance_p_at_k}
+           "p50_chance": data.test.chance_p_at_k, "chance_map_all": data.test.chance_map_all}
     if "val" in last:
         sel = max(history, key=lambda r: r["val"]["p50"])
         out.update(p50_val_selected=sel["test"]["p50"], p50_val_selected_cycle=sel["cycle"],

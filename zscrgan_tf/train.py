@@ -173,7 +173,7 @@ def main(argv):
         summary = final["metrics"]
     print(f"P@{cfg.retrieve_k}: best {summary['p50_best']:.4f} (cycle {summary['p50_best_cycle']}, selected on test, "
           f"as the release), last {summary['p50_last']:.4f}, chance {summary['p50_chance']:.4f}; "
-          f"t2i mAP@all {summary['t2i_map_all']:.4f}")
+          f"t2i mAP@all {summary['t2i_map_all']:.4f} (chance {summary['chance_map_all']:.4f})")
     print(f"results in {os.path.join(out_dir, 'results.json')}")
 
 

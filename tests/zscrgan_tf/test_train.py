@@ -121,6 +121,13 @@ def test_cli_release_flags_folders_and_outputs(tmp_path):
     results = json.load(open(logs / "results.json"))
     assert results["method"] == "zscrgan" and results["cycles"] == 1
     assert {"p50_best", "p50_last", "t2i_map_all"} <= set(results)
+    # chance levels of that gallery (below): P@50 = mean class share (3/5 + 2/5) / 2; mAP@all = mean over the
+    # queries of E[AP] = (H_5 + (R - 1)(5 - H_5) / 4) / 5 with R = 3, 3, 2, 2 relevant images
+    h5 = 1 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 5
+    ap = lambda r: (h5 + (r - 1) * (5 - h5) / 4) / 5  # noqa: E731
+    assert results["p50_chance"] == pytest.approx(0.5)
+    assert results["chance_map_all"] == pytest.approx((ap(3) + ap(2)) / 2)
+    assert f"(chance {(ap(3) + ap(2)) / 2:.4f})" in r.stdout
     (pkl,) = os.listdir(tmp_path / "retrieved_res" / "CUB_res")
     assert pkl == f"acc{results['p50_best']:.12g}.pkl"
     retrieved = pickle.load(open(tmp_path / "retrieved_res" / "CUB_res" / pkl, "rb"))
