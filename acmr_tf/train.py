@@ -136,9 +136,9 @@ def main(argv):
         where = f"Euclidean mAP@{k} over {final['evaluated_pairs']} test pairs"
         print(f"[Eval - txt2img] mAP: {final[f't2i_map_at_{k}']:.6f} ({where})")
         print(f"[Eval - img2txt] mAP: {final[f'i2t_map_at_{k}']:.6f} ({where})")
-        print(f"cosine mAP@all over all {len(test)} test pairs: i2t {final['i2t_map_all']:.4f}  "
-              f"t2i {final['t2i_map_all']:.4f}")
         chance = metrics.expected_random_map(test.labels, test.labels)
+        print(f"cosine mAP@all over all {len(test)} test pairs: i2t {final['i2t_map_all']:.4f}  "
+              f"t2i {final['t2i_map_all']:.4f}  (chance {chance:.4f})")
         metrics_out = {**final, "chance_map_all": chance, "seconds_per_epoch": result.seconds_per_unit}
         if "val" in result.history[-1]:
             metrics_out.update({f"val_{k}": v for k, v in result.history[-1]["val"].items()})
