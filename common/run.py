@@ -257,11 +257,6 @@ def silence_python_logs() -> None:
 
     absl_logging.set_verbosity(absl_logging.ERROR)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    import warnings
-
-    # Keras' advice when a layer fails while it is being built: the failure itself (out of memory,
-    # a bad width) follows as the run's one error line
-    warnings.filterwarnings("ignore", message=r"Layer '.*' looks like it has unbuilt state")
 
 
 def is_chief() -> bool:
