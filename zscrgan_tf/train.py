@@ -88,10 +88,8 @@ def load(name: str, data_dir: str | None, seed: int):
     from common.datasets import load_dataset
 
     if name == "synthetic":  # enough seen classes (10 of 20) for zero-shot transfer
-        return load_dataset("synthetic:medium", data_dir, seed=seed)
-    if name.startswith("synthetic"):
-        return load_dataset(name, data_dir, seed=seed)
-    if name == "features":
+        name = "synthetic:medium"
+    if name.startswith("synthetic") or name == "features":
         return load_dataset(name, data_dir, seed=seed)
     return readers.read_zscrgan(data_dir or os.path.join("datasets", name), name=name)
 
