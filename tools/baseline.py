@@ -116,7 +116,8 @@ def main(argv):
             gzs = evaluate(model, zs.test_all)
             result.update({"seen_" + k: v for k, v in seen.items()})
             result.update({"gzs_" + k: v for k, v in gzs.items()})
-            result["chance_map_all"] = metrics.expected_random_map(zs.test_unseen.labels, zs.test_unseen.labels)
+            for prefix, split in (("", zs.test_unseen), ("seen_", zs.test_seen), ("gzs_", zs.test_all)):
+                result[f"{prefix}chance_map_all"] = metrics.expected_random_map(split.labels, split.labels)
         else:
             if not ds.train.paired:
                 raise ConfigError("CCA needs paired training data")
@@ -128,7 +129,8 @@ def main(argv):
                           "t2i_map_all": metrics.mean_average_precision(qt, di, ds.test.labels, ds.database.labels)}
             else:
                 result = evaluate(model, ds.test)
-            result["chance_map_all"] = metrics.expected_random_map(ds.test.labels, ds.test.labels)
+            gallery = ds.test if ds.database is None else ds.database  # what the test queries ranked
+            result["chance_map_all"] = metrics.expected_random_map(ds.test.labels, gallery.labels)
         result["cca_directions"] = int(model.a.shape[1])  # what was used: --cca_dim is capped by the data
         warnings = []
         if FLAGS.cca_dim and FLAGS.cca_dim > result["cca_directions"]:

@@ -5,7 +5,8 @@
 
 Finds every results.json under the given folders, and prints for each: method, dataset,
 scenario or bit length, our i2t / t2i numbers (the contract's mAP@all, per-bit Hamming mAP
-for hashing, P@50 for ZSCRGAN), and the published numbers for the same method, dataset and
+for hashing, P@50 for ZSCRGAN), the chance level of that number on the run's test set (a random
+ranking's expected mAP@all or P@50; random codes for hashing), and the published numbers for the same method, dataset and
 scenario from tools/published_results.json, each with its source. A missing published cell
 means no verified number exists for that setting (e.g. synthetic data).
 """
@@ -63,22 +64,24 @@ def _rows(path: str, r: dict) -> list:
         keys = [k for k in ("i2t_map", "t2i_map", "t2t_map") if k in r]
         bits = sorted(r[keys[0]], key=int) if keys else []
         metric = "Hamming mAP (tag→tag in the t2i column)" if "t2t_map" in r else "Hamming mAP"
-        return [dict(base, setting=f"{b} bits", bits=int(b), metric=metric,
-                     i2t=r.get("i2t_map", {}).get(b), t2i=r.get("t2i_map", r.get("t2t_map", {})).get(b)) for b in bits]
+        per_bits = r.get("per_bits") or {}
+        return [dict(base, setting=f"{b} bits", bits=int(b), metric=metric, chance=per_bits.get(b, {}).get(
+            "random_codes_map"), i2t=r.get("i2t_map", {}).get(b), t2i=r.get("t2i_map", r.get("t2t_map", {})).get(b))
+            for b in bits]
     if method == "zscrgan":
         return [dict(base, setting="zero-shot (unseen)", scenario="zs", metric="P@50, best cycle on test (release)",
-                     i2t=None, t2i=r.get("p50_best"), extra=f"P@50 last {r.get('p50_last', float('nan')):.4f}, "
+                     i2t=None, t2i=r.get("p50_best"), chance=r.get("p50_chance"), extra=f"P@50 last {r.get('p50_last', float('nan')):.4f}, "
                                                           f"t2i mAP@all {r.get('t2i_map_all', float('nan')):.4f}")]
     # results written before the baseline recorded its scenario: a zero-shot fit says so in its flags
     scenario = r.get("scenario") or ("zs" if (r.get("flags") or {}).get("zero_shot") else "standard")
     out = [dict(base, setting=scenario, scenario=scenario, metric="mAP@all",
-                i2t=r.get("i2t_map_all"), t2i=r.get("t2i_map_all"))]
+                i2t=r.get("i2t_map_all"), t2i=r.get("t2i_map_all"), chance=r.get("chance_map_all"))]
     if "seen_i2t_map_all" in r:
         out.append(dict(base, setting="zs (seen classes)", scenario="zs_seen", metric="mAP@all",
-                        i2t=r["seen_i2t_map_all"], t2i=r["seen_t2i_map_all"]))
+                        i2t=r["seen_i2t_map_all"], t2i=r["seen_t2i_map_all"], chance=r.get("seen_chance_map_all")))
     if "gzs_i2t_map_all" in r and scenario != "gzs":  # a zero-shot baseline also reports the pooled test set
         out.append(dict(base, setting="gzs (pooled)", scenario="gzs", metric="mAP@all",
-                        i2t=r["gzs_i2t_map_all"], t2i=r["gzs_t2i_map_all"]))
+                        i2t=r["gzs_i2t_map_all"], t2i=r["gzs_t2i_map_all"], chance=r.get("gzs_chance_map_all")))
     hash_bits = sorted({int(k.split("_")[1]) for k in r if k.startswith("hash_") and k.endswith("_i2t_map")})
     for b in hash_bits:  # the baseline's CCA-then-sign codes (--hash_bits)
         out.append(dict(base, setting=f"{b} bits (sign of CCA)", metric="Hamming mAP",
@@ -117,8 +120,8 @@ def published_for(row: dict, groups: list) -> list:
 def report(paths, published: str = PUBLISHED) -> str:
     groups = io.read_json(published)["groups"]  # shipped with the package: missing is a broken install
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = ["| method | dataset | setting | metric | ours i2t / t2i | published i2t / t2i | source | run |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | dataset | setting | metric | ours i2t / t2i | chance | published i2t / t2i | source | run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     sources = {}
     for path in find_results(paths):
         for row in rows_of(path):
@@ -130,7 +133,7 @@ def report(paths, published: str = PUBLISHED) -> str:
                 sources.setdefault(src, len(sources) + 1)
                 refs.append(f"[{sources[src]}]")
             lines.append(f"| {row['method']} | {row['dataset']} | {row['setting']} | {row['metric']} | {ours} | "
-                         f"{cells} | {' '.join(dict.fromkeys(refs)) or '—'} | {row['run']} |")
+                         f"{fmt(row.get('chance'))} | {cells} | {' '.join(dict.fromkeys(refs)) or '—'} | {row['run']} |")
     lines.append("")
     lines += [f"[{n}] {src}" for src, n in sources.items()]
     return "\n".join(lines) + "\n"

@@ -61,6 +61,25 @@ def test_cli_zero_shot_reports_seen_unseen_and_pooled(tmp_path):
     assert {"seen_i2t_map_all", "gzs_t2i_map_all", "i2t_map_all"} <= set(r)
     # CCA learns from pairing alone, so unseen classes transfer too: above chance on them
     assert r["i2t_map_all"] > r["chance_map_all"] + 0.05 and r["t2i_map_all"] > r["chance_map_all"] + 0.05
+    from common import metrics
+    from common.datasets import load_dataset
+
+    zs = load_dataset("synthetic").zero_shot()  # each number sits next to the chance level of what it ranked
+    for prefix, split in (("", zs.test_unseen), ("seen_", zs.test_seen), ("gzs_", zs.test_all)):
+        assert r[f"{prefix}chance_map_all"] == metrics.expected_random_map(split.labels, split.labels)
+    assert r["gzs_chance_map_all"] < r["chance_map_all"]  # the pooled gallery has twice the classes
+
+
+def test_chance_level_of_a_database_protocol_is_against_the_database(tmp_path):
+    from common import metrics
+    from common.datasets import load_dataset
+
+    res = run_cli("--dataset", "synthetic-hashing", "--output_dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    r = json.loads((tmp_path / "results.json").read_text())
+    ds = load_dataset("synthetic-hashing")
+    assert r["chance_map_all"] == metrics.expected_random_map(ds.test.labels, ds.database.labels)
+    assert r["chance_map_all"] != metrics.expected_random_map(ds.test.labels, ds.test.labels)
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path):

@@ -12,29 +12,31 @@ def _write(folder, **r):
 
 def test_report_places_published_numbers_next_to_ours(tmp_path):
     _write(tmp_path / "jfse" / "standard", method="jfse", dataset="wikipedia", scenario="standard",
-           i2t_map_all=0.51, t2i_map_all=0.47)
+           i2t_map_all=0.51, t2i_map_all=0.47, chance_map_all=0.1012)
     _write(tmp_path / "jfse" / "zs", method="jfse", dataset="wikipedia", scenario="zs", i2t_map_all=0.30,
-           t2i_map_all=0.29, seen_i2t_map_all=0.70, seen_t2i_map_all=0.88)
+           t2i_map_all=0.29, seen_i2t_map_all=0.70, seen_t2i_map_all=0.88, chance_map_all=0.3, seen_chance_map_all=0.2)
     _write(tmp_path / "hash", method="cmhash", dataset="iapr", i2t_map={"32": 0.55, "16": 0.5},
-           t2i_map={"32": 0.56, "16": 0.52})
+           t2i_map={"32": 0.56, "16": 0.52}, per_bits={"32": {"random_codes_map": 0.3101}, "16": {}})
     _write(tmp_path / "syn", method="acmr_simple", dataset="synthetic-small", i2t_map_all=0.2, t2i_map_all=0.3,
            seed=4, provenance={"git_commit": "0123456789abcdef", "git_dirty": True, "ended": "2026-11-30T01:02:03"})
     text = report([str(tmp_path)])
     lines = text.splitlines()
     row = next(line for line in lines if "| jfse | wikipedia | standard |" in line)
-    assert "0.5100 / 0.4700" in row and "JFSE 0.527 / 0.484" in row
+    assert "| 0.5100 / 0.4700 | 0.1012 | JFSE 0.527 / 0.484" in row  # ours, the chance level, published
     ref = row.split(" | ")[-2]  # the source's footnote number (the last column is the run)
     assert any(line.startswith(f"{ref} Xu et al.") for line in lines)
     seen = next(line for line in lines if "zs (seen classes)" in line)
-    assert "0.7000 / 0.8800" in seen and "0.708 / 0.906" in seen
+    assert "0.7000 / 0.8800 | 0.2000 |" in seen and "0.708 / 0.906" in seen
     unseen = next(line for line in lines if "| jfse | wikipedia | zs |" in line)
-    assert "0.343 / 0.314" in unseen
+    assert "| 0.3000 / 0.2900 | 0.3000 |" in unseen and "0.343 / 0.314" in unseen
     h32 = next(line for line in lines if "| cmhash | iapr | 32 bits |" in line)
+    assert "| 0.5500 / 0.5600 | 0.3101 | " in h32  # random codes' mAP
     assert "CMHASH 0.5986 / 0.6035" in h32 and "DCMH 0.4732 / 0.5378" in h32
     h16 = next(line for line in lines if "| cmhash | iapr | 16 bits |" in line)
+    assert "| 0.5000 / 0.5200 | — |" in h16  # not recorded: no number, not zero
     assert "CMHASH" not in h16 and "DCMH 0.4526 / 0.5185" in h16  # the release reported 32 bits only
     syn = next(line for line in lines if "synthetic-small" in line)
-    assert syn.endswith(f"| — | — | {tmp_path / 'syn'}, seed 4, 01234567+, 2026-11-30 01:02 |"), syn
+    assert syn.endswith(f"| — | — | — | {tmp_path / 'syn'}, seed 4, 01234567+, 2026-11-30 01:02 |"), syn
 
 
 def test_report_labels_every_scenario_and_metric(tmp_path):
@@ -46,8 +48,8 @@ def test_report_labels_every_scenario_and_metric(tmp_path):
     _write(tmp_path / "jfse_gzs", method="jfse", dataset="uci", scenario="gzs", i2t_map_all=0.36, t2i_map_all=0.34,
            gzs_i2t_map_all=0.36, gzs_t2i_map_all=0.34)
     _write(tmp_path / "zs", method="zscrgan", dataset="synthetic-medium", p50_best=0.5682, p50_last=0.5464,
-           t2i_map_all=0.6864)
-    rows = [line.split(" | ")[:5] for line in report([str(tmp_path)]).splitlines() if line.startswith("| ")][1:]
+           t2i_map_all=0.6864, p50_chance=0.2, chance_map_all=0.25)
+    rows = [line.split(" | ")[:6] for line in report([str(tmp_path)]).splitlines() if line.startswith("| ")][1:]
     got = {(r[0].strip("| "), r[2], r[4]) for r in rows}
     assert ("cca", "zs", "0.2900 / 0.2800") in got
     assert ("cca", "zs (seen classes)", "0.6700 / 0.6600") in got
@@ -59,6 +61,7 @@ def test_report_labels_every_scenario_and_metric(tmp_path):
     assert sum(r[0].strip("| ") == "jfse" for r in rows) == 1  # the gzs run is not listed twice
     zs = next(r for r in rows if r[0].strip("| ") == "zscrgan")
     assert zs[3] == "P@50, best cycle on test (release)" and zs[4].startswith("— / 0.5682 (P@50 last 0.5464")
+    assert zs[5] == "0.2000"  # the chance level of the number shown: P@50's, not mAP's
 
 
 def test_every_data_file_the_packages_read_ships_with_a_pip_install():
