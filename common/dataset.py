@@ -158,9 +158,10 @@ class CrossModalDataset:
         where = self.source or self.name
         if self.class_embeddings is None:
             raise DataError(
-                f"{where}: this method needs class embeddings (class_emb.npy, C x E). Make them "
-                "from class names with word vectors: one row per class, e.g. the mean GloVe vector of "
-                "the words of each class name, saved with numpy.save (tools.convert_uci shows it for UCI).")
+                f"{where}: this method needs class embeddings (class_emb.npy, C x E, one row per class id) in "
+                "the data folder: `cmr class-vectors --names class_names.txt --out <folder>/class_emb.npy` "
+                "makes them from class names (GloVe, the [glove] extra); for UCI, `cmr convert-uci --views "
+                "uci_mfeat_6views.npz` writes them.")
         rows = self.class_embeddings[np.asarray(labels)]
         if not np.all(np.isfinite(rows)):
             missing = sorted(set(np.asarray(labels)[~np.isfinite(rows).all(axis=1)].tolist()))

@@ -242,10 +242,13 @@ def max_lines(history: list, set_name: str, eval_every: int = 1) -> str:
     """The release's running maxima over every evaluated epoch and variant, selected on the TEST set."""
     s = summarise(history, set_name, eval_every)
     best, best2 = s["test_selected_max"], s["test_selected_max2"]
+    last = history[-1]["epoch"]
+    off = (f"; epoch {last} is off the release's every-{eval_every} schedule, not counted"
+           if last % eval_every else "")
     return (f"  MAX:  {best['i2t']:.4f} {best['t2i']:.4f} {best['avg']:.4f} (epoch {best['epoch']}, {best['variant']}; "
-            f"best average, selected on test)\n"
+            f"best average, selected on test{off})\n"
             f"  MAX2: {best2['i2t']:.4f} {best2['t2i']:.4f} {best2['avg']:.4f} (epoch {best2['epoch']}, "
-            f"{best2['variant']}; best i2t, selected on test)")
+            f"{best2['variant']}; best i2t, selected on test{off})")
 
 
 def summarise(history: list, set_name: str, eval_every: int = 1) -> dict:

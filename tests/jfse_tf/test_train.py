@@ -9,7 +9,7 @@ import tensorflow as tf
 from common import driver, metrics, pipelines, training
 from common.synthetic import make_synthetic
 from jfse_tf.config import JFSEConfig
-from jfse_tf.task import LOSS_NAMES, JFSETask, JFSETrainer, summarise
+from jfse_tf.task import LOSS_NAMES, JFSETask, JFSETrainer, max_lines, summarise
 
 SMALL = dict(hidden=256, noise_dim=16)
 
@@ -109,6 +109,11 @@ def test_release_max_is_over_the_release_schedule_only():
     s = summarise([rec(0, 0.5), rec(2, 0.6), rec(3, 0.9)], "s", eval_every=2)
     assert s["test_selected_max"]["epoch"] == 2 and s["test_selected_max2"]["epoch"] == 2
     assert s["final"]["raw"]["avg"] == 0.9
+    # the printed MAX lines say why a better last epoch is not their number
+    text = max_lines([rec(0, 0.5), rec(2, 0.6), rec(3, 0.9)], "s", eval_every=2)
+    assert text.splitlines()[0] == ("  MAX:  0.6000 0.6000 0.6000 (epoch 2, raw; best average, selected on test; "
+                                    "epoch 3 is off the release's every-2 schedule, not counted)")
+    assert "not counted" not in max_lines([rec(0, 0.5), rec(2, 0.6)], "s", eval_every=2)
 
 
 def test_xmn_training_targets_are_each_rows_own_attribute(tmp_path):
