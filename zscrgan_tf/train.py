@@ -107,7 +107,9 @@ def config_from_flags() -> ZSCRGANConfig:
 NOTE = ("Zero-shot text->image retrieval on the unseen classes. p50_best is the best Precision@50 over all cycles' "
         "TEST evaluations (the release's number, selected on the test set); p50_last is the last cycle's; "
         "p50_val_selected (with --val_classes) is the test value at the cycle with the best validation P@50. "
-        "t2i_map_all is the last cycle's mAP over the whole ranking (cosine).")
+        "t2i_map_all is the last cycle's mAP over the whole ranking (cosine). This file is rewritten after every "
+        "cycle: `cycles` below `cycles_planned` is a run that was stopped there or is still running (the release's "
+        "own schedule is stopped by hand).")
 
 
 def main(argv):
@@ -160,7 +162,8 @@ def main(argv):
 
         def results(history):
             return dict(dataset=ds.name, method="zscrgan", seed=FLAGS.seed, flags=flag_dict,
-                        metrics=task.summary(history), required=("t2i_map_all",), note=NOTE, warnings=warnings)
+                        metrics=task.summary(history), required=("t2i_map_all",), note=NOTE, warnings=warnings,
+                        cycles_planned=max_cycles)
 
         # results.json stays current after every cycle (the release wrote its pickles each cycle)
         result = driver.fit(task, out_dir, driver.FitOptions(histogram_every=FLAGS.histogram_every,

@@ -119,7 +119,7 @@ def test_cli_release_flags_folders_and_outputs(tmp_path):
     assert any(f.startswith("events") for f in os.listdir(logs / "tb"))
     assert os.path.exists(logs / "checkpoints" / "checkpoint")
     results = json.load(open(logs / "results.json"))
-    assert results["method"] == "zscrgan" and results["cycles"] == 1
+    assert results["method"] == "zscrgan" and results["cycles"] == 1 and results["cycles_planned"] == 1
     assert {"p50_best", "p50_last", "t2i_map_all"} <= set(results)
     # chance levels of that gallery (below): P@50 = mean class share (3/5 + 2/5) / 2; mAP@all = mean over the
     # queries of E[AP] = (H_5 + (R - 1)(5 - H_5) / 4) / 5 with R = 3, 3, 2, 2 relevant images
