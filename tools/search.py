@@ -159,6 +159,9 @@ def main(argv):
     import tensorflow as tf
 
     model = tf.saved_model.load(FLAGS.model)
+    if not FLAGS.hamming and "hash_text" in model.signatures:
+        print("note: this model also has hash codes; --hamming ranks by their Hamming distance, as the method "
+              "is evaluated (this search ranks its real-valued outputs by cosine)")
     q = encode(model, FLAGS.query_side, queries, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.queries)
     g = encode(model, gallery_side, gallery, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.gallery)
     if FLAGS.index == "exact" or FLAGS.hamming:

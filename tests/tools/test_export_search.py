@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import io, training
+from common import export, io, training
 from common.errors import ConfigError, DataError
 from tests.conftest import REPO, noise, user_env
 from tools.export import export_run
@@ -149,10 +149,9 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tools.export", "--run_dir", str(tmp_path / "bits_16"), "--out",
                           str(tmp_path / "exported")], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and not noise(res.stderr), res.stderr[-2000:]
-    trainer = CMHashTrainer(cfg, ds.image_dim, ds.text_dim)
-    objects = {m.name: m for g in trainer.nets.groups.values() for m in g}
-    objects.update({f"opt_{k}": (o, trainer.nets.variables(*trainer.var_groups[k])) for k, o in trainer.optimizers.items()})
-    assert training.RunState(str(tmp_path / "bits_16"), **objects).resumed
+    trainer = CMHashTrainer(cfg, ds.image_dim, ds.text_dim)  # the trained heads, the documented way
+    export.restore_models(str(tmp_path / "bits_16"), image_head=trainer.nets.image_head,
+                          text_head=trainer.nets.text_head)
     loaded = tf.saved_model.load(str(tmp_path / "exported"))
     want = np.where(trainer.nets.text_head(queries.text).numpy() >= 0, 1.0, -1.0)
     np.testing.assert_array_equal(loaded.signatures["hash_text"](text=tf.constant(queries.text))["codes"], want)
@@ -171,6 +170,10 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     want_ids, want_dist = _brute(want, codes_g, 5, hamming=True)
     assert [h["id"] for h in hits[3]["hits"]] == [f"img{i}" for i in want_ids[3]]
     assert [h["score"] for h in hits[0]["hits"]] == want_dist[0].tolist()
+    assert "note:" not in res.stdout
+    cosine = subprocess.run([a for a in cmd if a != "--hamming"] + ["--out", str(tmp_path / "cos.json")], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert cosine.returncode == 0 and "note: this model also has hash codes; --hamming" in cosine.stdout
     # another run's checkpoint (8-bit heads) for these 16-bit encoders: one line, not the arrays TF lists
     fit(CMHashConfig(bits=8, epochs=1, eval_every=1), train, queries, queries, database, str(tmp_path / "bits_8"))
     with pytest.raises(DataError) as e:
