@@ -130,7 +130,7 @@ def flag_values() -> dict:
 def flagfile_text() -> str:
     """This project's flags in absl's flagfile format: `--flagfile <run>/flags.txt` re-runs (resumes) the
     run. `--overwrite` is left out: it would start the run it names over."""
-    lines = []
+    lines = [f"# flags of a {_PROGRAM} run: `python -m {_PROGRAM} --flagfile <this file>` repeats it"] if _PROGRAM else []
     for name in sorted(flag_values()):
         if name == "overwrite":  # re-running a run's flag file resumes it; it must never start it over
             continue
@@ -353,6 +353,23 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
+def _other_programs_flagfile(argv: list) -> str:
+    """When a --flagfile holds another entry point's flags (its header says so): which, and how to run it."""
+    for i, a in enumerate(argv):
+        path = a.split("=", 1)[1] if a.startswith("--flagfile=") else (argv[i + 1] if a == "--flagfile" and
+                                                                        i + 1 < len(argv) else "")
+        try:
+            with open(path, encoding="utf-8") as f:
+                first = f.readline()
+        except (OSError, UnicodeDecodeError):
+            continue
+        words = first.split()
+        if first.startswith("# flags of a ") and len(words) > 4 and words[4] != _PROGRAM:
+            return (f"--flagfile {path} holds the flags of a {words[4]} run, not of {_PROGRAM}; repeat it with "
+                    f"`python -m {words[4]} --flagfile {path}`")
+    return ""
+
+
 def run_main(main: Callable, resumes: str = "") -> None:
     """`absl.app.run(main)` with one-line errors and no traceback for what a user can fix:
     unknown or invalid flags, data and configuration errors and unreadable/unwritable paths exit
@@ -381,7 +398,8 @@ def run_main(main: Callable, resumes: str = "") -> None:
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:  # absl words some of these "ERROR:: ..."
-            print(f"error: {str(e).removeprefix('ERROR::').strip()} (see --helpfull)", file=sys.stderr)
+            print(f"error: {_other_programs_flagfile(argv[:end]) or str(e).removeprefix('ERROR::').strip() + ' (see --helpfull)'}",
+                  file=sys.stderr)
             sys.exit(2)
         except SystemExit as e:  # absl ends --help, --helpfull, --helpshort with status 1; asked-for help is 0
             asked = any(a.split("=")[0] in HELP_FLAGS for a in argv[1:end])
