@@ -307,7 +307,14 @@ def replicas():
     """The `--distribute` strategy as a `common.distribute.Replicas`."""
     from common import distribute
 
-    return distribute.Replicas(distribute.make_strategy(flags.FLAGS.distribute))
+    replicas = distribute.Replicas(distribute.make_strategy(flags.FLAGS.distribute))
+    if replicas.strategy is not None and replicas.is_chief:  # say what the strategy found
+        devices = sorted({d.split("/")[-1].removeprefix("device:")
+                          for d in replicas.strategy.extended.worker_devices})
+        print(f"--distribute {flags.FLAGS.distribute}: {replicas.num} replica{'s' * (replicas.num != 1)} on "
+              f"{', '.join(devices)}" + (" (no GPU found: the one-device result, slower than --distribute none)"
+                                          if replicas.num == 1 else ""), flush=True)
+    return replicas
 
 
 def jit_compile(replicas) -> bool:

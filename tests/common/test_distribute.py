@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -114,5 +115,6 @@ def test_cli_trains_under_mirrored_strategy(tmp_path, module, args, results):
     with open(out / results) as f:
         res = json.load(f)
     assert res["flags"]["distribute"] == "mirrored"
+    assert re.search(r"^--distribute mirrored: \d+ replicas? on [A-Z]+:\d", r.stdout, re.M), r.stdout  # said
     key = "t2i_map_all" if module.startswith("zscrgan") else "i2t_map_all"
     assert 0 < res["metrics"][key] <= 1
