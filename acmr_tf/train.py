@@ -111,12 +111,13 @@ def main(argv):
           f"labels {int(train.labels.min())}..{int(train.labels.max())} (0-based), {ds.num_classes} classes; "
           f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, {run.counted(cfg.epochs, 'epoch')}",
           flush=True)
+    warnings = run.data_warnings(ds)
     from common import driver
 
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite,
                           chief=run.is_chief()) as folder:  # a refused run stops here, before TensorFlow loads
         run.import_tensorflow()
-        warnings = run.set_precision()
+        warnings += run.set_precision()
         from acmr_tf.task import ACMRTask, ACMRTrainer
         from common import export, metrics, training
 

@@ -139,7 +139,7 @@ def main(argv):
     check_batch_memory(FLAGS.batch_size, len(train))
     for w in warnings_early:
         print(f"warning: {w}", flush=True)
-    warnings = warnings_early + check_signal(train, val, queries, database, FLAGS.mining)
+    warnings = warnings_early + run.data_warnings(ds) + check_signal(train, val, queries, database, FLAGS.mining)
     from common import driver
 
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), parts=[f"bits_{k}" for k in bits],

@@ -75,6 +75,15 @@ def cpu_isa() -> dict:
     return {name: name in present for name in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")}
 
 
+def data_warnings(ds) -> list:
+    """What is odd but not wrong about a dataset (held-out splits that repeat other splits' items),
+    printed now and kept for results.json's `warnings`."""
+    out = ds.overlap_warnings()
+    for w in out:
+        print(f"warning: {w}", flush=True)
+    return out
+
+
 def set_precision(precision: Optional[str] = None) -> list:
     """Apply --precision as Keras' global dtype policy (call before any network is built); the
     warnings to keep with the results.

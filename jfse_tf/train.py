@@ -142,6 +142,7 @@ def main(argv):
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"class embeddings {ds.class_embeddings.shape}; method {cfg.method}, align {cfg.align}, "
           f"{run.counted(cfg.epochs, 'epoch')}, scenarios {scenarios}", flush=True)
+    warnings = run.data_warnings(ds)
     from common import driver
 
     parts = [p for p in ("standard", "zs") if p in scenarios or (p == "zs" and "gzs" in scenarios)]
@@ -150,7 +151,7 @@ def main(argv):
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), parts=parts,
                           overwrite=FLAGS.overwrite, chief=run.is_chief()) as folder:  # refusals: before TF loads
         run.import_tensorflow()
-        warnings = run.set_precision()
+        warnings += run.set_precision()
         replicas = run.replicas()
         if "standard" in scenarios:
             summ, info = train_scenario(folder, "standard", cfg, ds, ds.train, {"test": ds.test}, ds.val, replicas,

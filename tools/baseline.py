@@ -101,6 +101,7 @@ def main(argv):
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims "
           f"{ds.image_dim}/{ds.text_dim}, {ds.num_classes} classes ({ds.source})")
+    warnings = run.data_warnings(ds)
     from common import driver
 
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite) as folder:
@@ -132,7 +133,6 @@ def main(argv):
             gallery = ds.test if ds.database is None else ds.database  # what the test queries ranked
             result["chance_map_all"] = metrics.expected_random_map(ds.test.labels, gallery.labels)
         result["cca_directions"] = int(model.a.shape[1])  # what was used: --cca_dim is capped by the data
-        warnings = []
         if FLAGS.cca_dim and FLAGS.cca_dim > result["cca_directions"]:
             warnings.append(f"--cca_dim {FLAGS.cca_dim}: this data gives {result['cca_directions']} canonical "
                             "directions; all of them were used")

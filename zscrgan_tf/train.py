@@ -141,13 +141,14 @@ def main(argv):
           f"{len(set(data.test.query_labels.tolist()))} unseen classes ({len(data.test.gallery)} gallery images, "
           f"{len(data.test.queries)} query texts); dims image {data.image_dim}, text {data.text_dim}; "
           f"chance P@{cfg.retrieve_k} ~ {data.test.chance_p_at_k:.4f}; up to {max_cycles} cycles", flush=True)
+    warnings = run.data_warnings(ds)
     from common import driver
 
     flag_dict = run.flag_values()
     with driver.RunFolder(out_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite,
                           extra_paths=[os.path.abspath(res_dir)], chief=run.is_chief()) as folder:
         run.import_tensorflow()  # a refused run has stopped above, before TensorFlow loads
-        warnings = run.set_precision()
+        warnings += run.set_precision()
         from common import export, io, training
         from zscrgan_tf.task import ZSCRGANTask, ZSCRGANTrainer
 

@@ -252,6 +252,40 @@ def test_mirflickr_shared_data(shared_data):
     ds = readers.read_mirflickr(os.path.join(shared_data, "mirflickr25k"))
     assert (len(ds.test), len(ds.database), len(ds.train)) == (2000, 18015, 10000)
     assert ds.text_dim == 1386 and ds.num_classes == 24
+    # distinct items share tag vectors (hundreds of queries repeat a database row): no false alarm
+    assert ds.overlap_warnings() == [] and ds.overlap_warnings(min_share=0.0) == []
+
+
+def test_held_out_splits_that_repeat_other_splits_are_warned():
+    from common.dataset import CrossModalDataset, Split
+
+    rng = np.random.default_rng(0)
+    split = lambda n: Split(rng.normal(size=(n, 6)).astype(np.float32), rng.normal(size=(n, 4)).astype(np.float32),  # noqa: E731
+                            np.arange(n) % 3)
+    train, test = split(40), split(20)
+    assert CrossModalDataset("d", train, test, val=split(10)).overlap_warnings() == []
+    # a copied file: the val split is the test split
+    w = CrossModalDataset("d", train, test, val=test).overlap_warnings()
+    assert w == ["d: 20 of 20 test pairs also appear in the val split (identical feature rows): what is selected on "
+                 "the validation split is selected on the test split"]
+    # a mis-split folder: 3 of 20 test pairs copied into train (15% >= 5%), one only (5%) still counts
+    leaked = Split(np.vstack([train.image, test.image[:3]]), np.vstack([train.text, test.text[:3]]),
+                   np.concatenate([train.labels, test.labels[:3]]))
+    (msg,) = CrossModalDataset("d", leaked, test).overlap_warnings()
+    assert msg.startswith("d: 3 of 20 test pairs also appear in the train split") and "not held-out" in msg
+    one = Split(np.vstack([train.image, test.image[:1]]), np.vstack([train.text, test.text[:1]]),
+                np.concatenate([train.labels, test.labels[:1]]))
+    assert len(CrossModalDataset("d", one, test).overlap_warnings()) == 1
+    assert CrossModalDataset("d", one, test).overlap_warnings(min_share=0.1) == []  # below the share: real duplicates
+    # a pair counts only when both rows repeat: the same image with another text is another pair
+    other_text = Split(test.image, rng.normal(size=(20, 4)).astype(np.float32), test.labels)
+    assert CrossModalDataset("d", train, test, val=other_text).overlap_warnings() == []
+    # the hashing protocol: queries found in the database
+    (msg,) = CrossModalDataset("d", train, test, database=Split(test.image, test.text, test.labels)).overlap_warnings()
+    assert "20 of 20 test pairs also appear in the database split" in msg and "find themselves" in msg
+    # text-only data (no image columns) is not checked: equal tag vectors are distinct items
+    empty = lambda s: Split(np.zeros((len(s), 0), np.float32), s.text, s.labels)  # noqa: E731
+    assert CrossModalDataset("d", empty(train), empty(test), val=empty(test)).overlap_warnings() == []
 
 
 def _matlab_v73(path, name, array):

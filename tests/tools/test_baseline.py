@@ -123,3 +123,18 @@ def test_cca_sign_hashing_baseline():
     assert out["hash_8_i2t_map"] == metrics.hashing_map(qi, dt, ds.test.labels, ds.database.labels)[0]
     with pytest.raises(ConfigError, match="at most"):
         cca_sign_maps(ds, [500], reg=1e-3)
+
+
+def test_a_val_split_copied_from_test_is_warned_and_recorded(tmp_path):
+    from tests.common import fixtures
+
+    fixtures.write_feature_folder(str(tmp_path / "f"), one_based=False, with_val=True)
+    for part in ("img", "txt", "lab"):  # the user's mistake: test files copied in as val
+        os.replace(tmp_path / "f" / f"test_{part}.npy", tmp_path / "f" / f"val_{part}.npy")
+        np.save(tmp_path / "f" / f"test_{part}.npy", np.load(tmp_path / "f" / f"val_{part}.npy"))
+    res = run_cli("--dataset", "features", "--data_dir", str(tmp_path / "f"), "--output_dir", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr
+    want = (f"{tmp_path / 'f'}: 6 of 6 test pairs also appear in the val split (identical feature rows): what is "
+            "selected on the validation split is selected on the test split")
+    assert f"warning: {want}" in res.stdout
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["warnings"] == [want]
