@@ -37,8 +37,23 @@ def find_results(paths) -> list:
             if "results.json" in files:
                 found.append(os.path.join(root, "results.json"))
     if not found:
-        raise DataError(f"no results.json under {', '.join(paths)}")
+        pending = pending_runs(paths)
+        raise DataError(f"no results.json under {', '.join(paths)}" + (
+            f"; these runs have none yet (still running, or stopped before their first result): {', '.join(pending)}"
+            if pending else ""))
     return found
+
+
+def pending_runs(paths) -> list:
+    """Run folders (they hold run.json) with no results.json anywhere under them yet."""
+    out = []
+    for p in paths:
+        if not os.path.isdir(p):
+            continue
+        for root, _, files in sorted(os.walk(p)):
+            if "run.json" in files and not any("results.json" in f for _, _, f in os.walk(root)):
+                out.append(root)
+    return out
 
 
 def _family(method: str) -> str:
@@ -136,6 +151,10 @@ def report(paths, published: str = PUBLISHED) -> str:
                          f"{fmt(row.get('chance'))} | {cells} | {' '.join(dict.fromkeys(refs)) or '—'} | {row['run']} |")
     lines.append("")
     lines += [f"[{n}] {src}" for src, n in sources.items()]
+    pending = pending_runs(paths)
+    if pending:
+        lines += ["", f"Not listed, no results.json yet (still running, or stopped before their first result): "
+                      f"{', '.join(pending)}"]
     return "\n".join(lines) + "\n"
 
 

@@ -64,6 +64,26 @@ def test_report_labels_every_scenario_and_metric(tmp_path):
     assert zs[5] == "0.2000"  # the chance level of the number shown: P@50's, not mAP's
 
 
+def test_runs_without_results_yet_are_named_not_dropped(tmp_path):
+    import pytest
+
+    from common.errors import DataError
+
+    _write(tmp_path / "done", method="acmr_simple", dataset="uci", i2t_map_all=0.5, t2i_map_all=0.4)
+    (tmp_path / "done" / "run.json").write_text("{}")
+    (tmp_path / "running").mkdir()
+    (tmp_path / "running" / "run.json").write_text("{}")
+    (tmp_path / "jfse" / "zs").mkdir(parents=True)  # results live in a scenario's folder: reported, not pending
+    (tmp_path / "jfse" / "run.json").write_text("{}")
+    (tmp_path / "jfse" / "zs" / "results.json").write_text(json.dumps(dict(method="jfse", dataset="uci",
+                                                                         scenario="zs", i2t_map_all=0.3, t2i_map_all=0.3)))
+    text = report([str(tmp_path)])
+    assert text.rstrip().endswith("Not listed, no results.json yet (still running, or stopped before their first "
+                                  f"result): {tmp_path / 'running'}")
+    with pytest.raises(DataError, match=f"these runs have none yet .*: {tmp_path / 'running'}$"):
+        report([str(tmp_path / "running")])
+
+
 def test_every_data_file_the_packages_read_ships_with_a_pip_install():
     """`pip install .` (not -e) copies only what setup.py declares: a file beside the code that is
     not package data is missing there (the published numbers once lived in docs/ and vanished)."""
