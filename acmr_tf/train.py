@@ -134,7 +134,8 @@ def main(argv):
         final = dict(result.history[-1]["test"])  # the last epoch's evaluation (the same weights)
         k = cfg.top_k
         print(f"[Eval] transformed test features of the last epoch ({cfg.epochs - 1})")
-        where = f"Euclidean mAP@{k} over {final['evaluated_pairs']} test pairs"
+        n = final["evaluated_pairs"]
+        where = f"Euclidean mAP@{k} over {n} test pairs" + (f"; K >= {n}: every pair is ranked" if k >= n else "")
         print(f"[Eval - txt2img] mAP: {final[f't2i_map_at_{k}']:.6f} ({where})")
         print(f"[Eval - img2txt] mAP: {final[f'i2t_map_at_{k}']:.6f} ({where})")
         chance = metrics.expected_random_map(test.labels, test.labels)
