@@ -24,6 +24,13 @@ def noise(stderr: str) -> list:
     return [line for line in stderr.splitlines() if NOISE.match(line)]
 
 
+def pytest_configure(config):
+    # Keras 3.15 converts TensorFlow tensors with np.array(x, copy=False), which NumPy 2 deprecates for
+    # types whose __array__ lacks `copy` (about 300 identical lines per run, none from this project)
+    config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword"
+                                              ":DeprecationWarning:keras")
+
+
 @pytest.fixture(autouse=True)
 def _tfds_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CMR_TFDS_DIR", str(tmp_path / "tfds_cache"))
