@@ -497,6 +497,9 @@ def read_mirflickr(folder: str, seed: int = 0, num_queries: int = 2000, num_trai
     if not os.path.isdir(folder):
         raise DataError(f"data folder {folder!r} does not exist. {MIRFLICKR_HOW_TO}")
     p = lambda n: os.path.join(folder, n)  # noqa: E731
+    missing = [n for n in ("mirflickr25k-yall.mat", "mirflickr25k-lall.mat") if not os.path.exists(p(n))]
+    if missing:
+        raise DataError(f"missing {', '.join(missing)} in {folder}. {MIRFLICKR_HOW_TO}")
     tags = io.load_mat(p("mirflickr25k-yall.mat"), ["YAll"])["YAll"]
     labels = io.load_mat(p("mirflickr25k-lall.mat"), ["LAll"])["LAll"]
     tags = io.as_matrix(tags, p("mirflickr25k-yall.mat")).astype(np.float32)
