@@ -30,10 +30,18 @@ def _umask() -> int:
 UMASK = _umask()
 
 
-def require_files(folder: str, names: Sequence[str], how_to_get: str) -> None:
-    """Raise one message listing every missing file of a release layout."""
+def require_folder(folder: str, how_to_get: str) -> None:
+    """A data folder that is missing, or a file given where its folder belongs: one message each."""
+    if folder and os.path.isfile(folder):
+        raise DataError(f"data folder {folder!r} is a file; give the folder that holds it and its companion "
+                        f"files. {how_to_get}")
     if not folder or not os.path.isdir(folder):
         raise DataError(f"data folder {folder!r} does not exist. {how_to_get}")
+
+
+def require_files(folder: str, names: Sequence[str], how_to_get: str) -> None:
+    """Raise one message listing every missing file of a release layout."""
+    require_folder(folder, how_to_get)
     missing = [n for n in names if not os.path.exists(os.path.join(folder, n))]
     if missing:
         raise DataError(

@@ -137,8 +137,7 @@ def read_jfse_xmn(folder: str, num_classes: int = 200, label_base: int = 1) -> C
     reported by `CrossModalDataset.class_embedding_rows`). Unseen classes:
     `unseen_classes.txt` (0-based) when present, else the test classes absent from training.
     """
-    if not os.path.isdir(folder):
-        raise DataError(f"data folder {folder!r} does not exist. {XMN_HOW_TO}")
+    io.require_folder(folder, XMN_HOW_TO)
     arrays = {stem: _xmn_load(folder, stem) for stem in XMN_STEMS}
     splits = {}
     for split in ("train", "test"):
@@ -338,8 +337,7 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
     any split contains class 0, otherwise 1 (override with `label_base` or a
     `label_base.txt` holding 0 or 1).
     """
-    if not os.path.isdir(folder):
-        raise DataError(f"data folder {folder!r} does not exist. {FEATURES_HOW_TO}")
+    io.require_folder(folder, FEATURES_HOW_TO)
     raw = {}
     for split in ("train", "val", "test"):
         files = {}
@@ -494,8 +492,7 @@ def read_mirflickr(folder: str, seed: int = 0, num_queries: int = 2000, num_trai
     Without image features the image side is zero-width and `extras["has_images"]` is False;
     only single-modality (tag -> tag) hashing can run on it.
     """
-    if not os.path.isdir(folder):
-        raise DataError(f"data folder {folder!r} does not exist. {MIRFLICKR_HOW_TO}")
+    io.require_folder(folder, MIRFLICKR_HOW_TO)
     p = lambda n: os.path.join(folder, n)  # noqa: E731
     missing = [n for n in ("mirflickr25k-yall.mat", "mirflickr25k-lall.mat") if not os.path.exists(p(n))]
     if missing:

@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
-from common import readers
+from common import io, readers
 from common.dataset import SPLIT_NAMES, CrossModalDataset, Split
 from common.errors import DataError
 from common.synthetic import SIZES, make_synthetic
@@ -196,8 +196,8 @@ def _cache_dir(folder: str) -> str:
 
 def prepare(builder_cls, folder: Optional[str], data_dir: Optional[str] = None, config=None):
     """Build (once) and return the prepared builder (config: `config_for(name, folder)` by default)."""
-    if folder is not None and not os.path.isdir(folder):
-        raise DataError(f"data folder {folder!r} does not exist. {builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    if folder is not None:
+        io.require_folder(folder, builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS)
     data_dir = data_dir or (_cache_dir(folder) if folder else os.path.join(cache_root(), "synthetic"))
     if config is None and folder is not None:
         name = next(k for k, v in BUILDERS.items() if v is builder_cls)

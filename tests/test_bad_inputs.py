@@ -104,6 +104,8 @@ CASES = [
      lambda d: features(f"{d}/f"), "/f is not read by the embedded synthetic data"),
     ("features-missing-dir", "acmr_tf.train", ["--dataset", "features", "--data_dir", "{d}/nope"], lambda d: None,
      "does not exist"),
+    ("data-dir-is-a-file", "jfse_tf.train", ["--dataset", "xmn", "--data_dir", "{d}/f/train_img.npy"],
+     lambda d: features(f"{d}/f"), "train_img.npy' is a file; give the folder that holds it"),
     ("features-dims-differ", "acmr_tf.train", F, lambda d: features(f"{d}/f", test_img=np.ones((6, 7))),
      "differ from train's"),
     ("features-count-mismatch", "acmr_tf.train", F, lambda d: features(f"{d}/f", train_txt=np.ones((11, 4))), "rows"),
