@@ -13,8 +13,10 @@ means no verified number exists for that setting (e.g. synthetic data).
 
 from __future__ import annotations
 
+import json
 import os
 
+import numpy as np
 from absl import flags
 
 from common import io, run
@@ -22,6 +24,7 @@ from common.errors import ConfigError, DataError
 
 FLAGS = flags.FLAGS
 
+NOT_CONFIG = {"seed"} | set(run.LOGGING_FLAGS)  # what may differ between the seeds of one setting
 PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published_results.json")  # package data
 
 
@@ -42,6 +45,39 @@ def find_results(paths) -> list:
             f"; these runs have none yet (still running, or stopped before their first result): {', '.join(pending)}"
             if pending else ""))
     return found
+
+
+def over_seeds(rows: list, fmt) -> list:
+    """Mean ± sample standard deviation of every setting run with several seeds and otherwise equal
+    flags (the way to compare methods, and the spread a difference must exceed)."""
+    groups = {}
+    for row in rows:
+        key = (row["method"], row["dataset"], row["setting"], row["metric"], row["config"])
+        by_seed = groups.setdefault(key, {})
+        if row["seed"] not in by_seed or row["ended"] > by_seed[row["seed"]]["ended"]:
+            by_seed[row["seed"]] = row  # one run per seed: its latest
+    out = []
+    for (method, dataset, setting, metric, _), by_seed in groups.items():
+        if len(by_seed) < 2:
+            continue
+
+        def spread(side):
+            values = [r[side] for r in by_seed.values() if r[side] is not None]
+            if len(values) < len(by_seed):
+                return "—"
+            return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+        chances = {round(r["chance"], 4) for r in by_seed.values() if r.get("chance") is not None}
+        chance = fmt(next(iter(chances))) if len(chances) == 1 else ("varies" if chances else "—")
+        seeds = ", ".join(str(s) for s in sorted(by_seed, key=lambda s: (s is None, s)))
+        out.append(f"| {method} | {dataset} | {setting} | {metric} | {len(by_seed)} ({seeds}) | {spread('i2t')} | "
+                   f"{spread('t2i')} | {chance} |")
+    if not out:
+        return []
+    return ["", "Over seeds (runs whose flags differ only in --seed; the latest run of each seed): mean ± sample "
+                "standard deviation", "",
+            "| method | dataset | setting | metric | runs (seeds) | i2t | t2i | chance |",
+            "|---|---|---|---|---|---|---|---|"] + out
 
 
 def pending_runs(paths) -> list:
@@ -74,7 +110,10 @@ def rows_of(path: str) -> list:
 
 def _rows(path: str, r: dict) -> list:
     method, dataset = r.get("method", "?"), str(r.get("dataset", "?"))
-    base = {"method": method, "dataset": dataset, "path": path, "run": run_of(path, r)}
+    config = {k: v for k, v in (r.get("flags") or {}).items() if k not in NOT_CONFIG}
+    base = {"method": method, "dataset": dataset, "path": path, "run": run_of(path, r), "seed": r.get("seed"),
+            "config": json.dumps(config, sort_keys=True, default=str),
+            "ended": str((r.get("provenance") or {}).get("ended") or "")}
     if method == "cmhash":
         keys = [k for k in ("i2t_map", "t2i_map", "t2t_map") if k in r]
         bits = sorted(r[keys[0]], key=int) if keys else []
@@ -137,9 +176,10 @@ def report(paths, published: str = PUBLISHED) -> str:
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["| method | dataset | setting | metric | ours i2t / t2i | chance | published i2t / t2i | source | run |",
              "|---|---|---|---|---|---|---|---|---|"]
-    sources = {}
+    sources, all_rows = {}, []
     for path in find_results(paths):
         for row in rows_of(path):
+            all_rows.append(row)
             pub = published_for(row, groups)
             ours = f"{fmt(row['i2t'])} / {fmt(row['t2i'])}" + (f" ({row['extra']})" if row.get("extra") else "")
             cells = "; ".join(f"{label} {i:g} / {t:g}" for label, i, t, _ in pub) or "—"  # as published
@@ -149,6 +189,7 @@ def report(paths, published: str = PUBLISHED) -> str:
                 refs.append(f"[{sources[src]}]")
             lines.append(f"| {row['method']} | {row['dataset']} | {row['setting']} | {row['metric']} | {ours} | "
                          f"{fmt(row.get('chance'))} | {cells} | {' '.join(dict.fromkeys(refs)) or '—'} | {row['run']} |")
+    lines += over_seeds(all_rows, fmt)
     lines.append("")
     lines += [f"[{n}] {src}" for src, n in sources.items()]
     pending = pending_runs(paths)

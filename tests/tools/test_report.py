@@ -64,6 +64,32 @@ def test_report_labels_every_scenario_and_metric(tmp_path):
     assert zs[5] == "0.2000"  # the chance level of the number shown: P@50's, not mAP's
 
 
+def test_settings_run_with_several_seeds_get_mean_and_spread(tmp_path):
+    flags = {"lr": 0.001, "epochs": 5, "output_dir": "x", "histogram_every": 10}
+    for seed, (i2t, t2i) in {1: (0.50, 0.40), 2: (0.60, 0.44), 3: (0.70, 0.48)}.items():
+        _write(tmp_path / f"s{seed}", method="acmr_simple", dataset="uci", seed=seed, i2t_map_all=i2t,
+               t2i_map_all=t2i, chance_map_all=0.1111, flags=dict(flags, seed=seed, output_dir=f"s{seed}",
+                                                                  histogram_every=seed))  # logging: same setting
+    _write(tmp_path / "other_lr", method="acmr_simple", dataset="uci", seed=4, i2t_map_all=0.9, t2i_map_all=0.9,
+           flags=dict(flags, seed=4, lr=0.01))  # another setting: not averaged in
+    _write(tmp_path / "again", method="acmr_simple", dataset="uci", seed=1, i2t_map_all=0.1, t2i_map_all=0.1,
+           flags=dict(flags, seed=1, output_dir="again"), provenance={"ended": "2026-11-01T10:00:00"})
+    results = json.loads((tmp_path / "s1" / "results.json").read_text())
+    (tmp_path / "s1" / "results.json").write_text(json.dumps(dict(results, provenance={"ended": "2026-11-30T10:00:00"})))
+    # seed 1 twice: its latest run counts, once
+    _write(tmp_path / "zs1", method="zscrgan", dataset="cub", seed=1, p50_best=0.3, flags={"seed": 1})
+    _write(tmp_path / "zs2", method="zscrgan", dataset="cub", seed=2, p50_best=0.5, flags={"seed": 2})
+    text = report([str(tmp_path)])
+    rows = [line for line in text.split("Over seeds")[1].splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0] == "| method | dataset | setting | metric | runs (seeds) | i2t | t2i | chance |"
+    # by hand: mean 0.6, sample sd sqrt((0.01 + 0 + 0.01) / 2) = 0.1; t2i mean 0.44, sd 0.04
+    assert "| acmr_simple | uci | standard | mAP@all | 3 (1, 2, 3) | 0.6000 ± 0.1000 | 0.4400 ± 0.0400 | 0.1111 |" in rows
+    assert "| zscrgan | cub | zero-shot (unseen) | P@50, best cycle on test (release) | 2 (1, 2) | — | " \
+           "0.4000 ± 0.1414 | — |" in rows
+    assert len(rows) == 3
+    assert "Over seeds" not in report([str(tmp_path / "s1"), str(tmp_path / "other_lr")])  # one seed each: no table
+
+
 def test_runs_without_results_yet_are_named_not_dropped(tmp_path):
     import pytest
 
