@@ -6,9 +6,10 @@
 Finds every results.json under the given folders, and prints for each: method, dataset,
 scenario or bit length, our i2t / t2i numbers (the contract's mAP@all, per-bit Hamming mAP
 for hashing, P@50 for ZSCRGAN), the chance level of that number on the run's test set (a random
-ranking's expected mAP@all or P@50; random codes for hashing), and the published numbers for the same method, dataset and
-scenario from tools/published_results.json, each with its source. A missing published cell
-means no verified number exists for that setting (e.g. synthetic data).
+ranking's expected mAP@all or P@50; random codes for hashing), and the published numbers for
+the same method, dataset and scenario from tools/published_results.json, each with its source.
+A missing published cell means no verified number exists for that setting (e.g. synthetic data).
+A setting run with several seeds also gets its mean and sample standard deviation over them.
 """
 
 from __future__ import annotations
