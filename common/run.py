@@ -139,7 +139,9 @@ def flag_values() -> dict:
 def flagfile_text() -> str:
     """This project's flags in absl's flagfile format: `--flagfile <run>/flags.txt` re-runs (resumes) the
     run. `--overwrite` is left out: it would start the run it names over."""
-    lines = [f"# flags of a {_PROGRAM} run: `python -m {_PROGRAM} --flagfile <this file>` repeats it"] if _PROGRAM else []
+    lines = []
+    if _PROGRAM:  # absl skips '#' lines; another program given this file says whose it is
+        lines.append(f"# flags of a {_PROGRAM} run: `python -m {_PROGRAM} --flagfile <this file>` repeats it")
     for name in sorted(flag_values()):
         if name == "overwrite":  # re-running a run's flag file resumes it; it must never start it over
             continue
@@ -414,8 +416,8 @@ def run_main(main: Callable, resumes: str = "") -> None:
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:  # absl words some of these "ERROR:: ..."
-            print(f"error: {_other_programs_flagfile(argv[:end]) or str(e).removeprefix('ERROR::').strip() + ' (see --helpfull)'}",
-                  file=sys.stderr)
+            absl_says = str(e).removeprefix("ERROR::").strip() + " (see --helpfull)"
+            print(f"error: {_other_programs_flagfile(argv[:end]) or absl_says}", file=sys.stderr)
             sys.exit(2)
         except SystemExit as e:  # absl ends --help, --helpfull, --helpshort with status 1; asked-for help is 0
             asked = any(a.split("=")[0] in HELP_FLAGS for a in argv[1:end])
