@@ -179,6 +179,27 @@ class CrossModalDataset:
             raise DataError(f"{where}: no class embedding for classes {missing[:10]}")
         return rows
 
+    def warnings(self, standard: bool = True) -> list:
+        """What is odd but not wrong about this data: held-out splits that repeat other splits'
+        items, and (for a standard, not zero-shot, result) test classes that training never sees."""
+        return self.overlap_warnings() + (self.coverage_warnings() if standard else [])
+
+    def coverage_warnings(self) -> list:
+        """Test classes without a train item: their queries are zero-shot inside a standard result."""
+        train_lab, test_lab = self.train.labels, self.test.labels
+        if self.multilabel:
+            in_train = np.flatnonzero(np.asarray(train_lab).sum(axis=0) > 0)
+            in_test = np.flatnonzero(np.asarray(test_lab).sum(axis=0) > 0)
+        else:
+            in_train, in_test = np.unique(train_lab), np.unique(test_lab)
+        absent = np.setdiff1d(in_test, in_train)
+        if not len(absent):
+            return []
+        affected = int(_has_class(test_lab, absent).sum())
+        shown = ", ".join(str(int(c)) for c in absent[:10]) + (", ..." if len(absent) > 10 else "")
+        return [f"{self.source or self.name}: test classes [{shown}] have no train pairs ({affected} of "
+                f"{len(self.test)} test items): their queries are zero-shot inside a standard result"]
+
     def overlap_warnings(self, min_share: float = 0.05) -> list:
         """Held-out splits that repeat another split's items (identical image and text rows; image
         rows where a split is unpaired): a copied or mis-split file. Exact duplicates also occur in

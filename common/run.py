@@ -75,10 +75,10 @@ def cpu_isa() -> dict:
     return {name: name in present for name in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")}
 
 
-def data_warnings(ds) -> list:
-    """What is odd but not wrong about a dataset (held-out splits that repeat other splits' items),
-    printed now and kept for results.json's `warnings`."""
-    out = ds.overlap_warnings()
+def data_warnings(ds, standard: bool = True) -> list:
+    """What is odd but not wrong about a dataset (`CrossModalDataset.warnings`; `standard`: a
+    standard, not only zero-shot, result is computed), printed now and kept for results.json."""
+    out = ds.warnings(standard)
     for w in out:
         print(f"warning: {w}", flush=True)
     return out

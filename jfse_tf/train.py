@@ -142,7 +142,7 @@ def main(argv):
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"class embeddings {ds.class_embeddings.shape}; method {cfg.method}, align {cfg.align}, "
           f"{run.counted(cfg.epochs, 'epoch')}, scenarios {scenarios}", flush=True)
-    warnings = run.data_warnings(ds)
+    warnings = run.data_warnings(ds, standard="standard" in scenarios)
     from common import driver
 
     parts = [p for p in ("standard", "zs") if p in scenarios or (p == "zs" and "gzs" in scenarios)]

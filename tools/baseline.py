@@ -101,7 +101,7 @@ def main(argv):
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims "
           f"{ds.image_dim}/{ds.text_dim}, {ds.num_classes} classes ({ds.source})")
-    warnings = run.data_warnings(ds)
+    warnings = run.data_warnings(ds, standard=not FLAGS.zero_shot)
     from common import driver
 
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite) as folder:

@@ -283,6 +283,18 @@ def test_held_out_splits_that_repeat_other_splits_are_warned():
     # the hashing protocol: queries found in the database
     (msg,) = CrossModalDataset("d", train, test, database=Split(test.image, test.text, test.labels)).overlap_warnings()
     assert "20 of 20 test pairs also appear in the database split" in msg and "find themselves" in msg
+    # test classes that training never sees: zero-shot queries inside a standard result
+    only_test = Split(test.image, test.text, np.where(np.arange(20) < 5, 7, test.labels))  # class 7: 5 test rows
+    ds = CrossModalDataset("d", train, only_test, num_classes=8)
+    assert ds.warnings() == ["d: test classes [7] have no train pairs (5 of 20 test items): their queries are "
+                             "zero-shot inside a standard result"]
+    assert ds.warnings(standard=False) == []  # a zero-shot result: unseen test classes by design
+    multi = lambda s, extra: Split(s.image, s.text, np.eye(5, dtype=np.uint8)[s.labels] | extra)  # noqa: E731
+    tags = np.zeros((20, 5), np.uint8)
+    tags[:2, 4] = 1  # label 4 on two test items only
+    assert CrossModalDataset("d", multi(train, 0), multi(test, tags)).coverage_warnings() == [
+        "d: test classes [4] have no train pairs (2 of 20 test items): their queries are zero-shot inside a "
+        "standard result"]
     # text-only data (no image columns) is not checked: equal tag vectors are distinct items
     empty = lambda s: Split(np.zeros((len(s), 0), np.float32), s.text, s.labels)  # noqa: E731
     assert CrossModalDataset("d", empty(train), empty(test), val=empty(test)).overlap_warnings() == []

@@ -138,3 +138,22 @@ def test_a_val_split_copied_from_test_is_warned_and_recorded(tmp_path):
             "selected on the validation split is selected on the test split")
     assert f"warning: {want}" in res.stdout
     assert json.loads((tmp_path / "run" / "results.json").read_text())["warnings"] == [want]
+
+
+def test_test_classes_without_train_pairs_are_warned_for_a_standard_result_only(tmp_path):
+    from tests.common import fixtures
+
+    fixtures.write_feature_folder(str(tmp_path / "f"), one_based=False)
+    train_lab = np.load(tmp_path / "f" / "train_lab.npy")
+    np.save(tmp_path / "f" / "train_lab.npy", np.where(train_lab == 3, 2, train_lab))  # class 3: test rows only
+    (tmp_path / "f" / "unseen_classes.txt").write_text("3\n")
+    res = run_cli("--dataset", "features", "--data_dir", str(tmp_path / "f"), "--output_dir", str(tmp_path / "std"))
+    assert res.returncode == 0, res.stderr
+    want = (f"{tmp_path / 'f'}: test classes [3] have no train pairs (1 of 6 test items): their queries are "
+            "zero-shot inside a standard result")
+    assert f"warning: {want}" in res.stdout
+    assert json.loads((tmp_path / "std" / "results.json").read_text())["warnings"] == [want]
+    res = run_cli("--dataset", "features", "--data_dir", str(tmp_path / "f"), "--zero_shot", "--output_dir",
+                  str(tmp_path / "zs"))
+    assert res.returncode == 0, res.stderr
+    assert "warning" not in res.stdout and json.loads((tmp_path / "zs" / "results.json").read_text())["warnings"] == []
