@@ -208,6 +208,11 @@ CASES = [
     ("mirflickr-missing-labels", "cmhash_tf.train", ["--dataset", "mirflickr", "--data_dir", "{d}/m", "--text_only"],
      lambda d: (os.makedirs(f"{d}/m"), scipy.io.savemat(f"{d}/m/mirflickr25k-yall.mat", {"YAll": np.ones((30, 4))})),
      "missing mirflickr25k-lall.mat in "),
+    ("baseline-without-image-features", "tools.baseline", ["--dataset", "mirflickr", "--data_dir", "{d}/m",
+                                                           "--output_dir", "{d}/out"],
+     lambda d: (os.makedirs(f"{d}/m"), scipy.io.savemat(f"{d}/m/mirflickr25k-yall.mat", {"YAll": np.random.default_rng(
+         0).integers(0, 2, (2100, 6))}), scipy.io.savemat(f"{d}/m/mirflickr25k-lall.mat", {"LAll": np.random.default_rng(
+             1).integers(0, 2, (2100, 3))})), "has no image features (dims 0/6); CCA relates two modalities"),
     ("mirflickr-too-many-queries", "cmhash_tf.train", ["--dataset", "mirflickr", "--data_dir", "{d}/m", "--text_only",
                                                        "--num_queries", "50"],
      lambda d: (os.makedirs(f"{d}/m"), scipy.io.savemat(f"{d}/m/mirflickr25k-yall.mat", {"YAll": np.ones((30, 4))}),

@@ -101,6 +101,10 @@ def main(argv):
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims "
           f"{ds.image_dim}/{ds.text_dim}, {ds.num_classes} classes ({ds.source})")
+    if ds.image_dim == 0:  # MIRFlickr's tags alone: CCA would find no direction and report chance as a result
+        raise ConfigError(f"{ds.source or ds.name} has no image features (dims 0/{ds.text_dim}); CCA relates two "
+                          "modalities, so there is no baseline to compute (cmhash_tf.train --text_only trains "
+                          "tag -> tag hashing on it)")
     warnings = run.data_warnings(ds, standard=not FLAGS.zero_shot)
     from common import driver
 
