@@ -15,7 +15,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from common import io, training
+from common import driver, io, training
 from common.errors import DataError, op_error_reason
 
 SPEC = "encoders.json"
@@ -112,6 +112,16 @@ def model_folder(run_dir: str) -> str:
     if subs:
         raise DataError(f"{run_dir} holds {len(subs)} models ({', '.join(subs)}); pass one of them, e.g. "
                         f"--run_dir {os.path.join(run_dir, subs[0])}")
+    for folder in (run_dir, os.path.dirname(os.path.abspath(run_dir))):  # a run folder, or a model part of one
+        record = os.path.join(folder, driver.RUN_FILE)
+        try:
+            text_only = os.path.exists(record) and io.read_json(record)["settings"].get("text_only")
+        except (DataError, KeyError, TypeError, AttributeError):
+            text_only = False
+        if text_only:
+            raise DataError(f"{run_dir}: a --text_only hashing run trains the tag side only, and an export serves "
+                            "an image and a text encoder, so there is nothing to export; its checkpoints hold the "
+                            "text head (common.export.restore_models(run_dir, text_head=...))")
     raise DataError(f"{run_dir}: no {SPEC}; is this the output folder of a training run?")
 
 

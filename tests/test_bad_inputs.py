@@ -302,6 +302,10 @@ CASES = [
     ("export-run-with-several-models", "tools.export", ["--run_dir", "{d}/r", "--out", "{d}/e"],
      lambda d: (fake_run(f"{d}/r/bits_16"), fake_run(f"{d}/r/bits_32")),
      "holds 2 models (bits_16, bits_32); pass one of them"),
+    ("export-text-only-hashing-run", "tools.export", ["--run_dir", "{d}/r/bits_16", "--out", "{d}/e"],
+     lambda d: (os.makedirs(f"{d}/r/bits_16/checkpoints"), text(f"{d}/r/run.json", json.dumps(
+         {"settings": {"text_only": True, "bits": "16"}, "data": {}}))),
+     "a --text_only hashing run trains the tag side only"),
     ("export-not-a-run", "tools.export", ["--run_dir", "{d}/nothing", "--out", "{d}/e"], lambda d: None,
      "no encoders.json"),
     ("search-empty-queries", "tools.search", ["--model", "{d}/m", "--queries", "{d}/q.npy", "--gallery", "{d}/g.npy",
