@@ -136,6 +136,14 @@ def flag_values() -> dict:
     return values
 
 
+def expand_home() -> None:
+    """`--output_dir=~/runs/x`: the shell leaves a `~` after `=` alone, and a folder named `~` would be
+    made in the working directory; every project flag whose value starts with `~` is a home path."""
+    for name, value in flag_values().items():
+        if isinstance(value, str) and value.startswith("~"):
+            flags.FLAGS[name].value = os.path.expanduser(value)
+
+
 def flagfile_text() -> str:
     """This project's flags in absl's flagfile format: `--flagfile <run>/flags.txt` re-runs (resumes) the
     run. `--overwrite` is left out: it would start the run it names over."""
@@ -414,7 +422,9 @@ def run_main(main: Callable, resumes: str = "") -> None:
                       "(flags.json is its machine-readable record)", file=sys.stderr)
                 sys.exit(2)
         try:
-            return flags.FLAGS(argv)
+            rest = flags.FLAGS(argv)
+            expand_home()
+            return rest
         except flags.Error as e:  # absl words some of these "ERROR:: ..."
             absl_says = str(e).removeprefix("ERROR::").strip() + " (see --helpfull)"
             print(f"error: {_other_programs_flagfile(argv[:end]) or absl_says}", file=sys.stderr)

@@ -406,3 +406,16 @@ def test_cmr_lists_every_command_and_refuses_unknown_ones():
     res = subprocess.run([sys.executable, "-m", "common.cli", "train", "acmr", "--flagfile=nope.txt"],
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 2 and res.stderr.startswith("error: Unable to open flagfile"), res.stderr
+
+
+def test_a_home_path_after_an_equals_sign_is_the_home_folder(tmp_path):
+    """`--output_dir=~/runs/x`: the shell does not expand that `~`; a folder named `~` must not appear."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    res = subprocess.run([sys.executable, "-m", "tools.baseline", "--output_dir=~/runs/cca"], cwd=work,
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO, HOME=str(home)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (home / "runs" / "cca" / "results.json").exists() and os.listdir(work) == []
+    assert f"results: {home / 'runs' / 'cca' / 'results.json'}" in res.stdout
+    assert json.loads((home / "runs" / "cca" / "flags.json").read_text())["output_dir"] == str(home / "runs" / "cca")
