@@ -248,7 +248,7 @@ def max_lines(history: list, set_name: str, eval_every: int = 1) -> str:
     return (f"  MAX:  {best['i2t']:.4f} {best['t2i']:.4f} {best['avg']:.4f} (epoch {best['epoch']}, {best['variant']}; "
             f"best average, selected on test{off})\n"
             f"  MAX2: {best2['i2t']:.4f} {best2['t2i']:.4f} {best2['avg']:.4f} (epoch {best2['epoch']}, "
-            f"{best2['variant']}; best i2t, selected on test{off})")
+            f"{best2['variant']}; best i2t, selected on test)")
 
 
 def summarise(history: list, set_name: str, eval_every: int = 1) -> dict:
