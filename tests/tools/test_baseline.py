@@ -132,12 +132,17 @@ def test_a_val_split_copied_from_test_is_warned_and_recorded(tmp_path):
     for part in ("img", "txt", "lab"):  # the user's mistake: test files copied in as val
         os.replace(tmp_path / "f" / f"test_{part}.npy", tmp_path / "f" / f"val_{part}.npy")
         np.save(tmp_path / "f" / f"test_{part}.npy", np.load(tmp_path / "f" / f"val_{part}.npy"))
-    res = run_cli("--dataset", "features", "--data_dir", str(tmp_path / "f"), "--output_dir", str(tmp_path / "run"))
+    assert_warned(tmp_path / "f", tmp_path / "run", "6 of 6 test pairs also appear in the val split (identical "
+                  "feature rows): what is selected on the validation split is selected on the test split")
+
+
+def assert_warned(data, out, warning, *args):
+    """A run on `data` succeeds, prints `warning` (prefixed by the folder) and keeps it, alone, in results.json."""
+    res = run_cli("--dataset", "features", "--data_dir", str(data), "--output_dir", str(out), *args)
     assert res.returncode == 0, res.stderr
-    want = (f"{tmp_path / 'f'}: 6 of 6 test pairs also appear in the val split (identical feature rows): what is "
-            "selected on the validation split is selected on the test split")
-    assert f"warning: {want}" in res.stdout
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["warnings"] == [want]
+    want = [f"{data}: {warning}"] if warning else []
+    assert [line.removeprefix("warning: ") for line in res.stdout.splitlines() if line.startswith("warning:")] == want
+    assert json.loads((out / "results.json").read_text())["warnings"] == want
 
 
 def test_test_classes_without_train_pairs_are_warned_for_a_standard_result_only(tmp_path):
@@ -147,13 +152,6 @@ def test_test_classes_without_train_pairs_are_warned_for_a_standard_result_only(
     train_lab = np.load(tmp_path / "f" / "train_lab.npy")
     np.save(tmp_path / "f" / "train_lab.npy", np.where(train_lab == 3, 2, train_lab))  # class 3: test rows only
     (tmp_path / "f" / "unseen_classes.txt").write_text("3\n")
-    res = run_cli("--dataset", "features", "--data_dir", str(tmp_path / "f"), "--output_dir", str(tmp_path / "std"))
-    assert res.returncode == 0, res.stderr
-    want = (f"{tmp_path / 'f'}: test classes [3] have no train pairs (1 of 6 test items): their queries are "
-            "zero-shot inside a standard result")
-    assert f"warning: {want}" in res.stdout
-    assert json.loads((tmp_path / "std" / "results.json").read_text())["warnings"] == [want]
-    res = run_cli("--dataset", "features", "--data_dir", str(tmp_path / "f"), "--zero_shot", "--output_dir",
-                  str(tmp_path / "zs"))
-    assert res.returncode == 0, res.stderr
-    assert "warning" not in res.stdout and json.loads((tmp_path / "zs" / "results.json").read_text())["warnings"] == []
+    assert_warned(tmp_path / "f", tmp_path / "std", "test classes [3] have no train pairs (1 of 6 test items): "
+                  "their queries are zero-shot inside a standard result")
+    assert_warned(tmp_path / "f", tmp_path / "zs", None, "--zero_shot")
