@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import training
 from common.dataset import CrossModalDataset, Split
 from common.optimizers import TF1RMSprop
 from zscrgan_tf import data as zdata
@@ -202,6 +203,9 @@ def _changed(model, before):
 
 
 def test_each_step_moves_only_its_group_and_clipping():
+    # seeded: some draws of this tiny generator (5 ReLU outputs) emit all zeros, so CSEM sees one input for
+    # every row, its right and wrong pairs tie and its gradient is exactly zero (seed 6 does; 0 does not)
+    training.set_seed(0)
     cfg = ZSCRGANConfig(batch_size=4, gf_dim=16, df_dim=16, embed_dim=8, z_dim=4, discriminator_lr=1.0)
     trainer = ZSCRGANTrainer(cfg, _tiny_data())
     nets = {"critic": trainer.critic, "generator": trainer.gen, "csem": trainer.csem}
