@@ -379,11 +379,15 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
+def _flagfiles(argv: list) -> list:
+    """The paths given to --flagfile (as `--flagfile=P` or `--flagfile P`)."""
+    return [a.split("=", 1)[1] if a.startswith("--flagfile=") else argv[i + 1] for i, a in enumerate(argv)
+            if a.startswith("--flagfile=") or (a == "--flagfile" and i + 1 < len(argv))]
+
+
 def _other_programs_flagfile(argv: list) -> str:
     """When a --flagfile holds another entry point's flags (its header says so): which, and how to run it."""
-    for i, a in enumerate(argv):
-        path = a.split("=", 1)[1] if a.startswith("--flagfile=") else (argv[i + 1] if a == "--flagfile" and
-                                                                        i + 1 < len(argv) else "")
+    for path in _flagfiles(argv):
         try:
             with open(path, encoding="utf-8") as f:
                 first = f.readline()
@@ -414,9 +418,7 @@ def run_main(main: Callable, resumes: str = "") -> None:
     def parse(argv):
         end = argv.index("--") if "--" in argv else len(argv)
         argv = [("--help" if a == "-h" else a) for a in argv[:end]] + argv[end:]  # the usual short form
-        for i, a in enumerate(argv[:end]):
-            path = a.split("=", 1)[1] if a.startswith("--flagfile=") else (
-                argv[i + 1] if a == "--flagfile" and i + 1 < end else "")
+        for path in _flagfiles(argv[:end]):
             if path.endswith(".json"):  # absl would read each JSON line as an argument
                 print(f"error: --flagfile {path}: a flag file holds --name=value lines; a run's is flags.txt "
                       "(flags.json is its machine-readable record)", file=sys.stderr)
