@@ -213,19 +213,27 @@ class CrossModalDataset:
         out = []
         if self.image_dim == 0:
             return out
+        keys = {}  # (split, paired) -> its row hashes: each split is hashed once however many checks use it
+
+        def keys_of(name, paired):
+            if (name, paired) not in keys:
+                keys[name, paired] = _row_keys(getattr(self, name), paired)
+            return keys[name, paired]
+
         for (held, other), meaning in checks.items():
             a, b = getattr(self, held), getattr(self, other)
             if a is None or b is None:
                 continue
             paired = a.paired and b.paired
-            seen = {}
-            for i, key in enumerate(_row_keys(b, paired)):
-                seen.setdefault(key, i)
-            keys = _row_keys(a, paired)
-            repeats = sum(1 for i, key in enumerate(keys) if key in seen and _same_item(a, i, b, seen[key], paired))
-            if repeats and repeats >= min_share * len(keys):
+            first = {}
+            for i, key in enumerate(keys_of(other, paired)):
+                first.setdefault(key, i)
+            held_keys = keys_of(held, paired)
+            repeats = sum(1 for i, key in enumerate(held_keys)
+                          if key in first and _same_item(a, i, b, first[key], paired))
+            if repeats and repeats >= min_share * len(held_keys):
                 what = "pairs" if paired else "images"
-                out.append(f"{where}: {repeats} of {len(keys)} {held} {what} also appear in the {other} split "
+                out.append(f"{where}: {repeats} of {len(held_keys)} {held} {what} also appear in the {other} split "
                            f"(identical feature rows): {meaning}")
         return out
 
