@@ -8,6 +8,7 @@ unseen class queries every image of the unseen classes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -25,13 +26,13 @@ class RetrievalSet:
     gallery: np.ndarray
     gallery_labels: np.ndarray
 
-    @property
+    @functools.cached_property  # results.json is rewritten every cycle: computed once
     def chance_p_at_k(self) -> float:
         """Expected macro P@k of a random ranking: mean over query classes of the class's gallery share."""
         classes = np.unique(self.query_labels)
         return float(np.mean([np.mean(self.gallery_labels == c) for c in classes]))
 
-    @property
+    @functools.cached_property
     def chance_map_all(self) -> float:
         """Expected mAP@all of a random ranking (the level `t2i_map_all` is compared with)."""
         from common import metrics
