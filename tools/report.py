@@ -29,8 +29,10 @@ NOT_CONFIG = {"seed"} | set(run.LOGGING_FLAGS)  # what may differ between the se
 PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published_results.json")  # package data
 
 
-def find_results(paths) -> list:
-    found = []
+def find_results(paths) -> tuple:
+    """Every results.json under `paths`, and the run folders (they hold run.json) with none under
+    them yet, from one walk of each folder."""
+    found, runs = [], []
     for p in paths:
         if os.path.isfile(p):
             found.append(p)
@@ -40,12 +42,15 @@ def find_results(paths) -> list:
         for root, _, files in sorted(os.walk(p)):
             if "results.json" in files:
                 found.append(os.path.join(root, "results.json"))
+            if "run.json" in files:
+                runs.append(root)
+    with_results = [os.path.dirname(f) for f in found]
+    pending = [r for r in runs if not any(d == r or d.startswith(r + os.sep) for d in with_results)]
     if not found:
-        pending = pending_runs(paths)
         raise DataError(f"no results.json under {', '.join(paths)}" + (
             f"; these runs have none yet (still running, or stopped before their first result): {', '.join(pending)}"
             if pending else ""))
-    return found
+    return found, pending
 
 
 def over_seeds(rows: list, fmt) -> list:
@@ -79,18 +84,6 @@ def over_seeds(rows: list, fmt) -> list:
                 "standard deviation", "",
             "| method | dataset | setting | metric | runs (seeds) | i2t | t2i | chance |",
             "|---|---|---|---|---|---|---|---|"] + out
-
-
-def pending_runs(paths) -> list:
-    """Run folders (they hold run.json) with no results.json anywhere under them yet."""
-    out = []
-    for p in paths:
-        if not os.path.isdir(p):
-            continue
-        for root, _, files in sorted(os.walk(p)):
-            if "run.json" in files and not any("results.json" in f for _, _, f in os.walk(root)):
-                out.append(root)
-    return out
 
 
 def _family(method: str) -> str:
@@ -178,7 +171,8 @@ def report(paths, published: str = PUBLISHED) -> str:
     lines = ["| method | dataset | setting | metric | ours i2t / t2i | chance | published i2t / t2i | source | run |",
              "|---|---|---|---|---|---|---|---|---|"]
     sources, all_rows = {}, []
-    for path in find_results(paths):
+    found, pending = find_results(paths)
+    for path in found:
         for row in rows_of(path):
             all_rows.append(row)
             pub = published_for(row, groups)
@@ -193,7 +187,6 @@ def report(paths, published: str = PUBLISHED) -> str:
     lines += over_seeds(all_rows, fmt)
     lines.append("")
     lines += [f"[{n}] {src}" for src, n in sources.items()]
-    pending = pending_runs(paths)
     if pending:
         lines += ["", f"Not listed, no results.json yet (still running, or stopped before their first result): "
                       f"{', '.join(pending)}"]
