@@ -62,7 +62,10 @@ def version() -> str:
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a missing command is a usage error, as for `cmr train` without a method
+        print(f"error: a command is missing\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    if argv[0] in ("-h", "--help", "help"):
         print(usage())
         return
     if argv[0] == "--version":

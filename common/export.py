@@ -70,6 +70,16 @@ class Encoders(tf.Module):
         return self.encoders[side](tf.convert_to_tensor(x, tf.float32))
 
 
+def _check_shapes(checkpoint: str, indexes: dict) -> None:
+    stored = dict(tf.train.list_variables(checkpoint))
+    for key, index in indexes.items():
+        for i, v in enumerate(index.vars):
+            shape = stored.get(f"{key}/vars/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+            if shape is None or list(shape) != list(v.shape):
+                found = "missing" if shape is None else f"{tuple(shape)} in the checkpoint"
+                raise ValueError(f"{key.removesuffix('__variables')} variable {i} of shape {tuple(v.shape)}: {found}")
+
+
 def restore_models(run_dir: str, checkpoint: Optional[str] = None, **models) -> str:
     """Restore built Keras models from a run's checkpoint by their names in it (the entry points'
     names: `image_projector`, `text_regressor`, `g_net`, `image_head`, ...); returns the checkpoint.
@@ -91,6 +101,7 @@ def restore_models(run_dir: str, checkpoint: Optional[str] = None, **models) -> 
         raise DataError(f"{ckpt_dir}: no checkpoint to export (train first, or pass the checkpoint path)")
     indexes = {f"{k}__variables": training.variable_index(m) for k, m in models.items()}
     try:
+        _check_shapes(checkpoint, indexes)  # a failed restore leaves TensorFlow warnings at exit; a check does not
         status = tf.train.Checkpoint(**indexes).restore(checkpoint)
         status.expect_partial()  # optimizers, critics and data position are not restored here
         status.assert_existing_objects_matched()

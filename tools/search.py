@@ -109,17 +109,26 @@ def _signature(model, name: str, path: str):
     return model.signatures[name]
 
 
+def _width(model, kind: str, side: str):
+    name = f"{kind}_{side}"
+    return model.signatures[name].structured_input_signature[1][side].shape[1] if name in model.signatures else None
+
+
 def encode(model, side: str, x: np.ndarray, hamming: bool, batch: int = 4096, model_dir: str = "the model",
-           source: str = ""):
+           source: str = "", side_flag: str = ""):
     """`side` rows through a loaded SavedModel's embed_/hash_ signature, in batches."""
     import tensorflow as tf
 
-    fn = _signature(model, f"{'hash' if hamming else 'embed'}_{side}", model_dir)
+    kind = "hash" if hamming else "embed"
+    fn = _signature(model, f"{kind}_{side}", model_dir)
     key = "codes" if hamming else "embedding"
     want = fn.structured_input_signature[1][side].shape[1]
     if x.shape[1] != want:
+        other = "image" if side == "text" else "text"
+        hint = (f"; they have the {other} encoder's width: pass --{side_flag} {other}"
+                if side_flag and _width(model, kind, other) == x.shape[1] else "")
         raise DataError(f"{source + ': ' if source else ''}{side} features are {x.shape[1]}-d but the model's {side} "
-                        f"encoder takes {want}-d")
+                        f"encoder takes {want}-d{hint}")
     return np.concatenate([fn(**{side: tf.constant(x[s:s + batch])})[key].numpy() for s in range(0, len(x), batch)])
 
 
@@ -162,8 +171,10 @@ def main(argv):
     if not FLAGS.hamming and "hash_text" in model.signatures:
         print("note: this model also has hash codes; --hamming ranks by their Hamming distance, as the method "
               "is evaluated (this search ranks its real-valued outputs by cosine)")
-    q = encode(model, FLAGS.query_side, queries, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.queries)
-    g = encode(model, gallery_side, gallery, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.gallery)
+    q = encode(model, FLAGS.query_side, queries, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.queries,
+               side_flag="query_side")
+    g = encode(model, gallery_side, gallery, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.gallery,
+               side_flag="gallery_side")
     if FLAGS.index == "exact" or FLAGS.hamming:
         ids, scores = exact_search(q, g, FLAGS.top_k, FLAGS.chunk, hamming=FLAGS.hamming)
     else:

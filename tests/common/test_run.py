@@ -403,6 +403,9 @@ def test_cmr_lists_every_command_and_refuses_unknown_ones():
     res = subprocess.run([sys.executable, "-m", "common.cli", "train", "clip"], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 2 and res.stderr.startswith("error: cmr train: unknown method 'clip'; one of acmr, ")
+    res = subprocess.run([sys.executable, "-m", "common.cli"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert res.returncode == 2 and not res.stdout and res.stderr.startswith("error: a command is missing\n\nusage: cmr")
     res = subprocess.run([sys.executable, "-m", "common.cli", "train", "acmr", "--flagfile=nope.txt"],
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 2 and res.stderr.startswith("error: Unable to open flagfile"), res.stderr

@@ -186,6 +186,12 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300,
                          cwd=REPO)
     assert res.returncode == 2 and "7-d" in res.stderr and not os.path.exists(tmp_path / "x.json")
+    # image features given as text queries: the message names the flag that fixes it
+    from tools.search import encode
+
+    assert ds.image_dim != ds.text_dim
+    with pytest.raises(DataError, match=r"text features are \d+-d .* image encoder's width: pass --query_side image"):
+        encode(loaded, "text", database.image, True, side_flag="query_side")
 
 
 def test_results_file_formats(tmp_path):
