@@ -91,9 +91,12 @@ def _generate(split: Split, cfg: CmrConfig, modality: Optional[str] = None):
 def _metadata(ds: CrossModalDataset) -> dict:
     as_list = lambda a: None if a is None else np.asarray(a).tolist()  # noqa: E731
     dims = {s: [int(v.image.shape[1]), int(v.text.shape[1])] for s, v in ds.splits().items()}
+    seen, derived = ds.seen_classes, False
+    if seen is None and ds.unseen_classes is not None:  # data that names only its unseen classes
+        seen, derived = np.setdiff1d(np.arange(ds.num_classes), ds.unseen_classes), True
     return {"name": ds.name, "num_classes": ds.num_classes, "class_names": ds.class_names,
-            "class_embeddings": as_list(ds.class_embeddings), "seen_classes": as_list(ds.seen_classes),
-            "unseen_classes": as_list(ds.unseen_classes), "dims": dims,
+            "class_embeddings": as_list(ds.class_embeddings), "seen_classes": as_list(seen),
+            "seen_classes_derived": derived, "unseen_classes": as_list(ds.unseen_classes), "dims": dims,
             "paired": {s: v.paired for s, v in ds.splits().items()},
             "extras": {k: v for k, v in ds.extras.items() if isinstance(v, (int, str, list))}}
 
@@ -234,7 +237,8 @@ def to_dataset(builder) -> CrossModalDataset:
     ds = CrossModalDataset(name=meta["name"], num_classes=int(meta["num_classes"]),
                            class_names=meta.get("class_names"),
                            class_embeddings=None if emb is None else emb.astype(np.float32),
-                           seen_classes=arr("seen_classes"), unseen_classes=arr("unseen_classes"),
+                           seen_classes=None if meta.get("seen_classes_derived") else arr("seen_classes"),
+                           unseen_classes=arr("unseen_classes"),
                            source=f"tfds:{builder.name} ({builder.data_dir})", **splits)
     ds.extras.update(meta.get("extras") or {})
     return ds.validate()

@@ -91,6 +91,11 @@ def test_tfds_load_recipe_fixed_widths_supervised_keys_zero_shot_splits_and_file
     splits = tfds.builder("cmr_features", data_dir=str(tmp_path / "tfds"),
                           config=tfds_builders.config_for("features", folder)).info.splits
     assert {"train", "val", "test", "train_seen", "val_seen", "test_seen", "test_unseen"} <= set(splits)
+    meta = tfds.builder("cmr_features", data_dir=str(tmp_path / "tfds"),
+                        config=tfds_builders.config_for("features", folder)).info.metadata
+    assert meta["unseen_classes"] == [2, 3] and meta["seen_classes"] == [c for c in range(direct.num_classes)
+                                                                         if c not in (2, 3)]
+    assert direct.seen_classes is None and load_dataset("features", folder, via_tfds=True).seen_classes is None
     half = tfds.load("cmr_features", split="train[:50%]", **kwargs)
     rows = np.stack([r["image"] for r in tfds.as_numpy(half)])
     np.testing.assert_array_equal(rows, direct.train.image[:len(rows)])
