@@ -7,7 +7,8 @@ Finds every results.json under the given folders, and prints for each: method, d
 scenario or bit length, our i2t / t2i numbers (the contract's mAP@all, per-bit Hamming mAP
 for hashing, P@50 for ZSCRGAN), the chance level of that number on the run's test set (a random
 ranking's expected mAP@all or P@50; random codes for hashing), and the published numbers for
-the same method, dataset and scenario from tools/published_results.json, each with its source.
+the same method, dataset and scenario from tools/published_results.json, each with its source,
+and the run (with the flags that set it apart from other runs of its setting).
 A missing published cell means no verified number exists for that setting (e.g. synthetic data).
 A setting run with several seeds also gets its mean and sample standard deviation over them.
 """
@@ -137,6 +138,22 @@ def _rows(path: str, r: dict) -> list:
     return out
 
 
+def what_differs(rows: list) -> list:
+    """Per row, the flags that set it apart from the other rows of its setting (`; epochs=2`), so
+    that two runs of one method and data with other settings can be told apart in the table."""
+    groups = {}
+    for n, row in enumerate(rows):
+        groups.setdefault((row["method"], row["dataset"], row["setting"], row["metric"]), []).append(n)
+    out = [""] * len(rows)
+    for members in groups.values():
+        configs = [json.loads(rows[n]["config"]) for n in members]
+        keys = sorted({k for c in configs for k in c if len({json.dumps(d.get(k), default=str) for d in configs}) > 1})
+        for n, config in zip(members, configs):
+            if keys:
+                out[n] = "; " + ", ".join(f"{k}={config.get(k, '—')}" for k in keys)
+    return out
+
+
 def run_of(path: str, results: dict) -> str:
     """Which run a row comes from: its folder, the commit and seed, and when it ended."""
     p = results.get("provenance") or {}
@@ -170,20 +187,21 @@ def report(paths, published: str = PUBLISHED) -> str:
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["| method | dataset | setting | metric | ours i2t / t2i | chance | published i2t / t2i | source | run |",
              "|---|---|---|---|---|---|---|---|---|"]
-    sources, all_rows = {}, []
+    sources = {}
     found, pending = find_results(paths)
-    for path in found:
-        for row in rows_of(path):
-            all_rows.append(row)
-            pub = published_for(row, groups)
-            ours = f"{fmt(row['i2t'])} / {fmt(row['t2i'])}" + (f" ({row['extra']})" if row.get("extra") else "")
-            cells = "; ".join(f"{label} {i:g} / {t:g}" for label, i, t, _ in pub) or "—"  # as published
-            refs = []
-            for *_, src in pub:
-                sources.setdefault(src, len(sources) + 1)
-                refs.append(f"[{sources[src]}]")
-            lines.append(f"| {row['method']} | {row['dataset']} | {row['setting']} | {row['metric']} | {ours} | "
-                         f"{fmt(row.get('chance'))} | {cells} | {' '.join(dict.fromkeys(refs)) or '—'} | {row['run']} |")
+    all_rows = [row for path in found for row in rows_of(path)]
+    differences = what_differs(all_rows)
+    for n, row in enumerate(all_rows):
+        pub = published_for(row, groups)
+        ours = f"{fmt(row['i2t'])} / {fmt(row['t2i'])}" + (f" ({row['extra']})" if row.get("extra") else "")
+        cells = "; ".join(f"{label} {i:g} / {t:g}" for label, i, t, _ in pub) or "—"  # as published
+        refs = []
+        for *_, src in pub:
+            sources.setdefault(src, len(sources) + 1)
+            refs.append(f"[{sources[src]}]")
+        lines.append(f"| {row['method']} | {row['dataset']} | {row['setting']} | {row['metric']} | {ours} | "
+                     f"{fmt(row.get('chance'))} | {cells} | {' '.join(dict.fromkeys(refs)) or '—'} | {row['run']}"
+                     f"{differences[n]} |")
     lines += over_seeds(all_rows, fmt)
     lines.append("")
     lines += [f"[{n}] {src}" for src, n in sources.items()]

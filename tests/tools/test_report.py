@@ -88,6 +88,13 @@ def test_settings_run_with_several_seeds_get_mean_and_spread(tmp_path):
            "0.4000 ± 0.1414 | — |" in rows
     assert len(rows) == 3
     assert "Over seeds" not in report([str(tmp_path / "s1"), str(tmp_path / "other_lr")])  # one seed each: no table
+    # the main table says what sets runs of one setting apart: the flags that differ (not the seed, which the
+    # run cell names, nor logging flags)
+    main = [line.split(" | ")[-1] for line in text.split("Over seeds")[0].splitlines() if "| acmr_simple |" in line]
+    assert sum(cell.endswith(", seed 1, 2026-11-01 10:00; lr=0.001 |") for cell in main) == 1, main
+    assert sum(cell.endswith("; lr=0.01 |") for cell in main) == 1 and len(main) == 5, main
+    zs_cells = [line for line in text.split("Over seeds")[0].splitlines() if "| zscrgan |" in line]
+    assert len(zs_cells) == 2 and not any(";" in line.split(" | ")[-1] for line in zs_cells), zs_cells
 
 
 def test_runs_without_results_yet_are_named_not_dropped(tmp_path):
