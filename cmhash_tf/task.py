@@ -167,6 +167,9 @@ class CMHashTask(driver.Task):
         cfg = self.trainer.cfg
         head = lambda dim: (HashHead, {"bits": cfg.bits, "hidden": cfg.hidden, "input_dim": dim,  # noqa: E731
                                        "init": cfg.head_init})
+        if cfg.text_only:  # tag -> tag hashing: the text head alone
+            return dict(method="cmhash", models={"text_head": head(text_dim)}, image=None,
+                        text={"dim": text_dim, "model": "text_head"}, hash_codes=True)
         return dict(method="cmhash", models={"image_head": head(image_dim), "text_head": head(text_dim)},
                     image={"dim": image_dim, "model": "image_head"}, text={"dim": text_dim, "model": "text_head"},
                     hash_codes=True)
@@ -219,7 +222,7 @@ def fit(cfg: CMHashConfig, train, val, queries, database, out_dir: str, select_o
         trainer = CMHashTrainer(cfg, train.image.shape[1], train.text.shape[1], replicas=replicas)
         runner = trainer.make_runner(train, steps_per_execution, jit_compile)
     task = CMHashTask(trainer, val, queries, database, runner, position)
-    if not cfg.text_only and position is None and trainer.replicas.is_chief:  # feature heads export
+    if position is None and trainer.replicas.is_chief:  # feature heads export
         export.write_spec(out_dir, **task.encoders(train.image.shape[1], train.text.shape[1]))
     result = driver.fit(task, out_dir, options or driver.FitOptions(label=f"[{cfg.bits} bits]"))
     if result.history[-1].get("applied_batches") == 0:  # also when a complete run is re-run

@@ -33,19 +33,26 @@ def _resolve(ref: str):
     return obj
 
 
-def write_spec(out_dir: str, method: str, models: dict, image: dict, text: dict, hash_codes: bool = False,
+def write_spec(out_dir: str, method: str, models: dict, image: Optional[dict], text: dict, hash_codes: bool = False,
                notes: str = "") -> None:
     """`models`: {checkpoint key: (class, kwargs)}; `image` / `text`: {"dim": d, "model": key}, or
     {"dim": d, "composite": class, "args": [keys]} for an encoder made of several models (a Keras
-    model class taking those models)."""
+    model class taking those models); `image` None for a model of the text side only (tag hashing)."""
     spec = {"method": method, "hash_codes": hash_codes, "notes": notes,
             "models": {k: {"class": _ref(cls), "kwargs": kwargs} for k, (cls, kwargs) in models.items()}}
     for side, how in (("image", image), ("text", text)):
+        if how is None:
+            continue
         if "composite" in how:
             spec[side] = {"dim": int(how["dim"]), "composite": _ref(how["composite"]), "args": list(how["args"])}
         else:
             spec[side] = {"dim": int(how["dim"]), "model": how["model"]}
     io.write_json(os.path.join(out_dir, SPEC), spec)
+
+
+def sides(spec: dict) -> list:
+    """The modalities a spec has encoders for: both, or the text side of a tag hashing run."""
+    return [side for side in ("image", "text") if side in spec]
 
 
 class Encoders(tf.Module):
@@ -55,7 +62,7 @@ class Encoders(tf.Module):
         super().__init__(name="encoders")
         self.spec, self.models = spec, models
         self.encoders = {}
-        for side in ("image", "text"):
+        for side in sides(spec):
             how = spec[side]
             if "composite" in how:
                 self.encoders[side] = _resolve(how["composite"])(*[models[k] for k in how["args"]],
@@ -130,9 +137,9 @@ def model_folder(run_dir: str) -> str:
         except (DataError, KeyError, TypeError, AttributeError):
             text_only = False
         if text_only:
-            raise DataError(f"{run_dir}: a --text_only hashing run trains the tag side only, and an export serves "
-                            "an image and a text encoder, so there is nothing to export; its checkpoints hold the "
-                            "text head (common.export.restore_models(run_dir, text_head=...))")
+            raise DataError(f"{run_dir}: no {SPEC}: this --text_only hashing run was trained by a version that "
+                            "exported nothing for tag-only runs; its checkpoints hold the text head "
+                            "(common.export.restore_models(run_dir, text_head=...)), or train it again to export it")
     raise DataError(f"{run_dir}: no {SPEC}; is this the output folder of a training run?")
 
 
@@ -143,7 +150,7 @@ def load_encoders(run_dir: str, checkpoint: Optional[str] = None) -> Encoders:
     spec = io.read_json(path)
     models = {key: _resolve(m["class"])(**m["kwargs"], name=key) for key, m in spec["models"].items()}
     enc = Encoders(spec, models)
-    for side in ("image", "text"):  # composite encoders create nothing new, but build every variable
+    for side in sides(spec):  # composite encoders create nothing new, but build every variable
         enc.embed(side, tf.zeros((1, spec[side]["dim"])))
     enc.checkpoint = restore_models(run_dir, checkpoint, **models)
     return enc

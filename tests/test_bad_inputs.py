@@ -305,7 +305,7 @@ CASES = [
     ("export-text-only-hashing-run", "tools.export", ["--run_dir", "{d}/r/bits_16", "--out", "{d}/e"],
      lambda d: (os.makedirs(f"{d}/r/bits_16/checkpoints"), text(f"{d}/r/run.json", json.dumps(
          {"settings": {"text_only": True, "bits": "16"}, "data": {}}))),
-     "a --text_only hashing run trains the tag side only"),
+     "exported nothing for tag-only runs"),
     ("export-not-a-run", "tools.export", ["--run_dir", "{d}/nothing", "--out", "{d}/e"], lambda d: None,
      "no encoders.json"),
     ("search-empty-queries", "tools.search", ["--model", "{d}/m", "--queries", "{d}/q.npy", "--gallery", "{d}/g.npy",

@@ -6,7 +6,8 @@
 
 Serving signatures: `embed_image(image: float32 [n, d_img])` and `embed_text(text: float32
 [n, d_txt])`, each returning {"embedding": [n, e]}; hashing runs add `hash_image` / `hash_text`
-returning {"codes": +-1 float32 [n, K]} (sign with sign(0) = +1). Load anywhere with
+returning {"codes": +-1 float32 [n, K]} (sign with sign(0) = +1); a `--text_only` (tag) hashing
+run has the text side only. Load anywhere with
 `tf.saved_model.load(DIR)`; nothing of this project is needed. Beside it, `image_encoder.keras`
 and `text_encoder.keras` are the same encoders as Keras models (`keras.models.load_model`, after
 importing the method's `model` module, which registers the classes), and `export.json` says which
@@ -31,35 +32,22 @@ def build_module(enc):
     """A tf.Module with the serving signatures of `enc` (a `common.export.Encoders`)."""
     import tensorflow as tf
 
-    from common import training
+    from common import export, training
 
     spec = enc.spec
     module = tf.Module()
     # variable indexes only: an attached Keras model would get a default signature traced (three inputs fail)
     module.indexes = [training.variable_index(m) for m in enc.models.values()]
-    d_img, d_txt = spec["image"]["dim"], spec["text"]["dim"]
-
-    @tf.function(input_signature=[tf.TensorSpec([None, d_img], tf.float32, name="image")])
-    def embed_image(image):
-        return {"embedding": enc.embed("image", image)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None, d_txt], tf.float32, name="text")])
-    def embed_text(text):
-        return {"embedding": enc.embed("text", text)}
-
-    module.embed_image, module.embed_text = embed_image, embed_text
-    signatures = {"embed_image": embed_image, "embed_text": embed_text}
-    if spec.get("hash_codes"):
-        @tf.function(input_signature=[tf.TensorSpec([None, d_img], tf.float32, name="image")])
-        def hash_image(image):
-            return {"codes": tf.where(enc.embed("image", image) >= 0, 1.0, -1.0)}
-
-        @tf.function(input_signature=[tf.TensorSpec([None, d_txt], tf.float32, name="text")])
-        def hash_text(text):
-            return {"codes": tf.where(enc.embed("text", text) >= 0, 1.0, -1.0)}
-
-        module.hash_image, module.hash_text = hash_image, hash_text
-        signatures.update(hash_image=hash_image, hash_text=hash_text)
+    signatures = {}
+    for side in export.sides(spec):  # both, or the text side of a tag hashing run
+        spec_in = [tf.TensorSpec([None, spec[side]["dim"]], tf.float32, name=side)]
+        signatures[f"embed_{side}"] = tf.function(
+            lambda x, side=side: {"embedding": enc.embed(side, x)}, input_signature=spec_in)
+        if spec.get("hash_codes"):
+            signatures[f"hash_{side}"] = tf.function(
+                lambda x, side=side: {"codes": tf.where(enc.embed(side, x) >= 0, 1.0, -1.0)}, input_signature=spec_in)
+    for name, fn in signatures.items():
+        setattr(module, name, fn)
     return module, signatures
 
 
@@ -85,11 +73,11 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite:
         tf.saved_model.save(module, tmp, signatures=signatures)
         meta = {"run_dir": os.path.abspath(run_dir), "method": enc.spec["method"],
                 "checkpoint": enc.checkpoint,
-                "signatures": sorted(signatures), "image_dim": enc.spec["image"]["dim"],
+                "signatures": sorted(signatures), "image_dim": enc.spec.get("image", {}).get("dim"),
                 "text_dim": enc.spec["text"]["dim"], "notes": enc.spec.get("notes", "")}
-        for side in ("image", "text"):  # the same encoders as Keras files: keras.models.load_model
-            enc.encoder(side).save(os.path.join(tmp, f"{side}_encoder.keras"))
-        meta["keras_files"] = ["image_encoder.keras", "text_encoder.keras"]
+        meta["keras_files"] = [f"{side}_encoder.keras" for side in export.sides(enc.spec)]
+        for side, name in zip(export.sides(enc.spec), meta["keras_files"]):  # the same encoders for Keras
+            enc.encoder(side).save(os.path.join(tmp, name))
         io.write_json(os.path.join(tmp, "export.json"), meta)
         os.chmod(tmp, 0o777 & ~io.UMASK)  # mkdtemp makes 0700
         if os.path.exists(out):  # empty, or a previous export the user asked to replace (checked above)

@@ -132,6 +132,12 @@ def encode(model, side: str, x: np.ndarray, hamming: bool, batch: int = 4096, mo
     return np.concatenate([fn(**{side: tf.constant(x[s:s + batch])})[key].numpy() for s in range(0, len(x), batch)])
 
 
+def default_gallery_side(model, query_side: str) -> str:
+    """The other modality; a model of one side (tag hashing) searches within that side."""
+    other = "image" if query_side == "text" else "text"
+    return other if f"embed_{other}" in model.signatures else query_side
+
+
 def write_results(path: str, ids, scores, query_ids, gallery_ids) -> None:
     rows = [{"query": str(query_ids[i]), "hits": [{"id": str(gallery_ids[j]), "score": float(s)}
                                                   for j, s in zip(ids[i], scores[i])]} for i in range(len(ids))]
@@ -157,7 +163,6 @@ def main(argv):
     if not os.path.isfile(os.path.join(FLAGS.model, "saved_model.pb")):
         raise DataError(f"--model {FLAGS.model}: not a SavedModel folder (no saved_model.pb; write one with "
                         "tools.export)")
-    gallery_side = FLAGS.gallery_side or ("image" if FLAGS.query_side == "text" else "text")
     queries, gallery = _load_features(FLAGS.queries), _load_features(FLAGS.gallery)
     qid = io.read_rows(FLAGS.query_ids, "query id") if FLAGS.query_ids else list(range(len(queries)))
     gid = io.read_rows(FLAGS.gallery_ids, "gallery id") if FLAGS.gallery_ids else list(range(len(gallery)))
@@ -168,13 +173,14 @@ def main(argv):
     import tensorflow as tf
 
     model = tf.saved_model.load(FLAGS.model)
-    if not FLAGS.hamming and "hash_text" in model.signatures:
-        print("note: this model also has hash codes; --hamming ranks by their Hamming distance, as the method "
-              "is evaluated (this search ranks its real-valued outputs by cosine)")
+    gallery_side = FLAGS.gallery_side or default_gallery_side(model, FLAGS.query_side)
     q = encode(model, FLAGS.query_side, queries, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.queries,
                side_flag="query_side")
     g = encode(model, gallery_side, gallery, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.gallery,
                side_flag="gallery_side")
+    if not FLAGS.hamming and "hash_text" in model.signatures:
+        print("note: this model also has hash codes; --hamming ranks by their Hamming distance, as the method "
+              "is evaluated (this search ranks its real-valued outputs by cosine)")
     if FLAGS.index == "exact" or FLAGS.hamming:
         ids, scores = exact_search(q, g, FLAGS.top_k, FLAGS.chunk, hamming=FLAGS.hamming)
     else:
@@ -190,7 +196,8 @@ def define_flags():
     flags.DEFINE_string("queries", None, "Query features (.npy/.mat/.h5, one row per item).")
     flags.DEFINE_string("gallery", None, "Gallery features.")
     flags.DEFINE_enum("query_side", "text", ["text", "image"], "Modality of the queries.")
-    flags.DEFINE_enum("gallery_side", None, ["text", "image"], "Modality of the gallery (default: the other one).")
+    flags.DEFINE_enum("gallery_side", None, ["text", "image"], "Modality of the gallery (default: the other one; "
+                      "the query's for a model of one side, e.g. tag hashing).")
     flags.DEFINE_integer("top_k", 10, "Hits per query.")
     flags.DEFINE_enum("index", "exact", ["exact", "faiss", "faiss_ivf"], "Search backend.")
     flags.DEFINE_integer("nlist", 1024, "faiss_ivf: inverted lists.")

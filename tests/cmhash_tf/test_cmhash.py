@@ -237,6 +237,19 @@ def test_mirflickr_tag_only_cli(tmp_path):
     split = np.load(tmp_path / "o" / "splits.npz")  # the seeded protocol split is saved with the run
     assert len(split["query_ids"]) == 10 and len(split["database_ids"]) == 50
     assert not set(split["query_ids"]) & set(split["database_ids"])
+    # the tag encoder exports alone (hash_text / embed_text) and searches tags against tags by default
+    from common import export
+    from tools.export import export_run
+    from tools.search import default_gallery_side, encode
+
+    meta = export_run(str(tmp_path / "o" / "bits_8"), str(tmp_path / "exp"))
+    assert meta["signatures"] == ["embed_text", "hash_text"] and meta["keras_files"] == ["text_encoder.keras"]
+    loaded = tf.saved_model.load(str(tmp_path / "exp"))
+    head = CMHashTrainer(CMHashConfig(bits=8, text_only=True), 0, tags.shape[1]).nets.text_head
+    export.restore_models(str(tmp_path / "o" / "bits_8"), text_head=head)
+    x = tags[:7].astype(np.float32)
+    np.testing.assert_array_equal(encode(loaded, "text", x, True), np.where(head(x).numpy() >= 0, 1.0, -1.0))
+    assert default_gallery_side(loaded, "text") == "text"
 
 
 def test_a_batch_whose_triplet_tensors_cannot_fit_is_refused_with_the_largest_that_fits():

@@ -13,7 +13,7 @@ from common import export, io, training
 from common.errors import ConfigError, DataError
 from tests.conftest import REPO, noise, user_env
 from tools.export import export_run
-from tools.search import exact_search, faiss_search, write_results
+from tools.search import default_gallery_side, exact_search, faiss_search, write_results
 
 
 def _brute(q, g, k, hamming=False):
@@ -95,6 +95,7 @@ def test_export_equals_the_trained_model_and_loads_without_the_project(tmp_path)
                                trainer.csem(x), atol=1e-6)
     np.testing.assert_allclose(loaded.signatures["embed_text"](text=tf.constant(t))["embedding"],
                                trainer._queries(tf.constant(t)), atol=1e-6)  # eval_mode mean: deterministic
+    assert default_gallery_side(loaded, "text") == "image" and default_gallery_side(loaded, "image") == "text"
     # the same two encoders as .keras files (composite text encoder included)
     import keras
 
