@@ -7,6 +7,7 @@ import dataclasses
 # spec §3.5: the release's loss weights
 RELEASE_WEIGHTS = dict(w_cyc_g=0.1, w_adv_g=0.01, w_align_real=1e-4, w_adv_real=0.01, w_syn_r=0.01,
                        w_adv_syn_r=0.01, w_align_syn=1e-4)
+CFSA_ADVERSARY = ("w_adv_g", "w_adv_real", "w_adv_syn_r")  # the weights --method cfsa sets to 0
 SYNTHETIC_EPOCHS = 20  # demo-sized default on the synthetic data; files default to the release's 500
 
 
@@ -38,6 +39,6 @@ class JFSEConfig:
         if self.method == "cfsa":
             self.align = "cmpm"
             self.train_modality_classifier = False
-            for key in ("w_adv_g", "w_adv_real", "w_adv_syn_r"):
+            for key in CFSA_ADVERSARY:
                 self.weights[key] = 0.0
         return self

@@ -21,7 +21,7 @@ from absl import flags
 from common import run
 from common.dataset import require_classes
 from common.errors import ConfigError, DataError
-from jfse_tf.config import RELEASE_WEIGHTS, SYNTHETIC_EPOCHS, JFSEConfig
+from jfse_tf.config import CFSA_ADVERSARY, RELEASE_WEIGHTS, SYNTHETIC_EPOCHS, JFSEConfig
 
 FLAGS = flags.FLAGS
 
@@ -69,6 +69,14 @@ def validate_flags() -> None:
         run.require_float(key, 0.0, low_open=False)
     if FLAGS.batch_size < 2:
         raise ConfigError("--batch_size must be at least 2 (per-batch min-max and CMPM compare rows)")
+    if FLAGS.method == "cfsa":  # the preset fixes these: a flag it would override is refused, not ignored
+        fixed = [f"--scenario {FLAGS.scenario}"] if FLAGS.scenario not in ("all", "zs") else []
+        fixed += [f"--align {FLAGS.align}"] if FLAGS.align != "cmpm" else []
+        fixed += [f"--{k} {FLAGS[k].value:g}" for k in CFSA_ADVERSARY if FLAGS[k].value != RELEASE_WEIGHTS[k]]
+        if fixed:
+            raise ConfigError(f"--method cfsa is zero-shot only with CMPM alignment and no modality adversary "
+                              f"(docs/jfse.md), so {', '.join(fixed)} would be ignored; drop "
+                              f"{'it' if len(fixed) == 1 else 'them'}, or use --method jfse")
 
 
 def config_from_flags() -> JFSEConfig:

@@ -246,6 +246,8 @@ CASES = [
     ("jfse-beta1-one", "jfse_tf.train", ["--beta1", "1"], lambda d: None, "--beta1 must be >= 0 and < 1"),
     ("jfse-negative-weight", "jfse_tf.train", ["--w_cyc_g=-1"], lambda d: None, "--w_cyc_g"),
     ("jfse-zero-critic", "jfse_tf.train", ["--n_critic", "0"], lambda d: None, "--n_critic"),
+    ("jfse-cfsa-flags-it-would-ignore", "jfse_tf.train", ["--method", "cfsa", "--scenario", "gzs", "--w_adv_real", "0.1"],
+     lambda d: None, "--scenario gzs, --w_adv_real 0.1 would be ignored; drop them, or use --method jfse"),
     ("cmhash-negative-epochs", "cmhash_tf.train", ["--epochs", "-1"], lambda d: None, "--epochs"),
     ("cmhash-zero-eval-every", "cmhash_tf.train", ["--eval_every", "0"], lambda d: None, "--eval_every"),
     ("cmhash-bits-not-numbers", "cmhash_tf.train", ["--bits", "16,abc"], lambda d: None, "--bits"),
