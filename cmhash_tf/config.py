@@ -30,6 +30,10 @@ class CMHashConfig:
         return 12.0 * self.bits / 32.0 if self.margin is None else self.margin
 
 
+E2E_FLAGS = ("image_dir", "text_dir", "image_preset", "text_preset", "vocab", "max_len", "image_size",
+             "allow_random_init", "tiny_text", "strip_accents", "antialias")  # what define_e2e_flags defines
+
+
 def define_e2e_flags() -> None:
     """The backbone and raw-data flags shared by `cmhash_tf.train --mode e2e` and `cmhash_tf.extract`."""
     flags.DEFINE_string("image_dir", None, "Folder of the IAPR images (DD/NNNNN.jpg).")

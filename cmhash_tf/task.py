@@ -4,6 +4,7 @@ run driver (spec cmhash.md §3, §4, §6, §8a).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import keras
@@ -232,5 +233,6 @@ def fit(cfg: CMHashConfig, train, val, queries, database, out_dir: str, select_o
                         "needed (with --overwrite or another --output_dir)")
     out = task.summary(result.history, select_on_test)
     out.update(seconds_per_epoch=result.seconds_per_unit, trained=result.trained > 0,
-               random_codes_map=random_codes_map(queries, database, cfg.bits, seed))
+               random_codes_map=random_codes_map(queries, database, cfg.bits, seed),
+               config=dict(dataclasses.asdict(cfg), margin=cfg.margin_value))  # as trained (end to end: its lr)
     return out

@@ -21,7 +21,7 @@ import os
 import numpy as np
 from absl import flags
 
-from cmhash_tf.config import CMHashConfig, define_e2e_flags
+from cmhash_tf.config import E2E_FLAGS, CMHashConfig, define_e2e_flags
 from common import run
 from common.errors import ConfigError, DataError
 
@@ -73,6 +73,18 @@ def validate_flags() -> list:
         run.require_float(name, 0.0, low_open=False)
     if FLAGS.batch_size < 2:
         raise ConfigError("--batch_size must be at least 2 (triplets need two items)")
+    changed = lambda name: FLAGS[name].value != FLAGS[name].default  # noqa: E731
+    unused = [f"--{n} applies to --dataset mirflickr only (its seeded query draw)" for n in ("num_queries", "num_train")
+              if changed(n) and FLAGS.dataset != "mirflickr"]
+    unused += ["--val_size would be ignored: --select_on_test holds nothing out"] if (
+        changed("val_size") and FLAGS.select_on_test) else []
+    if unused:
+        raise ConfigError(unused[0])
+    if FLAGS.mode == "features":
+        given = [n for n in E2E_FLAGS if changed(n)]
+        if given:
+            raise ConfigError(f"--{given[0]} is an end-to-end option (--mode e2e); feature mode reads precomputed "
+                              "features and would ignore it")
     if FLAGS.mode == "e2e":
         for name in ("text_only", "steps_per_execution", "jit_compile"):
             if FLAGS[name].present:

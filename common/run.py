@@ -145,13 +145,18 @@ def expand_home() -> None:
 
 
 def flagfile_text() -> str:
-    """This project's flags in absl's flagfile format: `--flagfile <run>/flags.txt` re-runs (resumes) the
-    run. `--overwrite` is left out: it would start the run it names over."""
+    """The flags the command gave (and its --output_dir), in absl's flagfile format: `--flagfile
+    <run>/flags.txt` re-runs (resumes) the run. Only the given ones: a default that depends on
+    whether a flag was given (cmhash end to end takes the release's --lr unless one is given) must
+    resolve as it did (flags.json has every value). `--overwrite` is left out: it would start the
+    run it names over."""
     lines = []
     if _PROGRAM:  # absl skips '#' lines; another program given this file says whose it is
         lines.append(f"# flags of a {_PROGRAM} run: `python -m {_PROGRAM} --flagfile <this file>` repeats it")
     for name in sorted(flag_values()):
         if name == "overwrite":  # re-running a run's flag file resumes it; it must never start it over
+            continue
+        if not flags.FLAGS[name].present and name != "output_dir":
             continue
         text = flags.FLAGS[name].serialize()
         if text:  # a flag left at None serialises to nothing: its default applies again

@@ -69,6 +69,9 @@ def validate_flags() -> None:
         run.require_float(key, 0.0, low_open=False)
     if FLAGS.batch_size < 2:
         raise ConfigError("--batch_size must be at least 2 (per-batch min-max and CMPM compare rows)")
+    if FLAGS.synthesize_unseen and FLAGS.scenario == "standard":
+        raise ConfigError("--synthesize_unseen trains the zs / gzs models (they hold unseen classes out); "
+                          "--scenario standard has none, so it would be ignored")
     if FLAGS.method == "cfsa":  # the preset fixes these: a flag it would override is refused, not ignored
         fixed = [f"--scenario {FLAGS.scenario}"] if FLAGS.scenario not in ("all", "zs") else []
         fixed += [f"--align {FLAGS.align}"] if FLAGS.align != "cmpm" else []

@@ -186,6 +186,14 @@ def test_e2e_cli_tiny_run(tmp_path, vocab):
     assert r["dataset"] == "iapr-e2e" and set(r["i2t_map"]) == {"8"}
     assert "texts cut at --max_len" in res.stdout
     assert os.path.exists(d / "run" / "bits_8" / "checkpoints" / "checkpoint")
+    assert r["per_bits"]["8"]["config"]["lr"] == 1e-5  # the release's end-to-end rate, no --lr given
+    # the run's flags.txt holds the flags given: the unset --lr still resolves to 1e-5, and feature-mode
+    # flags at their defaults are not "given" to an end-to-end run, so the same run resumes (complete)
+    flagfile = (d / "run" / "flags.txt").read_text()
+    assert "--lr" not in flagfile and "text_only" not in flagfile and "--image_size=32" in flagfile, flagfile
+    again = subprocess.run([sys.executable, "-m", "cmhash_tf.train", "--flagfile", str(d / "run" / "flags.txt")],
+                           env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already complete" in again.stdout, again.stderr[-2000:]
 
 
 def test_end_to_end_nets_round_trip_through_keras_files(tmp_path):
