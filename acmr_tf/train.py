@@ -32,9 +32,9 @@ def define_flags():
     flags.DEFINE_integer("emb_dim", 40, "Common-space width (release 40).")
     flags.DEFINE_float("w_label", None, "Label-loss weight (default: the release's, 100 wiki, 50 nuswide).")
     flags.DEFINE_float("w_sim", None, "Similar-loss (simple) or triplet-loss (triplet) weight (release 1).")
-    flags.DEFINE_float("w_dis", None, "Dissimilar-loss weight (release: 0.02 wiki, 0.2 nuswide).")
-    flags.DEFINE_float("margin", 0.1, "Triplet margin mu (release 0.1).")
-    flags.DEFINE_float("alpha", 5.0, "Triplet weight alpha of the positive term (release 5).")
+    flags.DEFINE_float("w_dis", None, "Simple variant: dissimilar-loss weight (release: 0.02 wiki, 0.2 nuswide).")
+    flags.DEFINE_float("margin", 0.1, "Triplet variant: margin mu (release 0.1).")
+    flags.DEFINE_float("alpha", 5.0, "Triplet variant: weight alpha of the positive term (release 5).")
     flags.DEFINE_integer("top_k", 50, "K of the release's mAP@K (release 50).")
     flags.DEFINE_bool("adv_to_projectors", None,
                       "Train with L_emb + L_adv through the GRL (preset: release off, paper on).")
@@ -44,7 +44,7 @@ def define_flags():
                       "Evaluate all test pairs, not only full batches (preset: release off, paper on).")
     flags.DEFINE_bool("drop_remainder", True, "Drop the last partial train batch (release: on).")
     flags.DEFINE_bool("neg_tie_fix", False,
-                      "Triplet: mine negatives among different-class items only (release: off).")
+                      "Triplet variant: mine negatives among different-class items only (release: off).")
     flags.DEFINE_bool("shuffle_ids", True, "NUS-WIDE: shuffle the train and test id lists once before training, as "
                       "the release did (unseeded there; seeded by --seed here); --noshuffle_ids keeps pickled order.")
     run.define_execution_flags()
