@@ -165,6 +165,7 @@ CmrXmn = _manual_builder("CmrXmn", readers.read_jfse_xmn, readers.XMN_HOW_TO)
 CmrZscrgan = _manual_builder("CmrZscrgan", readers.read_zscrgan, readers.ZSCRGAN_HOW_TO)
 CmrIapr = _manual_builder("CmrIapr", readers.read_iapr, readers.IAPR_HOW_TO)
 CmrFeatures = _manual_builder("CmrFeatures", readers.read_feature_folder, readers.FEATURES_HOW_TO)
+CmrMirflickr = _manual_builder("CmrMirflickr", readers.read_mirflickr, readers.MIRFLICKR_HOW_TO)  # standard protocol
 
 
 class CmrSynthetic(_CrossModalBuilder):
@@ -178,10 +179,10 @@ class CmrSynthetic(_CrossModalBuilder):
 
 
 BUILDERS = {"wikipedia": CmrWikipedia, "nuswide": CmrNuswide, "xmn": CmrXmn, "zscrgan": CmrZscrgan,
-            "iapr": CmrIapr, "features": CmrFeatures}
+            "iapr": CmrIapr, "features": CmrFeatures, "mirflickr": CmrMirflickr}
 READERS = {"wikipedia": readers.read_acmr_wikipedia, "nuswide": readers.read_acmr_nuswide,
            "xmn": readers.read_jfse_xmn, "zscrgan": readers.read_zscrgan, "iapr": readers.read_iapr,
-           "features": readers.read_feature_folder}
+           "features": readers.read_feature_folder, "mirflickr": readers.read_mirflickr}
 
 
 def cache_root() -> str:
@@ -247,4 +248,6 @@ def to_dataset(builder) -> CrossModalDataset:
 def load_via_tfds(name: str, folder: str, **kwargs) -> CrossModalDataset:
     if kwargs:
         raise DataError(f"options {sorted(kwargs)} are not supported through TFDS; load without via_tfds")
+    if name not in BUILDERS:
+        raise DataError(f"no TFDS builder for {name!r}; choose from {', '.join(sorted(BUILDERS))}")
     return to_dataset(prepare(BUILDERS[name], folder))

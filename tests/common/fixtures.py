@@ -123,6 +123,20 @@ def write_feature_folder(folder, fmt="npy", one_based=True, multilabel=False, wi
     return data
 
 
+def write_mirflickr(folder, n=2010, with_images=True):
+    """The .mat layout with enough rows for the standard 2000-query draw (a TFDS builder uses it)."""
+    import scipy.io
+
+    rng = np.random.default_rng(8)
+    os.makedirs(folder, exist_ok=True)
+    labels = (rng.random((n, 4)) < 0.4).astype(np.uint8)
+    labels[labels.sum(1) == 0, 0] = 1
+    scipy.io.savemat(os.path.join(folder, "mirflickr25k-yall.mat"), {"YAll": (rng.random((n, 9)) < 0.3).astype(np.uint8)})
+    scipy.io.savemat(os.path.join(folder, "mirflickr25k-lall.mat"), {"LAll": labels})
+    if with_images:
+        scipy.io.savemat(os.path.join(folder, "mirflickr25k-iall.mat"), {"IAll": rng.random((n, 5)).astype(np.float32)})
+
+
 def write_array(stem_path, arr, fmt):
     name = os.path.basename(stem_path)
     if fmt == "npy":

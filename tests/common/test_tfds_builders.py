@@ -29,6 +29,8 @@ def assert_same(a, b):
     ("zscrgan", fixtures.write_zscrgan, readers.read_zscrgan),
     ("iapr", fixtures.write_iapr, readers.read_iapr),
     ("features", fixtures.write_feature_folder, readers.read_feature_folder),
+    ("mirflickr", fixtures.write_mirflickr, readers.read_mirflickr),  # the standard protocol's draw
+    ("mirflickr", lambda f: fixtures.write_mirflickr(f, with_images=False), readers.read_mirflickr),  # tags only
 ])
 def test_builder_round_trip(tmp_path, name, writer, reader):
     folder = str(tmp_path / name)
@@ -37,6 +39,10 @@ def test_builder_round_trip(tmp_path, name, writer, reader):
     via = load_dataset(name, folder, via_tfds=True)
     assert_same(direct, via)
     assert via.source.startswith("tfds:cmr_")
+    if name == "mirflickr":  # ids name the .mat rows of each drawn split
+        for split, rows in direct.splits().items():
+            assert [str(i) for i in rows.ids] == [str(i) for i in via.splits()[split].ids], split
+        assert via.extras["has_images"] == direct.extras["has_images"]
     if direct.unseen_classes is not None:
         np.testing.assert_array_equal(direct.unseen_classes, via.unseen_classes)
     if direct.class_embeddings is not None:
@@ -45,7 +51,8 @@ def test_builder_round_trip(tmp_path, name, writer, reader):
 
 def test_builder_has_manual_instructions_and_clear_missing_error(tmp_path):
     for cls in tfds_builders.BUILDERS.values():
-        assert any(name in cls.MANUAL_DOWNLOAD_INSTRUCTIONS for name in ("train_", "iapr_train", "trainids"))
+        assert any(name in cls.MANUAL_DOWNLOAD_INSTRUCTIONS for name in ("train_", "iapr_train", "trainids",
+                                                                          "mirflickr25k-yall.mat"))
     fixtures.write_wikipedia(str(tmp_path))
     os.remove(tmp_path / "train_labels.pkl")
     with pytest.raises(DataError, match=r"missing train_labels\.pkl"):
