@@ -366,7 +366,12 @@ def _show_code(code: dict) -> str:
 def command_line() -> str:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
-    head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
+    if sys.argv[0].startswith("cmr "):  # the console script names its command in argv[0] (common.cli)
+        head = sys.argv[0].split()
+    elif spec is not None and spec.name:
+        head = ["python", "-m", spec.name]
+    else:
+        head = ["python", sys.argv[0]]
     return " ".join(head + [shlex.quote(a) for a in sys.argv[1:]])
 
 

@@ -422,3 +422,11 @@ def test_a_home_path_after_an_equals_sign_is_the_home_folder(tmp_path):
     assert (home / "runs" / "cca" / "results.json").exists() and os.listdir(work) == []
     assert f"results: {home / 'runs' / 'cca' / 'results.json'}" in res.stdout
     assert json.loads((home / "runs" / "cca" / "flags.json").read_text())["output_dir"] == str(home / "runs" / "cca")
+
+
+def test_the_recorded_command_is_the_one_typed(monkeypatch):
+    """provenance.command: `cmr train acmr ...` through the console script, `python -m ...` otherwise."""
+    monkeypatch.setattr(sys, "argv", ["cmr train acmr", "--epochs", "1", "--output_dir", "my runs/a"])
+    assert driver.command_line() == "cmr train acmr --epochs 1 --output_dir 'my runs/a'"
+    monkeypatch.setattr(sys, "argv", ["/x/acmr_tf/train.py", "--epochs", "1"])
+    assert driver.command_line().endswith(" --epochs 1") and driver.command_line().startswith("python ")
