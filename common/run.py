@@ -144,6 +144,10 @@ def expand_home() -> None:
             flags.FLAGS[name].value = os.path.expanduser(value)
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def flagfile_text() -> str:
     """The flags the command gave (and its --output_dir), in absl's flagfile format: `--flagfile
     <run>/flags.txt` re-runs (resumes) the run. Only the given ones: a default that depends on
@@ -152,7 +156,7 @@ def flagfile_text() -> str:
     run it names over."""
     lines = []
     if _PROGRAM:  # absl skips '#' lines; another program given this file says whose it is
-        lines.append(f"# flags of a {_PROGRAM} run: `python -m {_PROGRAM} --flagfile <this file>` repeats it")
+        lines.append(f"# flags of {_a(_PROGRAM)} run: `python -m {_PROGRAM} --flagfile <this file>` repeats it")
     for name in sorted(flag_values()):
         if name == "overwrite":  # re-running a run's flag file resumes it; it must never start it over
             continue
@@ -399,8 +403,9 @@ def _other_programs_flagfile(argv: list) -> str:
         except (OSError, UnicodeDecodeError):
             continue
         words = first.split()
-        if first.startswith("# flags of a ") and len(words) > 4 and words[4] != _PROGRAM:
-            return (f"--flagfile {path} holds the flags of a {words[4]} run, not of {_PROGRAM}; repeat it with "
+        if words[:4] in (["#", "flags", "of", "a"], ["#", "flags", "of", "an"]) and len(words) > 4 \
+                and words[4] != _PROGRAM:
+            return (f"--flagfile {path} holds the flags of {_a(words[4])} run, not of {_PROGRAM}; repeat it with "
                     f"`python -m {words[4]} --flagfile {path}`")
     return ""
 

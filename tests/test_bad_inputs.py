@@ -283,6 +283,10 @@ CASES = [
      lambda d: open(f"{d}/flags.txt", "w").write("# flags of a cmhash_tf.train run: `python -m cmhash_tf.train "
                                                  "--flagfile <this file>` repeats it\n--bits=16\n--mining=pivot\n"),
      "holds the flags of a cmhash_tf.train run, not of acmr_tf.train; repeat it with `python -m cmhash_tf.train"),
+    ("flagfile-of-acmr-for-cmhash", "cmhash_tf.train", ["--flagfile", "{d}/flags.txt"],
+     lambda d: open(f"{d}/flags.txt", "w").write("# flags of an acmr_tf.train run: `python -m acmr_tf.train "
+                                                 "--flagfile <this file>` repeats it\n--variant=triplet\n"),
+     "holds the flags of an acmr_tf.train run, not of cmhash_tf.train"),
     ("baseline-zero-bits", "tools.baseline", ["--hash_bits", "0", "--output_dir", "{d}/out"], lambda d: None,
      "--hash_bits"),
     ("baseline-negative-bits", "tools.baseline", ["--hash_bits=-8", "--output_dir", "{d}/out"], lambda d: None,

@@ -79,7 +79,7 @@ def test_run_contract(tmp_path, method):
     # flag: the same run, so it resumes (complete: nothing is trained or rewritten); never --overwrite
     flagfile = out / "flags.txt"
     assert "overwrite" not in flagfile.read_text() and f"--output_dir={out}" in flagfile.read_text()
-    assert flagfile.read_text().startswith(f"# flags of a {module} run")  # absl skips '#' lines; it names its program
+    assert flagfile.read_text().startswith(f"# flags of {'an' if name == 'acmr' else 'a'} {module} run")  # absl skips '#' lines; it names its program
     logging_only = subprocess.run([sys.executable, "-m", "common.cli", "train", name, f"--flagfile={flagfile}",
                                    "--histogram_every", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
                                   timeout=600)
