@@ -225,11 +225,21 @@ def pr_curves_and_projector(model_dir: str, features_dir: str, out_dir: str, use
     ds = readers.read_feature_folder(features_dir)
     test = ds.test
     model = tf.saved_model.load(model_dir)
-    img = encode(model, "image", test.image, hamming=False, model_dir=model_dir, source=f"{features_dir} (test split)")
-    txt = encode(model, "text", test.text, hamming=False, model_dir=model_dir, source=f"{features_dir} (test split)")
+    source = f"{features_dir} (test split)"
+    img = encode(model, "image", test.image, hamming=False, model_dir=model_dir, source=source)
+    txt = encode(model, "text", test.text, hamming=False, model_dir=model_dir, source=source)
+    # a hashing model is evaluated on its codes: its curves rank by Hamming distance, as its mAP
+    hashing = "hash_image" in model.signatures and "hash_text" in model.signatures
+    distance = "hamming" if hashing else "cosine"
+    ranked_img, ranked_txt = ((encode(model, "image", test.image, True, model_dir=model_dir, source=source),
+                               encode(model, "text", test.text, True, model_dir=model_dir, source=source))
+                              if hashing else (img, txt))
     os.makedirs(out_dir, exist_ok=True)
-    curves = {"i2t": metrics.precision_recall_curve(img, txt, test.labels, test.txt_labels),
-              "t2i": metrics.precision_recall_curve(txt, img, test.txt_labels, test.labels)}
+    curves = {"i2t": metrics.precision_recall_curve(ranked_img, ranked_txt, test.labels, test.txt_labels,
+                                                    distance=distance),
+              "t2i": metrics.precision_recall_curve(ranked_txt, ranked_img, test.txt_labels, test.labels,
+                                                    distance=distance),
+              "distance": distance}
     io.write_json(os.path.join(out_dir, "pr_curves.json"), curves)
     written = {"pr_curves.json": True}
     plt = None
@@ -243,22 +253,22 @@ def pr_curves_and_projector(model_dir: str, features_dir: str, out_dir: str, use
             plt = None
     if plt is not None:
         fig, ax = plt.subplots(figsize=(5, 4))
-        for name, c in curves.items():
-            ax.plot(c["recall"], c["precision"], label=name)
+        for name in ("i2t", "t2i"):
+            ax.plot(curves[name]["recall"], curves[name]["precision"], label=name)
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
-        ax.set_title(f"{os.path.basename(os.path.normpath(model_dir))}: test split")
+        ax.set_title(f"{os.path.basename(os.path.normpath(model_dir))}: test split ({distance} ranking)")
         ax.legend()
         fig.savefig(os.path.join(out_dir, "pr_curves.png"), dpi=120)
         plt.close(fig)
         written["pr_curves.png"] = True
-    else:  # TensorBoard's PR-curve plugin over cosine scores mapped to [0, 1]
+    else:  # TensorBoard's PR-curve plugin over scores in [0, 1]: cosine, or 1 - Hamming / K for codes
         writer = training.SummaryWriter(os.path.join(out_dir, "tb"))
         rel = relevance(test.labels, test.txt_labels)
         n = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
-        cos = n(img) @ n(txt).T
-        writer.pr_curve("i2t", rel, (1 + cos) / 2, 0)
-        writer.pr_curve("t2i", rel.T, (1 + cos.T) / 2, 0)
+        score = (1 + n(ranked_img) @ n(ranked_txt).T) / 2  # for +-1 codes this is 1 - Hamming / K
+        writer.pr_curve("i2t", rel, score, 0)
+        writer.pr_curve("t2i", rel.T, score.T, 0)
         writer.flush()
         written["tb"] = True
     # embedding projector: one tensor with both modalities, metadata rows "modality<TAB>label"

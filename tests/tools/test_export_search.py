@@ -187,6 +187,23 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300,
                          cwd=REPO)
     assert res.returncode == 2 and "7-d" in res.stderr and not os.path.exists(tmp_path / "x.json")
+    # PR curves of a hashing model rank its codes by Hamming distance, as its mAP does
+    from common import metrics
+    from tools.report import pr_curves_and_projector
+
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    for name, split in (("train", train), ("test", queries)):
+        for part, arr in (("img", split.image), ("txt", split.text), ("lab", split.labels.astype(np.uint8))):
+            np.save(feats / f"{name}_{part}.npy", arr)
+    pr_curves_and_projector(str(tmp_path / "exported"), str(feats), str(tmp_path / "plots"), use_matplotlib=False)
+    curves = json.loads((tmp_path / "plots" / "pr_curves.json").read_text())
+    codes = {side: np.where(getattr(trainer.nets, f"{side}_head")(getattr(queries, side)).numpy() >= 0, 1.0, -1.0)
+             for side in ("image", "text")}
+    want_curve = metrics.precision_recall_curve(codes["image"], codes["text"], queries.labels, queries.labels,
+                                                distance="hamming")
+    assert curves["distance"] == "hamming"
+    np.testing.assert_allclose(curves["i2t"]["precision"], want_curve["precision"], rtol=1e-6)
     # image features given as text queries: the message names the flag that fixes it
     from tools.search import encode
 
@@ -224,6 +241,7 @@ def test_report_plots_and_projector(tmp_path, use_matplotlib):
     out = tmp_path / "plots"
     written = pr_curves_and_projector(str(tmp_path / "exported"), str(feats), str(out), use_matplotlib)
     curves = json.loads((out / "pr_curves.json").read_text())
+    assert curves["distance"] == "cosine"  # real-valued embeddings
     assert curves["i2t"]["recall"][-1] == pytest.approx(1.0)  # the last cutoff is the whole gallery
     assert len(curves["t2i"]["precision"]) == len(curves["t2i"]["cutoff"])
     if use_matplotlib:
