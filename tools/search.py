@@ -157,6 +157,12 @@ def main(argv):
     if not (FLAGS.model and FLAGS.queries and FLAGS.gallery and FLAGS.out):
         raise ConfigError("--model, --queries, --gallery and --out are required")
     run.require_positive("top_k", "chunk", "nlist", "nprobe")
+    if FLAGS.hamming and FLAGS.index != "exact":
+        raise ConfigError(f"--index {FLAGS.index} searches real-valued embeddings; a --hamming search is exact "
+                          "(drop --index)")
+    for name, index in (("nlist", "faiss_ivf"), ("nprobe", "faiss_ivf"), ("chunk", "exact")):
+        if FLAGS[name].value != FLAGS[name].default and FLAGS.index != index:
+            raise ConfigError(f"--{name} is an option of --index {index}")
     io.check_output_file(FLAGS.out, FLAGS.overwrite)
     if not FLAGS.out.endswith((".json", ".csv")):
         raise ConfigError(f"--out {FLAGS.out}: the results file must end in .json or .csv")
@@ -181,14 +187,14 @@ def main(argv):
     if not FLAGS.hamming and "hash_text" in model.signatures:
         print("note: this model also has hash codes; --hamming ranks by their Hamming distance, as the method "
               "is evaluated (this search ranks its real-valued outputs by cosine)")
-    if FLAGS.index == "exact" or FLAGS.hamming:
+    if FLAGS.index == "exact":
         ids, scores = exact_search(q, g, FLAGS.top_k, FLAGS.chunk, hamming=FLAGS.hamming)
     else:
         ids, scores = faiss_search(q, g, FLAGS.top_k, "flat" if FLAGS.index == "faiss" else "ivf",
                                    FLAGS.nlist, FLAGS.nprobe)
     write_results(FLAGS.out, ids, scores, qid, gid)
     print(f"{FLAGS.out}: top-{ids.shape[1]} {gallery_side} hits for {len(q)} {FLAGS.query_side} queries "
-          f"({'Hamming' if FLAGS.hamming else 'cosine'}, {FLAGS.index if not FLAGS.hamming else 'exact'})")
+          f"({'Hamming' if FLAGS.hamming else 'cosine'}, {FLAGS.index})")
 
 
 def define_flags():
@@ -203,7 +209,7 @@ def define_flags():
     flags.DEFINE_integer("nlist", 1024, "faiss_ivf: inverted lists.")
     flags.DEFINE_integer("nprobe", 16, "faiss_ivf: lists visited per query.")
     flags.DEFINE_bool("hamming", False, "Hash codes (hash_* signatures) ranked by Hamming distance.")
-    flags.DEFINE_integer("chunk", 65536, "Rows per block of the exact search (bounds memory).")
+    flags.DEFINE_integer("chunk", 65536, "--index exact: rows per block of the search (bounds memory).")
     flags.DEFINE_string("query_ids", None, "Optional text file, one id per query row.")
     flags.DEFINE_string("gallery_ids", None, "Optional text file, one id per gallery row.")
     flags.DEFINE_string("out", None, "Results file: .json or .csv (an existing file only with --overwrite).")
