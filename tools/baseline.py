@@ -98,6 +98,9 @@ def main(argv):
     run.require_float("cca_reg", 0.0, low_open=False, float32=False)  # CCA computes in float64
     run.require_float("cca_power", 0.0, low_open=False, float32=False)
     bits = run.int_list("hash_bits") if FLAGS.hash_bits else []
+    if bits and FLAGS.zero_shot:  # its codes are fitted on every train class: not a zero-shot number
+        raise ConfigError("--hash_bits fits CCA-then-sign codes on all train classes (the hashing protocol); "
+                          "run it without --zero_shot")
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims "
           f"{ds.image_dim}/{ds.text_dim}, {ds.num_classes} classes ({ds.source})")
