@@ -224,6 +224,8 @@ CASES = [
      "--max_cycles"),
     ("zscrgan-nan-coefficient", "zscrgan_tf.train", ["--dataset", "synthetic", "--kl_div_coefficient", "nan"],
      lambda d: None, "finite"),
+    ("zscrgan-two-lengths", "zscrgan_tf.train", ["--dataset", "synthetic", "--max_cycles", "3", "--epochs", "2"],
+     lambda d: None, "--max_cycles sets the run's length, so --epochs would be ignored"),
     ("zscrgan-zero-clip", "zscrgan_tf.train", ["--dataset", "synthetic", "--clip_val", "0"], lambda d: None,
      "--clip_val"),
     ("zscrgan-one-val-class", "zscrgan_tf.train", ["--dataset", "synthetic", "--val_classes", "1"], lambda d: None,

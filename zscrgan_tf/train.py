@@ -48,7 +48,8 @@ def define_flags():
     flags.DEFINE_integer("n_critic", d.n_critic, "Critic steps per generator step (release 5).")
     flags.DEFINE_integer("retrieve_k", d.retrieve_k, "K of Precision@K (release 50).")
     flags.DEFINE_integer("max_cycles", None, "Stop after this many cycles (default: epochs x cycles_per_epoch, "
-                         f"i.e. unbounded in practice, as the release; {SYNTHETIC_MAX_CYCLES} for --dataset synthetic).")
+                         f"i.e. unbounded in practice, as the release; {SYNTHETIC_MAX_CYCLES} for --dataset synthetic unless "
+                         "--epochs or --cycles_per_epoch is given).")
     flags.DEFINE_integer("cycles_per_epoch", None,
                          "Cycles per epoch (default int(531000 / batch_size), the release's).")
     # switches; defaults keep the release (spec §9)
@@ -71,10 +72,18 @@ def define_flags():
                         "<output_dir>/retrieved_res when --output_dir is given).")
 
 
+def _length_flags() -> list:
+    """--epochs / --cycles_per_epoch when given (they set the run's length unless --max_cycles does)."""
+    return [f"--{n}" for n in ("epochs", "cycles_per_epoch") if FLAGS[n].value != FLAGS[n].default]
+
+
 def validate_flags() -> None:
     run.require_positive("batch_size", "gf_dim", "df_dim", "embed_dim", "z_dim", "e_iters", "m_iters", "n_critic",
                          "retrieve_k", "epochs", "cycles_per_epoch", "max_cycles")
     run.require_nonnegative("val_classes", "histogram_every")
+    if FLAGS.max_cycles is not None and _length_flags():
+        raise ConfigError(f"--max_cycles sets the run's length, so {' and '.join(_length_flags())} would be "
+                          "ignored; give one or the other")
     for name in ("CSEM_lr", "generator_lr", "discriminator_lr", "clip_val"):
         run.require_float(name)
     for name in ("kl_div_coefficient", "mm_reg_coeff", "mm_margin"):
@@ -132,7 +141,7 @@ def main(argv):
     cycles_per_epoch = FLAGS.cycles_per_epoch or int(RELEASE_NUMBER_EXAMPLE / cfg.batch_size)
     if FLAGS.max_cycles is not None:
         max_cycles = FLAGS.max_cycles
-    elif ds_name.startswith("synthetic"):
+    elif ds_name.startswith("synthetic") and not _length_flags():
         max_cycles = SYNTHETIC_MAX_CYCLES
     else:
         max_cycles = FLAGS.epochs * cycles_per_epoch
