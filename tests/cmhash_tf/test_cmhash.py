@@ -244,6 +244,9 @@ def test_mirflickr_tag_only_cli(tmp_path):
 
     meta = export_run(str(tmp_path / "o" / "bits_8"), str(tmp_path / "exp"))
     assert meta["signatures"] == ["embed_text", "hash_text"] and meta["keras_files"] == ["text_encoder.keras"]
+    # export.json says what trained it: the run.json above the code length's folder
+    assert meta["run"]["program"] == "cmhash_tf.train" and meta["run"]["settings"]["text_only"] is True
+    assert meta["run"]["data"]["dataset"] == "mirflickr25k" and meta["run"]["settings"]["bits"] == ["8", "16"]
     loaded = tf.saved_model.load(str(tmp_path / "exp"))
     head = CMHashTrainer(CMHashConfig(bits=8, text_only=True), 0, tags.shape[1]).nets.text_head
     export.restore_models(str(tmp_path / "o" / "bits_8"), text_head=head)
