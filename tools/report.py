@@ -118,9 +118,13 @@ def _rows(path: str, r: dict) -> list:
             "random_codes_map"), i2t=r.get("i2t_map", {}).get(b), t2i=r.get("t2i_map", r.get("t2t_map", {})).get(b))
             for b in bits]
     if method == "zscrgan":
+        # results.json is rewritten every cycle: a stopped or running run says how far it got
+        done, planned = r.get("cycles"), r.get("cycles_planned")
+        partial = f", after cycle {done} of {planned}" if done is not None and planned and done < planned else ""
         return [dict(base, setting="zero-shot (unseen)", scenario="zs", metric="P@50, best cycle on test (release)",
-                     i2t=None, t2i=r.get("p50_best"), chance=r.get("p50_chance"), extra=f"P@50 last {r.get('p50_last', float('nan')):.4f}, "
-                                                          f"t2i mAP@all {r.get('t2i_map_all', float('nan')):.4f}")]
+                     i2t=None, t2i=r.get("p50_best"), chance=r.get("p50_chance"),
+                     extra=f"P@50 last {r.get('p50_last', float('nan')):.4f}, "
+                           f"t2i mAP@all {r.get('t2i_map_all', float('nan')):.4f}{partial}")]
     # results written before the baseline recorded its scenario: a zero-shot fit says so in its flags
     scenario = r.get("scenario") or ("zs" if (r.get("flags") or {}).get("zero_shot") else "standard")
     out = [dict(base, setting=scenario, scenario=scenario, metric="mAP@all",

@@ -48,7 +48,9 @@ def test_report_labels_every_scenario_and_metric(tmp_path):
     _write(tmp_path / "jfse_gzs", method="jfse", dataset="uci", scenario="gzs", i2t_map_all=0.36, t2i_map_all=0.34,
            gzs_i2t_map_all=0.36, gzs_t2i_map_all=0.34)
     _write(tmp_path / "zs", method="zscrgan", dataset="synthetic-medium", p50_best=0.5682, p50_last=0.5464,
-           t2i_map_all=0.6864, p50_chance=0.2, chance_map_all=0.25)
+           t2i_map_all=0.6864, p50_chance=0.2, chance_map_all=0.25, cycles=5, cycles_planned=5)
+    _write(tmp_path / "zs_running", method="zscrgan", dataset="cub", p50_best=0.3, p50_last=0.3, t2i_map_all=0.4,
+           cycles=3, cycles_planned=200)
     rows = [line.split(" | ")[:6] for line in report([str(tmp_path)]).splitlines() if line.startswith("| ")][1:]
     got = {(r[0].strip("| "), r[2], r[4]) for r in rows}
     assert ("cca", "zs", "0.2900 / 0.2800") in got
@@ -59,8 +61,11 @@ def test_report_labels_every_scenario_and_metric(tmp_path):
     assert cca == ["8 bits (sign of CCA)", "16 bits (sign of CCA)"]  # --hash_bits rows, in bit order
     assert ("cca", "16 bits (sign of CCA)", "0.3100 / 0.3200") in got
     assert sum(r[0].strip("| ") == "jfse" for r in rows) == 1  # the gzs run is not listed twice
-    zs = next(r for r in rows if r[0].strip("| ") == "zscrgan")
+    zs = next(r for r in rows if r[0].strip("| ") == "zscrgan" and r[1] == "synthetic-medium")
     assert zs[3] == "P@50, best cycle on test (release)" and zs[4].startswith("— / 0.5682 (P@50 last 0.5464")
+    assert "after cycle" not in zs[4]  # complete
+    running = next(r for r in rows if r[0].strip("| ") == "zscrgan" and r[1] == "cub")
+    assert running[4].endswith(", after cycle 3 of 200)"), running  # results.json of a run still going
     assert zs[5] == "0.2000"  # the chance level of the number shown: P@50's, not mAP's
 
 
