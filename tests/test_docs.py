@@ -94,3 +94,16 @@ def test_documented_commands_use_existing_programs_and_flags():
     # the check reached the programs it is for
     assert {"acmr_tf.train", "jfse_tf.demo", "zscrgan_tf.train", "cmhash_tf.train", "tools.export",
             "tools.search", "tools.report"} <= set(seen), seen
+
+
+def test_the_python_example_of_the_design_page_runs(tmp_path):
+    """docs/design.md's 'Using a method from Python' block, as written (in a scratch folder)."""
+    with open(os.path.join(REPO, "docs", "design.md"), encoding="utf-8") as f:
+        page = f.read()
+    block = page.split("### Using a method from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    res = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert res.returncode == 0, res.stderr[-2000:]
+    test, i2t = res.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert "i2t_map_at_50" in test and 0.0 < float(i2t) <= 1.0
+    assert os.path.exists(tmp_path / "runs" / "acmr_py" / "checkpoints" / "checkpoint")
