@@ -53,7 +53,8 @@ def define_flags():
 
 
 def validate_flags() -> None:
-    run.require_positive("epochs", "batch_size", "emb_dim", "top_k", "log_every")
+    run.require_positive("epochs", "batch_size", "emb_dim", "top_k")
+    run.check_execution_flags()
     run.require_nonnegative("histogram_every")
     run.require_float("lr")
     run.require_float("beta1", 0.0, 1.0, low_open=False, high_open=True)

@@ -65,7 +65,8 @@ def define_flags():
 def validate_flags() -> list:
     bits = run.int_list("bits")
     run.require_positive("epochs", "batch_size", "eval_every", "val_size", "num_queries", "num_train", "hidden",
-                         "log_every", "max_len", "image_size")
+                         "max_len", "image_size")
+    run.check_execution_flags()
     run.require_nonnegative("histogram_every")
     for name in ("lr", "image_lr", "text_lr"):
         run.require_float(name)

@@ -126,6 +126,13 @@ def define_execution_flags() -> None:
     flags.DEFINE_integer("log_every", 1, "With --log_batches: every N-th batch line.")
 
 
+def check_execution_flags() -> None:
+    """The loop flags of `define_execution_flags` that only act together: one given alone would be ignored."""
+    require_positive("log_every")
+    if flags.FLAGS.log_every != flags.FLAGS["log_every"].default and not flags.FLAGS.log_batches:
+        raise ConfigError("--log_every sets which of the --log_batches lines are printed; pass --log_batches too")
+
+
 def flag_values() -> dict:
     """This project's flags as a plain dict (flags.json); TF's and absl's own are left out."""
     values = {}

@@ -258,6 +258,8 @@ CASES = [
      "--margin is a triplet-variant option (--variant triplet)"),
     ("acmr-simple-flag-for-triplet", "acmr_tf.train", ["--variant", "triplet", "--w_dis", "0.1"], lambda d: None,
      "the triplet variant has none"),
+    ("log-every-without-log-batches", "jfse_tf.train", ["--log_every", "10"], lambda d: None,
+     "pass --log_batches too"),
     ("cmhash-protocol-flag-of-another-dataset", "cmhash_tf.train", ["--num_train", "500"], lambda d: None,
      "--num_train applies to --dataset mirflickr only"),
     ("cmhash-val-size-with-select-on-test", "cmhash_tf.train", ["--select_on_test", "--val_size", "100"],
