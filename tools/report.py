@@ -33,20 +33,26 @@ PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published_
 def find_results(paths) -> tuple:
     """Every results.json under `paths`, and the run folders (they hold run.json) with none under
     them yet, from one walk of each folder."""
-    found, runs = [], []
+    found, runs, trained = [], [], []
     for p in paths:
         if os.path.isfile(p):
             found.append(p)
             continue
         if not os.path.isdir(p):
             raise DataError(f"{p}: no such file or folder")
-        for root, _, files in sorted(os.walk(p)):
+        for root, dirs, files in sorted(os.walk(p)):
             if "results.json" in files:
                 found.append(os.path.join(root, "results.json"))
             if "run.json" in files:
                 runs.append(root)
-    with_results = [os.path.dirname(f) for f in found]
+            if "checkpoints" in dirs:
+                trained.append(root)
+    with_results = {os.path.dirname(f) for f in found}
     pending = [r for r in runs if not any(d == r or d.startswith(r + os.sep) for d in with_results)]
+    # a model folder of a run (a JFSE scenario) still training while another one has its results
+    pending += [t for t in trained if t not in with_results and os.path.dirname(t) in runs
+                and os.path.dirname(t) not in with_results and os.path.dirname(t) not in pending]
+    pending.sort()
     if not found:
         raise DataError(f"no results.json under {', '.join(paths)}" + (
             f"; these runs have none yet (still running, or stopped before their first result): {', '.join(pending)}"

@@ -115,9 +115,14 @@ def test_runs_without_results_yet_are_named_not_dropped(tmp_path):
     (tmp_path / "jfse" / "run.json").write_text("{}")
     (tmp_path / "jfse" / "zs" / "results.json").write_text(json.dumps(dict(method="jfse", dataset="uci",
                                                                          scenario="zs", i2t_map_all=0.3, t2i_map_all=0.3)))
+    (tmp_path / "jfse" / "zs" / "checkpoints").mkdir()
+    (tmp_path / "jfse" / "standard" / "checkpoints").mkdir(parents=True)  # a scenario still training
+    _write(tmp_path / "cmhash", method="cmhash", dataset="uci", i2t_map={"16": 0.5}, t2i_map={"16": 0.5})
+    (tmp_path / "cmhash" / "bits_16" / "checkpoints").mkdir(parents=True)  # cmhash: results at the top
+    (tmp_path / "cmhash" / "run.json").write_text("{}")
     text = report([str(tmp_path)])
     assert text.rstrip().endswith("Not listed, no results.json yet (still running, or stopped before their first "
-                                  f"result): {tmp_path / 'running'}")
+                                  f"result): {tmp_path / 'jfse' / 'standard'}, {tmp_path / 'running'}"), text
     with pytest.raises(DataError, match=f"these runs have none yet .*: {tmp_path / 'running'}$"):
         report([str(tmp_path / "running")])
 
