@@ -227,6 +227,9 @@ def int_list(name: str, minimum: int = 1) -> list:
     bad = [v for v in values if v < minimum]
     if bad or not values:
         raise ConfigError(f"--{name} needs integers >= {minimum}, got {','.join(raw) or 'nothing'}")
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:  # each value names one model or result: a repeat would train or report it again
+        raise ConfigError(f"--{name} lists {', '.join(map(str, twice))} more than once")
     return values
 
 
