@@ -79,6 +79,8 @@ def validate_flags() -> list:
               if changed(n) and FLAGS.dataset != "mirflickr"]
     unused += ["--val_size would be ignored: --select_on_test holds nothing out"] if (
         changed("val_size") and FLAGS.select_on_test) else []
+    unused += ["--image_lr would be ignored: a --text_only run has no image head"] if (
+        FLAGS.text_only and FLAGS.image_lr is not None) else []
     if unused:
         raise ConfigError(unused[0])
     if FLAGS.mode == "features":

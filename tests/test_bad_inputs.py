@@ -267,6 +267,8 @@ CASES = [
     ("cmhash-e2e-flag-in-feature-mode", "cmhash_tf.train", ["--image_size", "64"], lambda d: None,
      "--image_size is an end-to-end option (--mode e2e)"),
     ("cmhash-bits-not-numbers", "cmhash_tf.train", ["--bits", "16,abc"], lambda d: None, "--bits"),
+    ("cmhash-image-lr-text-only", "cmhash_tf.train", ["--text_only", "--image_lr", "0.01"], lambda d: None,
+     "a --text_only run has no image head"),
     ("cmhash-bits-twice", "cmhash_tf.train", ["--bits", "16,32,016"], lambda d: None, "--bits lists 16 more than once"),
     ("cmhash-zero-bits", "cmhash_tf.train", ["--bits", "0"], lambda d: None, "--bits"),
     ("cmhash-zero-val-size", "cmhash_tf.train", ["--val_size", "0"], lambda d: None, "--val_size"),
