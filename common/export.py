@@ -133,9 +133,14 @@ def model_folder(run_dir: str) -> str:
     for folder in (run_dir, os.path.dirname(os.path.abspath(run_dir))):  # a run folder, or a model part of one
         record = os.path.join(folder, driver.RUN_FILE)
         try:
-            text_only = os.path.exists(record) and io.read_json(record)["settings"].get("text_only")
+            settings = io.read_json(record)["settings"] if os.path.exists(record) else {}
+            text_only, e2e = settings.get("text_only"), settings.get("mode") == "e2e"
         except (DataError, KeyError, TypeError, AttributeError):
-            text_only = False
+            text_only = e2e = False
+        if e2e:
+            raise DataError(f"{run_dir}: an end-to-end hashing run's networks take images and token ids, not the "
+                            "feature vectors an export serves, so it has no encoders.json; restore its networks "
+                            "with common.export.restore_models(run_dir, image_net=..., text_net=...)")
         if text_only:
             raise DataError(f"{run_dir}: no {SPEC}: this --text_only hashing run was trained by a version that "
                             "exported nothing for tag-only runs; its checkpoints hold the text head "

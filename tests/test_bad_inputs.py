@@ -333,6 +333,9 @@ CASES = [
      lambda d: (os.makedirs(f"{d}/r/bits_16/checkpoints"), text(f"{d}/r/run.json", json.dumps(
          {"settings": {"text_only": True, "bits": "16"}, "data": {}}))),
      "exported nothing for tag-only runs"),
+    ("export-end-to-end-hashing-run", "tools.export", ["--run_dir", "{d}/r/bits_16", "--out", "{d}/e"],
+     lambda d: (os.makedirs(f"{d}/r/bits_16/checkpoints"), text(f"{d}/r/run.json", json.dumps(
+         {"settings": {"mode": "e2e", "bits": ["16"]}, "data": {}}))), "an end-to-end hashing run's networks"),
     ("export-not-a-run", "tools.export", ["--run_dir", "{d}/nothing", "--out", "{d}/e"], lambda d: None,
      "no encoders.json"),
     ("search-empty-queries", "tools.search", ["--model", "{d}/m", "--queries", "{d}/q.npy", "--gallery", "{d}/g.npy",
