@@ -306,6 +306,8 @@ def pr_curves_and_projector(model_dir: str, features_dir: str, out_dir: str, use
 
 
 def main(argv):
+    if FLAGS.overwrite and not (FLAGS.out or FLAGS.plots):
+        raise ConfigError("--overwrite replaces the file of --out or the folder of --plots; give one of them")
     if FLAGS.model or FLAGS.features or FLAGS.plots:  # one without the others would be ignored
         if not (FLAGS.model and FLAGS.features and FLAGS.plots):
             raise ConfigError("--model, --features and --plots go together")
