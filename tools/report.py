@@ -15,6 +15,7 @@ A setting run with several seeds also gets its mean and sample standard deviatio
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -192,6 +193,24 @@ def published_for(row: dict, groups: list) -> list:
     return out
 
 
+CSV_COLUMNS = ("method", "dataset", "setting", "metric", "i2t", "t2i", "chance", "seed", "differs", "results")
+
+
+def write_csv(path: str, paths) -> int:
+    """The table's rows as CSV, one per reported number pair (for pandas or a spreadsheet);
+    `differs` holds the flags that set a run apart from the others of its setting."""
+    found, _ = find_results(paths)
+    rows = [row for p in found for row in rows_of(p)]
+    differences = what_differs(rows)
+    with io.atomic_open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for row, diff in zip(rows, differences):
+            w.writerow([row["method"], row["dataset"], row["setting"], row["metric"], row["i2t"], row["t2i"],
+                        row.get("chance"), row["seed"], diff.removeprefix("; "), row["path"]])
+    return len(rows)
+
+
 def report(paths, published: str = PUBLISHED) -> str:
     groups = io.read_json(published)["groups"]  # shipped with the package: missing is a broken install
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
@@ -322,15 +341,17 @@ def main(argv):
     if FLAGS.out:
         io.check_output_file(FLAGS.out, FLAGS.overwrite)
     text = report(argv[1:])
-    if FLAGS.out:
+    if FLAGS.out and FLAGS.out.endswith(".csv"):
+        write_csv(FLAGS.out, argv[1:])
+    elif FLAGS.out:
         with io.atomic_open(FLAGS.out) as f:
             f.write(text)
     print(text, end="")
 
 
 def define_flags():
-    flags.DEFINE_string("out", None, "Also write the table to this markdown file (an existing one only with "
-                        "--overwrite).")
+    flags.DEFINE_string("out", None, "Also write the table to this file: markdown, or CSV for a name ending in "
+                        ".csv (one row per number pair; an existing file only with --overwrite).")
     flags.DEFINE_bool("overwrite", False, "Replace --out or a previous --plots folder.")
     flags.DEFINE_string("model", None, "Exported model (tools.export) for PR curves and the projector.")
     flags.DEFINE_string("features", None, "Feature folder whose test split is embedded.")

@@ -1,6 +1,7 @@
 """tools.report: results.json files -> one markdown table with the published numbers and sources."""
 
 import json
+import os
 
 from tools.report import report
 
@@ -100,6 +101,18 @@ def test_settings_run_with_several_seeds_get_mean_and_spread(tmp_path):
     assert sum(cell.endswith("; lr=0.01 |") for cell in main) == 1 and len(main) == 5, main
     zs_cells = [line for line in text.split("Over seeds")[0].splitlines() if "| zscrgan |" in line]
     assert len(zs_cells) == 2 and not any(";" in line.split(" | ")[-1] for line in zs_cells), zs_cells
+    # the same rows as CSV, numbers unrounded
+    import csv
+
+    from tools.report import write_csv
+
+    assert write_csv(str(tmp_path / "rows.csv"), [str(tmp_path)]) == 7
+    with open(tmp_path / "rows.csv", newline="") as f:
+        got = list(csv.DictReader(f))
+    other = next(r for r in got if r["differs"] == "lr=0.01")
+    assert other["method"] == "acmr_simple" and float(other["i2t"]) == 0.9 and other["seed"] == "4"
+    assert other["results"].endswith(os.path.join("other_lr", "results.json"))
+    assert {r["metric"] for r in got if r["method"] == "zscrgan"} == {"P@50, best cycle on test (release)"}
 
 
 def test_runs_without_results_yet_are_named_not_dropped(tmp_path):
