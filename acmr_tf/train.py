@@ -66,13 +66,14 @@ def validate_flags() -> None:
     # a flag the chosen variant or data does not use is refused, not ignored
     changed = [n for n in ("margin", "alpha", "neg_tie_fix") if FLAGS[n].value != FLAGS[n].default]
     if FLAGS.variant == "simple" and changed:
-        raise ConfigError(f"--{changed[0]} is a triplet-variant option (--variant triplet); the simple variant's "
-                          "dissimilar loss keeps the release's fixed margin 0.1")
+        run.refuse_ignored(changed, f"--{changed[0]} is a triplet-variant option (--variant triplet); the simple "
+                           "variant's dissimilar loss keeps the release's fixed margin 0.1")
     if FLAGS.variant == "triplet" and FLAGS.w_dis is not None:
-        raise ConfigError("--w_dis weighs the simple variant's dissimilar loss; the triplet variant has none "
-                          "(--w_sim weighs its triplet loss)")
+        run.refuse_ignored(["w_dis"], "--w_dis weighs the simple variant's dissimilar loss; the triplet variant "
+                           "has none (--w_sim weighs its triplet loss)")
     if not FLAGS.shuffle_ids and FLAGS.dataset != "nuswide":
-        raise ConfigError("--noshuffle_ids applies to --dataset nuswide only (the other data keep file order)")
+        run.refuse_ignored(["shuffle_ids"], "--noshuffle_ids applies to --dataset nuswide only (the other data keep "
+                           "file order)")
 
 
 def config_from_flags(dataset: str) -> ACMRConfig:

@@ -75,19 +75,17 @@ def validate_flags() -> list:
     if FLAGS.batch_size < 2:
         raise ConfigError("--batch_size must be at least 2 (triplets need two items)")
     changed = lambda name: FLAGS[name].value != FLAGS[name].default  # noqa: E731
-    unused = [f"--{n} applies to --dataset mirflickr only (its seeded query draw)" for n in ("num_queries", "num_train")
-              if changed(n) and FLAGS.dataset != "mirflickr"]
-    unused += ["--val_size would be ignored: --select_on_test holds nothing out"] if (
-        changed("val_size") and FLAGS.select_on_test) else []
-    unused += ["--image_lr would be ignored: a --text_only run has no image head"] if (
-        FLAGS.text_only and FLAGS.image_lr is not None) else []
-    if unused:
-        raise ConfigError(unused[0])
+    unused = [([n], f"--{n} applies to --dataset mirflickr only (its seeded query draw)")
+              for n in ("num_queries", "num_train") if changed(n) and FLAGS.dataset != "mirflickr"]
+    unused += [(["val_size", "select_on_test"], "--val_size would be ignored: --select_on_test holds nothing out")
+               ] if changed("val_size") and FLAGS.select_on_test else []
+    unused += [(["image_lr", "text_only"], "--image_lr would be ignored: a --text_only run has no image head")
+               ] if FLAGS.text_only and FLAGS.image_lr is not None else []
     if FLAGS.mode == "features":
-        given = [n for n in E2E_FLAGS if changed(n)]
-        if given:
-            raise ConfigError(f"--{given[0]} is an end-to-end option (--mode e2e); feature mode reads precomputed "
-                              "features and would ignore it")
+        unused += [([n], f"--{n} is an end-to-end option (--mode e2e); feature mode reads precomputed features and "
+                         "would ignore it") for n in E2E_FLAGS if changed(n)]
+    for names, message in unused:
+        run.refuse_ignored(names, message)
     if FLAGS.mode == "e2e":
         for name in ("text_only", "steps_per_execution", "jit_compile"):
             if FLAGS[name].present:

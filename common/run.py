@@ -8,6 +8,7 @@ is in `common.driver`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -124,6 +125,25 @@ def define_execution_flags() -> None:
     flags.DEFINE_bool("log_batches", False, "Print the release's per-batch loss lines (each with the time its "
                       "batch ended) besides the one progress line per epoch.")
     flags.DEFINE_integer("log_every", 1, "With --log_batches: every N-th batch line.")
+
+
+def refuse_ignored(names, message: str) -> None:
+    """A flag the run would ignore is an error (`message`), except when this command resumes a run that
+    was started with it (the same value in its run.json, from before such flags were refused): then a
+    warning, so that the run can finish as it began."""
+    out = flags.FLAGS.output_dir if "output_dir" in flags.FLAGS else None
+    recorded = {}
+    if out and not (flags.FLAGS["overwrite"].value if "overwrite" in flags.FLAGS else False):
+        try:
+            with open(os.path.join(out, "run.json"), encoding="utf-8") as f:
+                recorded = json.load(f).get("settings") or {}
+        except (OSError, ValueError, AttributeError):
+            recorded = {}
+    if names and all(n in recorded and recorded[n] == flags.FLAGS[n].value for n in names):
+        print(f"warning: {', '.join('--' + n for n in names)} would be ignored here; accepted because the run in "
+              f"{out} was started with the same value (it resumes as it began)", flush=True)
+        return
+    raise ConfigError(message)
 
 
 def check_execution_flags() -> None:

@@ -82,8 +82,9 @@ def validate_flags() -> None:
                          "retrieve_k", "epochs", "cycles_per_epoch", "max_cycles")
     run.require_nonnegative("val_classes", "histogram_every")
     if FLAGS.max_cycles is not None and _length_flags():
-        raise ConfigError(f"--max_cycles sets the run's length, so {' and '.join(_length_flags())} would be "
-                          "ignored; give one or the other")
+        run.refuse_ignored([n.lstrip("-") for n in _length_flags()] + ["max_cycles"],
+                           f"--max_cycles sets the run's length, so {' and '.join(_length_flags())} would be "
+                           "ignored; give one or the other")
     for name in ("CSEM_lr", "generator_lr", "discriminator_lr", "clip_val"):
         run.require_float(name)
     for name in ("kl_div_coefficient", "mm_reg_coeff", "mm_margin"):

@@ -296,3 +296,20 @@ def test_cli_monitors_a_val_split_without_selecting_on_it(tmp_path):
     e_v, e_t, lab = nets.image_projector(img).numpy(), nets.text_projector(txt).numpy(), lab.ravel()
     assert r["val_i2t_map_all"] == pytest.approx(brute_force_ap(e_v, e_t, lab, lab)[0].mean(), abs=1e-6)
     assert r["val_t2i_map_all"] == pytest.approx(brute_force_ap(e_t, e_v, lab, lab)[0].mean(), abs=1e-6)
+
+
+def test_a_run_started_with_a_flag_now_refused_as_ignored_still_resumes(tmp_path):
+    """`--margin` with the simple variant did nothing and is now refused; a run folder whose run.json
+    records it (started before) still resumes with the command that started it, with a warning."""
+    out = str(tmp_path / "run")
+    assert cli("--epochs", "1", "--output_dir", out, "--nojit_compile").returncode == 0
+    record = json.loads(open(os.path.join(out, "run.json")).read())
+    record["settings"]["margin"] = 0.5  # as a run started with --margin 0.5 before the refusal
+    with open(os.path.join(out, "run.json"), "w") as f:
+        json.dump(record, f)
+    res = cli("--epochs", "1", "--output_dir", out, "--nojit_compile", "--margin", "0.5")
+    assert res.returncode == 0 and "already complete" in res.stdout, res.stderr[-1500:]
+    assert "warning: --margin would be ignored here; accepted because the run in" in res.stdout
+    other = cli("--epochs", "1", "--output_dir", str(tmp_path / "new"), "--margin", "0.5")  # a new run: refused
+    assert other.returncode == 2 and "--margin is a triplet-variant option" in other.stderr
+    assert not os.path.exists(tmp_path / "new")
