@@ -64,7 +64,7 @@ def validate_flags() -> None:
         raise ConfigError(f"--emb_dim must be at least 4 (the modality classifier is emb/2 -> emb/4 wide), "
                           f"got {FLAGS.emb_dim}")
     # a flag the chosen variant or data does not use is refused, not ignored
-    changed = [n for n in ("margin", "alpha", "neg_tie_fix") if FLAGS[n].value != FLAGS[n].default]
+    changed = run.changed("margin", "alpha", "neg_tie_fix")
     if FLAGS.variant == "simple" and changed:
         run.refuse_ignored(changed, f"--{changed[0]} is a triplet-variant option (--variant triplet); the simple "
                            "variant's dissimilar loss keeps the release's fixed margin 0.1")

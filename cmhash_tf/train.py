@@ -74,16 +74,15 @@ def validate_flags() -> list:
         run.require_float(name, 0.0, low_open=False)
     if FLAGS.batch_size < 2:
         raise ConfigError("--batch_size must be at least 2 (triplets need two items)")
-    changed = lambda name: FLAGS[name].value != FLAGS[name].default  # noqa: E731
     unused = [([n], f"--{n} applies to --dataset mirflickr only (its seeded query draw)")
-              for n in ("num_queries", "num_train") if changed(n) and FLAGS.dataset != "mirflickr"]
+              for n in run.changed("num_queries", "num_train") if FLAGS.dataset != "mirflickr"]
     unused += [(["val_size", "select_on_test"], "--val_size would be ignored: --select_on_test holds nothing out")
-               ] if changed("val_size") and FLAGS.select_on_test else []
+               ] if run.changed("val_size") and FLAGS.select_on_test else []
     unused += [(["image_lr", "text_only"], "--image_lr would be ignored: a --text_only run has no image head")
                ] if FLAGS.text_only and FLAGS.image_lr is not None else []
     if FLAGS.mode == "features":
         unused += [([n], f"--{n} is an end-to-end option (--mode e2e); feature mode reads precomputed features and "
-                         "would ignore it") for n in E2E_FLAGS if changed(n)]
+                         "would ignore it") for n in run.changed(*E2E_FLAGS)]
     for names, message in unused:
         run.refuse_ignored(names, message)
     if FLAGS.mode == "e2e":

@@ -118,6 +118,16 @@ def restore_models(run_dir: str, checkpoint: Optional[str] = None, **models) -> 
     return checkpoint
 
 
+def run_record(model_dir: str) -> Optional[dict]:
+    """The run.json of the run a model folder belongs to: in the folder itself, or above it for a
+    JFSE scenario or a cmhash code length; None when there is none."""
+    for folder in (model_dir, os.path.dirname(os.path.abspath(model_dir))):
+        path = os.path.join(folder, driver.RUN_FILE)
+        if os.path.exists(path):
+            return io.read_json(path)
+    return None
+
+
 def model_folder(run_dir: str) -> str:
     """The folder holding the model of a run: `run_dir` itself, or its one model sub-folder (a JFSE
     scenario, a cmhash code length); several are an error listing them."""
@@ -130,21 +140,19 @@ def model_folder(run_dir: str) -> str:
     if subs:
         raise DataError(f"{run_dir} holds {len(subs)} models ({', '.join(subs)}); pass one of them, e.g. "
                         f"--run_dir {os.path.join(run_dir, subs[0])}")
-    for folder in (run_dir, os.path.dirname(os.path.abspath(run_dir))):  # a run folder, or a model part of one
-        record = os.path.join(folder, driver.RUN_FILE)
-        try:
-            settings = io.read_json(record)["settings"] if os.path.exists(record) else {}
-            text_only, e2e = settings.get("text_only"), settings.get("mode") == "e2e"
-        except (DataError, KeyError, TypeError, AttributeError):
-            text_only = e2e = False
-        if e2e:
-            raise DataError(f"{run_dir}: an end-to-end hashing run's networks take images and token ids, not the "
-                            "feature vectors an export serves, so it has no encoders.json; restore its networks "
-                            "with common.export.restore_models(run_dir, image_net=..., text_net=...)")
-        if text_only:
-            raise DataError(f"{run_dir}: no {SPEC}: this --text_only hashing run was trained by a version that "
-                            "exported nothing for tag-only runs; its checkpoints hold the text head "
-                            "(common.export.restore_models(run_dir, text_head=...)), or train it again to export it")
+    try:
+        settings = (run_record(run_dir) or {}).get("settings") or {}
+        text_only, e2e = settings.get("text_only"), settings.get("mode") == "e2e"
+    except (DataError, TypeError, AttributeError):
+        text_only = e2e = False
+    if e2e:
+        raise DataError(f"{run_dir}: an end-to-end hashing run's networks take images and token ids, not the "
+                        "feature vectors an export serves, so it has no encoders.json; restore its networks "
+                        "with common.export.restore_models(run_dir, image_net=..., text_net=...)")
+    if text_only:
+        raise DataError(f"{run_dir}: no {SPEC}: this --text_only hashing run was trained by a version that "
+                        "exported nothing for tag-only runs; its checkpoints hold the text head "
+                        "(common.export.restore_models(run_dir, text_head=...)), or train it again to export it")
     raise DataError(f"{run_dir}: no {SPEC}; is this the output folder of a training run?")
 
 

@@ -8,7 +8,6 @@ is in `common.driver`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -127,17 +126,23 @@ def define_execution_flags() -> None:
     flags.DEFINE_integer("log_every", 1, "With --log_batches: every N-th batch line.")
 
 
+def changed(*names: str) -> list:
+    """The named flags whose value is not their default (given, and not given as the default)."""
+    return [n for n in names if flags.FLAGS[n].value != flags.FLAGS[n].default]
+
+
 def refuse_ignored(names, message: str) -> None:
     """A flag the run would ignore is an error (`message`), except when this command resumes a run that
     was started with it (the same value in its run.json, from before such flags were refused): then a
     warning, so that the run can finish as it began."""
+    from common import driver, io
+
     out = flags.FLAGS.output_dir if "output_dir" in flags.FLAGS else None
     recorded = {}
-    if out and not (flags.FLAGS["overwrite"].value if "overwrite" in flags.FLAGS else False):
+    if out and "overwrite" in flags.FLAGS and not flags.FLAGS.overwrite:
         try:
-            with open(os.path.join(out, "run.json"), encoding="utf-8") as f:
-                recorded = json.load(f).get("settings") or {}
-        except (OSError, ValueError, AttributeError):
+            recorded = io.read_json(os.path.join(out, driver.RUN_FILE)).get("settings") or {}
+        except (DataError, OSError, AttributeError):  # no run there, or not one this check can read
             recorded = {}
     if names and all(n in recorded and recorded[n] == flags.FLAGS[n].value for n in names):
         print(f"warning: {', '.join('--' + n for n in names)} would be ignored here; accepted because the run in "
@@ -149,7 +154,7 @@ def refuse_ignored(names, message: str) -> None:
 def check_execution_flags() -> None:
     """The loop flags of `define_execution_flags` that only act together: one given alone would be ignored."""
     require_positive("log_every")
-    if flags.FLAGS.log_every != flags.FLAGS["log_every"].default and not flags.FLAGS.log_batches:
+    if changed("log_every") and not flags.FLAGS.log_batches:
         raise ConfigError("--log_every sets which of the --log_batches lines are printed; pass --log_batches too")
 
 

@@ -71,17 +71,17 @@ def validate_flags() -> None:
     if FLAGS.batch_size < 2:
         raise ConfigError("--batch_size must be at least 2 (per-batch min-max and CMPM compare rows)")
     if FLAGS.synthesize_unseen and FLAGS.scenario == "standard":
-        run.refuse_ignored(["synthesize_unseen", "scenario"], "--synthesize_unseen trains the zs / gzs models (they hold unseen classes out); "
-                           "--scenario standard has none, so it would be ignored")
+        run.refuse_ignored(["synthesize_unseen", "scenario"], "--synthesize_unseen trains the zs / gzs models (they "
+                           "hold unseen classes out); --scenario standard has none, so it would be ignored")
     if FLAGS.method == "cfsa":  # the preset fixes these: a flag it would override is refused, not ignored
         names = ["scenario"] if FLAGS.scenario not in ("all", "zs") else []
         names += ["align"] if FLAGS.align != "cmpm" else []
-        names += [k for k in CFSA_ADVERSARY if FLAGS[k].value != RELEASE_WEIGHTS[k]]
+        names += run.changed(*CFSA_ADVERSARY)  # their defaults are RELEASE_WEIGHTS
         fixed = [f"--{k} {FLAGS[k].value:g}" if isinstance(FLAGS[k].value, float) else f"--{k} {FLAGS[k].value}"
                  for k in names]
         if fixed:
-            run.refuse_ignored(names + ["method"], f"--method cfsa is zero-shot only with CMPM alignment and no modality adversary "
-                               f"(docs/jfse.md), so {', '.join(fixed)} would be ignored; drop "
+            run.refuse_ignored(names + ["method"], f"--method cfsa is zero-shot only with CMPM alignment and no "
+                               f"modality adversary (docs/jfse.md), so {', '.join(fixed)} would be ignored; drop "
                                f"{'it' if len(fixed) == 1 else 'them'}, or use --method jfse")
 
 

@@ -51,17 +51,9 @@ def build_module(enc):
     return module, signatures
 
 
-def _run_record(model_dir: str) -> dict | None:
-    """What trained the exported model (program, result-affecting flags, data fingerprint, code) from
-    the run's run.json (in the model's folder or, for a JFSE scenario or a code length, above it)."""
-    from common import driver
-
-    for folder in (model_dir, os.path.dirname(os.path.abspath(model_dir))):
-        path = os.path.join(folder, driver.RUN_FILE)
-        if os.path.exists(path):
-            record = io.read_json(path)
-            return {k: record.get(k) for k in ("program", "settings", "data", "code", "created")}
-    return None
+def _run_summary(record: dict | None) -> dict | None:
+    """What trained the exported model: the run's program, result-affecting flags, data fingerprint, code."""
+    return None if record is None else {k: record.get(k) for k in ("program", "settings", "data", "code", "created")}
 
 
 def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite: bool = False) -> dict:
@@ -85,7 +77,7 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite:
     try:
         tf.saved_model.save(module, tmp, signatures=signatures)
         meta = {"run_dir": os.path.abspath(run_dir), "method": enc.spec["method"],
-                "checkpoint": os.path.abspath(enc.checkpoint), "run": _run_record(run_dir),
+                "checkpoint": os.path.abspath(enc.checkpoint), "run": _run_summary(export.run_record(run_dir)),
                 "signatures": sorted(signatures), "image_dim": enc.spec.get("image", {}).get("dim"),
                 "text_dim": enc.spec["text"]["dim"], "notes": enc.spec.get("notes", "")}
         meta["keras_files"] = [f"{side}_encoder.keras" for side in export.sides(enc.spec)]

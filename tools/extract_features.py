@@ -173,7 +173,7 @@ def main(argv):
         raise ConfigError("--image_size is a resnet50 option: vgg19's fc7 needs its classifier head, fixed at 224")
     if FLAGS.text_encoder and FLAGS.text != "encoder":
         raise ConfigError(f"--text_encoder is used with --text encoder (this run makes --text {FLAGS.text} features)")
-    if FLAGS.text == "encoder" and FLAGS.vocab_size != FLAGS["vocab_size"].default:
+    if FLAGS.text == "encoder" and run.changed("vocab_size"):
         raise ConfigError("--vocab_size is a --text tfidf / count option; --text encoder has no vocabulary")
     if not (os.path.isdir(FLAGS.out) and os.listdir(FLAGS.out) == [".partial"]):  # a stopped run resumes
         io.check_output_dir(FLAGS.out, FLAGS.overwrite, owned="train_img.npy", what="feature folder")

@@ -196,12 +196,17 @@ def published_for(row: dict, groups: list) -> list:
 CSV_COLUMNS = ("method", "dataset", "setting", "metric", "i2t", "t2i", "chance", "seed", "differs", "results")
 
 
-def write_csv(path: str, paths) -> int:
+def collect(paths) -> tuple:
+    """(rows, the flags that set each apart, runs without results yet) of every results.json under `paths`."""
+    found, pending = find_results(paths)
+    rows = [row for path in found for row in rows_of(path)]
+    return rows, what_differs(rows), pending
+
+
+def write_csv(path: str, paths, collected: tuple | None = None) -> int:
     """The table's rows as CSV, one per reported number pair (for pandas or a spreadsheet);
     `differs` holds the flags that set a run apart from the others of its setting."""
-    found, _ = find_results(paths)
-    rows = [row for p in found for row in rows_of(p)]
-    differences = what_differs(rows)
+    rows, differences, _ = collected or collect(paths)
     with io.atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
@@ -211,15 +216,13 @@ def write_csv(path: str, paths) -> int:
     return len(rows)
 
 
-def report(paths, published: str = PUBLISHED) -> str:
+def report(paths, published: str = PUBLISHED, collected: tuple | None = None) -> str:
     groups = io.read_json(published)["groups"]  # shipped with the package: missing is a broken install
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["| method | dataset | setting | metric | ours i2t / t2i | chance | published i2t / t2i | source | run |",
              "|---|---|---|---|---|---|---|---|---|"]
     sources = {}
-    found, pending = find_results(paths)
-    all_rows = [row for path in found for row in rows_of(path)]
-    differences = what_differs(all_rows)
+    all_rows, differences, pending = collected or collect(paths)
     for n, row in enumerate(all_rows):
         pub = published_for(row, groups)
         ours = f"{fmt(row['i2t'])} / {fmt(row['t2i'])}" + (f" ({row['extra']})" if row.get("extra") else "")
@@ -260,9 +263,8 @@ def pr_curves_and_projector(model_dir: str, features_dir: str, out_dir: str, use
     # a hashing model is evaluated on its codes: its curves rank by Hamming distance, as its mAP
     hashing = "hash_image" in model.signatures and "hash_text" in model.signatures
     distance = "hamming" if hashing else "cosine"
-    ranked_img, ranked_txt = ((encode(model, "image", test.image, True, model_dir=model_dir, source=source),
-                               encode(model, "text", test.text, True, model_dir=model_dir, source=source))
-                              if hashing else (img, txt))
+    code = lambda e: np.where(e >= 0, 1.0, -1.0)  # noqa: E731  (the export's hash_* signatures, tools/export.py)
+    ranked_img, ranked_txt = (code(img), code(txt)) if hashing else (img, txt)
     os.makedirs(out_dir, exist_ok=True)
     curves = {"i2t": metrics.precision_recall_curve(ranked_img, ranked_txt, test.labels, test.txt_labels,
                                                     distance=distance),
@@ -340,9 +342,10 @@ def main(argv):
         raise ConfigError("give one or more run folders (or results.json files)")
     if FLAGS.out:
         io.check_output_file(FLAGS.out, FLAGS.overwrite)
-    text = report(argv[1:])
+    collected = collect(argv[1:])  # one walk and read for the table and the CSV
+    text = report(argv[1:], collected=collected)
     if FLAGS.out and FLAGS.out.endswith(".csv"):
-        write_csv(FLAGS.out, argv[1:])
+        write_csv(FLAGS.out, argv[1:], collected)
     elif FLAGS.out:
         with io.atomic_open(FLAGS.out) as f:
             f.write(text)

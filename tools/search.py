@@ -161,7 +161,7 @@ def main(argv):
         raise ConfigError(f"--index {FLAGS.index} searches real-valued embeddings; a --hamming search is exact "
                           "(drop --index)")
     for name, index in (("nlist", "faiss_ivf"), ("nprobe", "faiss_ivf"), ("chunk", "exact")):
-        if FLAGS[name].value != FLAGS[name].default and FLAGS.index != index:
+        if run.changed(name) and FLAGS.index != index:
             raise ConfigError(f"--{name} is an option of --index {index}")
     io.check_output_file(FLAGS.out, FLAGS.overwrite)
     if not FLAGS.out.endswith((".json", ".csv")):

@@ -74,7 +74,7 @@ def define_flags():
 
 def _length_flags() -> list:
     """--epochs / --cycles_per_epoch when given (they set the run's length unless --max_cycles does)."""
-    return [f"--{n}" for n in ("epochs", "cycles_per_epoch") if FLAGS[n].value != FLAGS[n].default]
+    return [f"--{n}" for n in run.changed("epochs", "cycles_per_epoch")]
 
 
 def validate_flags() -> None:
