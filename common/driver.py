@@ -127,7 +127,7 @@ class RunFolder:
         if other and self.program and other != self.program and not self.overwrite:
             raise ConfigError(f"{self.path} holds a run of {other}, not of {self.program}; choose another "
                               "--output_dir, or pass --overwrite to replace that run")
-        changes = describe_changes(old_settings, self.settings, "--") + describe_changes(old_data, self.data, "data ")
+        changes = describe_changes(absolute_paths(old_settings), self.settings, "--") + describe_changes(old_data, self.data, "data ")
         if changes and not self.overwrite:
             raise ConfigError(f"{self.path} holds a run with other settings: {'; '.join(changes)}. Re-run with the "
                               "same flags to resume it, pass --overwrite to start it over, or choose another "
@@ -307,6 +307,19 @@ def extra_files(run_dir: str) -> list:
         raise DataError(f"{path}: damaged ({e}); it lists the files this run wrote outside its folder") from None
 
 
+# Flags naming files or folders: a run's fingerprint and flags.txt hold them as absolute paths, so that
+# the same folder given relatively or absolutely is the same run, and `--flagfile` works from any folder.
+PATH_FLAGS = frozenset({"data_dir", "output_dir", "res_dir", "image_dir", "text_dir", "image_preset",
+                        "text_preset", "vocab"})
+
+
+def absolute_paths(settings: dict) -> dict:
+    """`settings` with every path flag made absolute (a relative one is taken from the current folder,
+    as the run that recorded it was, when it was recorded relative by an older version)."""
+    return {k: (os.path.abspath(v) if k in PATH_FLAGS and isinstance(v, str) and v else v)
+            for k, v in settings.items()}
+
+
 def describe_changes(old: dict, new: dict, prefix: str) -> list:
     """'name old -> new' for every differing key (flags are listed as --name)."""
     out = []
@@ -324,6 +337,8 @@ def _canonical(value):
 def _show(value) -> str:
     if value is None:
         return "(default)"  # a flag left unset: the preset's or dataset's default applies
+    if isinstance(value, list) and value and all(isinstance(v, (str, int, float)) for v in value):
+        value = ",".join(str(v) for v in value)  # a list flag as it is typed: --bits 16,32
     text = json.dumps(value, default=str) if not isinstance(value, str) else value
     return text if len(text) <= 60 else text[:57] + "..."
 

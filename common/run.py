@@ -144,7 +144,8 @@ def refuse_ignored(names, message: str) -> None:
             recorded = io.read_json(os.path.join(out, driver.RUN_FILE)).get("settings") or {}
         except (DataError, OSError, AttributeError):  # no run there, or not one this check can read
             recorded = {}
-    if names and all(n in recorded and recorded[n] == flags.FLAGS[n].value for n in names):
+    recorded = driver.absolute_paths(recorded)
+    if names and all(n in recorded and recorded[n] == settings().get(n, flags.FLAGS[n].value) for n in names):
         print(f"warning: {', '.join('--' + n for n in names)} would be ignored here; accepted because the run in "
               f"{out} was started with the same value (it resumes as it began)", flush=True)
         return
@@ -185,7 +186,9 @@ def flagfile_text() -> str:
     <run>/flags.txt` re-runs (resumes) the run. Only the given ones: a default that depends on
     whether a flag was given (cmhash end to end takes the release's --lr unless one is given) must
     resolve as it did (flags.json has every value). `--overwrite` is left out: it would start the
-    run it names over."""
+    run it names over. Paths are absolute, so the file works from any folder."""
+    from common import driver
+
     lines = []
     if _PROGRAM:  # absl skips '#' lines; another program given this file says whose it is
         lines.append(f"# flags of {_a(_PROGRAM)} run: `python -m {_PROGRAM} --flagfile <this file>` repeats it")
@@ -195,14 +198,19 @@ def flagfile_text() -> str:
         if not flags.FLAGS[name].present and name != "output_dir":
             continue
         text = flags.FLAGS[name].serialize()
+        if name in driver.PATH_FLAGS and flags.FLAGS[name].value:  # the file works from any folder
+            text = f"--{name}={os.path.abspath(flags.FLAGS[name].value)}"
         if text:  # a flag left at None serialises to nothing: its default applies again
             lines.append(text)
     return "\n".join(lines) + "\n"
 
 
 def settings() -> dict:
-    """Every result-affecting flag (the run's fingerprint): all project flags but `LOGGING_FLAGS`."""
-    return {k: v for k, v in sorted(flag_values().items()) if k not in LOGGING_FLAGS}
+    """Every result-affecting flag (the run's fingerprint): all project flags but `LOGGING_FLAGS`, paths
+    absolute."""
+    from common import driver
+
+    return driver.absolute_paths({k: v for k, v in sorted(flag_values().items()) if k not in LOGGING_FLAGS})
 
 
 # --------------------------------------------------------------------------- validation

@@ -430,3 +430,34 @@ def test_the_recorded_command_is_the_one_typed(monkeypatch):
     assert driver.command_line() == "cmr train acmr --epochs 1 --output_dir 'my runs/a'"
     monkeypatch.setattr(sys, "argv", ["/x/acmr_tf/train.py", "--epochs", "1"])
     assert driver.command_line().endswith(" --epochs 1") and driver.command_line().startswith("python ")
+
+
+def test_a_run_is_the_same_whichever_way_its_paths_are_written(tmp_path):
+    """Paths enter run.json and flags.txt absolute: `--data_dir feat` and `--data_dir <abs>/feat/` are one
+    run, and the run's flags.txt re-runs it from any folder (it once started a new run under the new
+    folder's relative --output_dir)."""
+    from tests.common.fixtures import write_feature_folder
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_feature_folder(work / "feat")
+    env = dict(os.environ, PYTHONPATH=REPO)
+
+    def baseline(*args, cwd):
+        return subprocess.run([sys.executable, "-m", "tools.baseline", *args], cwd=cwd, capture_output=True,
+                              text=True, env=env, timeout=300)
+
+    first = baseline("--output_dir", "runs/cca", "--dataset", "features", "--data_dir", "feat", cwd=work)
+    assert first.returncode == 0, first.stderr[-2000:]
+    flags_txt = (work / "runs" / "cca" / "flags.txt").read_text()
+    assert f"--data_dir={work / 'feat'}\n" in flags_txt and f"--output_dir={work / 'runs' / 'cca'}\n" in flags_txt
+    again = baseline("--flagfile", str(work / "runs" / "cca" / "flags.txt"), cwd=elsewhere)
+    assert again.returncode == 0 and os.listdir(elsewhere) == [], again.stderr[-2000:]
+    absolute = baseline("--output_dir", "runs/cca", "--dataset", "features", "--data_dir", f"{work / 'feat'}/",
+                        cwd=work)
+    assert absolute.returncode == 0, absolute.stderr[-2000:]
+
+
+def test_a_refusal_shows_a_list_flag_as_it_is_typed():
+    assert driver.describe_changes({"bits": ["16"]}, {"bits": ["16", "32"]}, "--") == ["--bits 16 -> 16,32"]
+    assert driver.describe_changes({"lr": None}, {"lr": 0.1}, "--") == ["--lr (default) -> 0.1"]
