@@ -385,6 +385,8 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
             base = _label_base(os.path.join(folder, "label_base.txt"))
         if base is None:
             base = 0 if any((v[2] == 0).any() for v in loaded.values()) else 1
+            if base == 1:
+                _refuse_ambiguous_base(folder, max(int(v[2].max()) for v in loaded.values() if v[2].size))
         for split, v in loaded.items():
             if v[2].size and v[2].min() - base < 0:
                 raise DataError(f"{raw[split]['lab']}: label {v[2].min()} is below the label base {base} "
@@ -411,6 +413,23 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
                            unseen_classes=_optional_class_list(folder, "unseen_classes.txt", num_classes),
                            source=folder, **splits)
     return ds.validate()
+
+
+def _refuse_ambiguous_base(folder: str, top: int) -> None:
+    """No split holds class 0, yet a class list (class_emb.npy, class_names.txt) has a row for every
+    label read as 0-based: 1-based labels with an empty last class, or 0-based ones with an empty
+    class 0. The two readings pair classes with other embeddings and names; the user must say."""
+    for name in ("class_emb.npy", "class_names.txt"):
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            continue
+        count = (io.as_matrix(io.load_array(path), path).shape[0] if name.endswith(".npy")
+                 else len(io.read_rows(path, "class name")))
+        if top < count:
+            raise DataError(
+                f"{folder}: no split holds class 0 and the largest label is {top}, so with the {count} rows of "
+                f"{name} the labels may be 1-based (class {count} without pairs) or 0-based (class 0 without "
+                "pairs); write 1 or 0 into label_base.txt in that folder to say which")
 
 
 def _label_base(path: str) -> int:

@@ -134,6 +134,9 @@ CASES = [
      "out of range"),
     ("features-class-emb-nan", "jfse_tf.demo", F,
      lambda d: (features(f"{d}/f"), np.save(f"{d}/f/class_emb.npy", np.full((3, 8), np.nan))), "class_emb.npy"),
+    ("features-label-base-ambiguous", "jfse_tf.demo", F,  # labels 1..3 and 4 class embeddings: which is class 0?
+     lambda d: (features(f"{d}/f", train_lab=np.arange(12) % 3 + 1, test_lab=np.arange(6) % 3 + 1),
+                np.save(f"{d}/f/class_emb.npy", np.eye(4))), "write 1 or 0 into label_base.txt"),
     ("features-label-base-word", "acmr_tf.train", F,
      lambda d: (features(f"{d}/f"), text(f"{d}/f/label_base.txt", "one\n")), "label_base.txt"),
     ("features-label-base-empty", "acmr_tf.train", F,

@@ -167,6 +167,25 @@ def test_feature_folder_zero_based_multilabel_and_extras(tmp_path):
     np.testing.assert_array_equal(ds.test.labels, data["test"][2])
 
 
+def test_labels_without_class_0_and_a_class_list_that_fits_both_bases_need_label_base(tmp_path):
+    """Labels 1..4 with 5 class embeddings: 1-based (class 4 without pairs) or 0-based (class 0 without
+    pairs) pair classes with different embeddings; guessing would be silently wrong, so the user says."""
+    fixtures.write_feature_folder(tmp_path)  # labels 1..4
+    np.save(tmp_path / "class_emb.npy", np.arange(25, dtype=np.float32).reshape(5, 5))
+    with pytest.raises(DataError, match=r"largest label is 4, so with the 5 rows of class_emb.npy .* label_base.txt"):
+        readers.read_feature_folder(str(tmp_path))
+    for base, first in (("0", 1), ("1", 0)):
+        (tmp_path / "label_base.txt").write_text(base + "\n")
+        ds = readers.read_feature_folder(str(tmp_path))
+        assert ds.train.labels.min() == first and ds.class_embeddings.shape == (5, 5)
+    (tmp_path / "label_base.txt").unlink()
+    np.save(tmp_path / "class_emb.npy", np.ones((4, 5), np.float32))  # labels 1..4 and 4 rows: only 1-based fits
+    assert readers.read_feature_folder(str(tmp_path)).train.labels.tolist()[:4] == [0, 1, 2, 3]
+    (tmp_path / "class_names.txt").write_text("a\nb\nc\nd\ne\n")  # but 5 names: ambiguous again
+    with pytest.raises(DataError, match="class_names.txt"):
+        readers.read_feature_folder(str(tmp_path))
+
+
 def test_feature_folder_errors(tmp_path):
     fixtures.write_feature_folder(tmp_path)
     np.save(tmp_path / "train_img.npy", np.zeros((11, 7), np.float32))
