@@ -127,7 +127,8 @@ class RunFolder:
         if other and self.program and other != self.program and not self.overwrite:
             raise ConfigError(f"{self.path} holds a run of {other}, not of {self.program}; choose another "
                               "--output_dir, or pass --overwrite to replace that run")
-        changes = describe_changes(absolute_paths(old_settings), self.settings, "--") + describe_changes(old_data, self.data, "data ")
+        changes = (describe_changes(absolute_paths(old_settings), self.settings, "--")
+                   + describe_changes(old_data, self.data, "data "))
         if changes and not self.overwrite:
             raise ConfigError(f"{self.path} holds a run with other settings: {'; '.join(changes)}. Re-run with the "
                               "same flags to resume it, pass --overwrite to start it over, or choose another "
