@@ -29,10 +29,11 @@ VERBOSE_ENV = "CMR_VERBOSE"
 
 
 def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optional[int] = None,
-                     default_output_dir: Optional[str] = "runs/latest", trains: bool = True) -> None:
+                     default_output_dir: Optional[str] = "runs/latest", trains: bool = True,
+                     dataset_help: Optional[str] = None) -> None:
     """The contract's flags (call once, from the entry module's `define_flags`); `trains` False
     (a closed-form baseline) leaves out the training-loop flags, which would do nothing there."""
-    flags.DEFINE_string("dataset", default_dataset,
+    flags.DEFINE_string("dataset", default_dataset, dataset_help or
                         "synthetic[:small|medium|large], synthetic-multilabel, features, "
                         "wikipedia, nuswide, xmn, zscrgan, iapr, mirflickr.")
     flags.DEFINE_string("data_dir", None, "Folder with the dataset's files (not needed for synthetic).")

@@ -95,6 +95,7 @@ CASES = [
     ("zscrgan-ids-not-integers", "zscrgan_tf.run_exp", ["--dataset", "CUB"],
      lambda d: zscrgan_folder(f"{d}/datasets/CUB", **{"trainids.pkl": _pickle(["a", "b"])}),
      "trainids.pkl: expected a non-empty list of integer class ids"),
+    ("zscrgan-empty-dataset", "zscrgan_tf.train", ["--dataset="], lambda d: None, "--dataset is empty"),
     ("zscrgan-one-unseen-class", "zscrgan_tf.train", ["--dataset", "CUB"],
      lambda d: zscrgan_folder(f"{d}/datasets/CUB", **{"trainids.pkl": _pickle([4, 0, 2, 3]),
                                                      "testids.pkl": _pickle([1])}), "needs at least 2"),

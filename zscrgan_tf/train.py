@@ -26,7 +26,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    run.define_run_flags(default_dataset="CUB", default_epochs=5000, default_output_dir=None)
+    run.define_run_flags(default_dataset="CUB", default_epochs=5000, default_output_dir=None, dataset_help=(
+        "The release's: a folder name under datasets/ holding its four pickles (AWA1, AWA2, CUB, FLO, NAB, WIKI; "
+        "or --data_dir); or synthetic[:small|medium|large], or features (--data_dir, a feature folder)."))
     run.define_precision_flag("0.79-0.83x float32's time for ZSCRGAN at release widths on an AVX512_BF16 CPU "
                               "(docs/benchmarks.md).")
     d = ZSCRGANConfig()
@@ -81,6 +83,9 @@ def validate_flags() -> None:
     run.require_positive("batch_size", "gf_dim", "df_dim", "embed_dim", "z_dim", "e_iters", "m_iters", "n_critic",
                          "retrieve_k", "epochs", "cycles_per_epoch", "max_cycles")
     run.require_nonnegative("val_classes", "histogram_every")
+    if not FLAGS.dataset.strip():
+        raise ConfigError("--dataset is empty: name the release's folder under datasets/ (AWA1, AWA2, CUB, FLO, "
+                          "NAB, WIKI), or synthetic, or features")
     if FLAGS.max_cycles is not None and _length_flags():
         run.refuse_ignored([n.lstrip("-") for n in _length_flags()] + ["max_cycles"],
                            f"--max_cycles sets the run's length, so {' and '.join(_length_flags())} would be "
