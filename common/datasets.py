@@ -53,4 +53,9 @@ def load_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0,
         return tfds_builders.load_via_tfds(base, data_dir, **kwargs)
     if base == "mirflickr":  # its query/database draw is seeded
         kwargs.setdefault("seed", seed)
-    return FILE_READERS[base](data_dir, **kwargs)
+    ds = FILE_READERS[base](data_dir, **kwargs)
+    if not all(split.paired for split in ds.splits().values()):  # ZSCRGAN's per-class collections
+        raise DataError(f"{data_dir}: {base} data has no image-text pairs (its texts are per class, not per image), "
+                        "and this method trains and evaluates on pairs; ZSCRGAN reads it (cmr train zscrgan "
+                        f"--dataset {base} --data_dir {data_dir})")
+    return ds

@@ -96,6 +96,10 @@ CASES = [
      lambda d: zscrgan_folder(f"{d}/datasets/CUB", **{"trainids.pkl": _pickle(["a", "b"])}),
      "trainids.pkl: expected a non-empty list of integer class ids"),
     ("zscrgan-empty-dataset", "zscrgan_tf.train", ["--dataset="], lambda d: None, "--dataset is empty"),
+    ("zscrgan-data-for-a-paired-method", "acmr_tf.train", ["--dataset", "zscrgan", "--data_dir", "{d}/z"],
+     lambda d: zscrgan_folder(f"{d}/z"), "has no image-text pairs"),  # was a ValueError traceback
+    ("zscrgan-data-for-the-baseline", "tools.baseline", ["--dataset", "zscrgan", "--data_dir", "{d}/z"],
+     lambda d: zscrgan_folder(f"{d}/z"), "has no image-text pairs"),
     ("zscrgan-one-unseen-class", "zscrgan_tf.train", ["--dataset", "CUB"],
      lambda d: zscrgan_folder(f"{d}/datasets/CUB", **{"trainids.pkl": _pickle([4, 0, 2, 3]),
                                                      "testids.pkl": _pickle([1])}), "needs at least 2"),
