@@ -28,7 +28,8 @@ FLAGS = flags.FLAGS
 def define_flags():
     run.define_run_flags(default_dataset="CUB", default_epochs=5000, default_output_dir=None, dataset_help=(
         "The release's: a folder name under datasets/ holding its four pickles (AWA1, AWA2, CUB, FLO, NAB, WIKI; "
-        "or --data_dir); or synthetic[:small|medium|large], or features (--data_dir, a feature folder)."))
+        "or --data_dir); synthetic[:small|medium|large]; or paired single-label data with unseen classes from "
+        "--data_dir: features (with unseen_classes.txt) or xmn."))
     run.define_precision_flag("0.79-0.83x float32's time for ZSCRGAN at release widths on an AVX512_BF16 CPU "
                               "(docs/benchmarks.md).")
     d = ZSCRGANConfig()
@@ -100,12 +101,12 @@ def validate_flags() -> None:
 
 def load(name: str, data_dir: str | None, seed: int):
     from common import readers
-    from common.datasets import load_dataset
+    from common.datasets import FILE_READERS, load_dataset
 
     if name == "synthetic":  # enough seen classes (10 of 20) for zero-shot transfer
         name = "synthetic:medium"
-    if name.startswith("synthetic") or name == "features":
-        return load_dataset(name, data_dir, seed=seed)
+    if name.startswith("synthetic") or (name in FILE_READERS and name != "zscrgan"):
+        return load_dataset(name, data_dir, seed=seed)  # paired data: features, the other releases' formats
     return readers.read_zscrgan(data_dir or os.path.join("datasets", name), name=name)
 
 

@@ -136,6 +136,23 @@ def test_cli_release_flags_folders_and_outputs(tmp_path):
     assert all(sorted(next(iter(d.values()))) == [1, 1, 1, 3, 3] for d in retrieved)
 
 
+def test_cli_reads_other_paired_formats_with_unseen_classes(tmp_path):
+    """`--dataset xmn --data_dir DIR` is JFSE's release format, read as such (it once looked for ZSCRGAN
+    pickles in DIR); a format without unseen classes is refused by name."""
+    fixtures.write_xmn(tmp_path / "xmn")
+    fixtures.write_wikipedia(tmp_path / "wiki")
+    tiny = ["--gf_dim", "8", "--df_dim", "8", "--embed_dim", "4", "--z_dim", "2", "--e_iters", "1", "--m_iters", "1",
+            "--n_critic", "1", "--batch_size", "2", "--max_cycles", "1"]
+    r = _cli(["--dataset", "xmn", "--data_dir", str(tmp_path / "xmn"), "--output_dir", str(tmp_path / "r"), *tiny],
+             tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.load(open(tmp_path / "r" / "results.json"))
+    assert results["dataset"] == "xmn" and results["cycles"] == 1
+    r = _cli(["--dataset", "wikipedia", "--data_dir", str(tmp_path / "wiki"), "--output_dir", str(tmp_path / "w"),
+              *tiny], tmp_path)
+    assert r.returncode == 2 and "zero-shot needs unseen classes" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_cli_missing_files_and_bad_flags(tmp_path):
     r = _cli(["--dataset", "CUB"], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
