@@ -141,10 +141,14 @@ def model_folder(run_dir: str) -> str:
         raise DataError(f"{run_dir} holds {len(subs)} models ({', '.join(subs)}); pass one of them, e.g. "
                         f"--run_dir {os.path.join(run_dir, subs[0])}")
     try:
-        settings = (run_record(run_dir) or {}).get("settings") or {}
-        text_only, e2e = settings.get("text_only"), settings.get("mode") == "e2e"
+        record = run_record(run_dir) or {}
+        settings = record.get("settings") or {}
+        text_only, e2e, program = settings.get("text_only"), settings.get("mode") == "e2e", record.get("program")
     except (DataError, TypeError, AttributeError):
-        text_only = e2e = False
+        text_only = e2e = program = False
+    if program == "tools.baseline":
+        raise DataError(f"{run_dir}: a tools.baseline run (CCA, computed in closed form) has no trained encoders to "
+                        "export; its results.json holds its numbers")
     if e2e:
         raise DataError(f"{run_dir}: an end-to-end hashing run's networks take images and token ids, not the "
                         "feature vectors an export serves, so it has no encoders.json; restore its networks "
