@@ -151,7 +151,9 @@ def main(argv):
     check_batch_memory(FLAGS.batch_size, len(train))
     for w in warnings_early:
         print(f"warning: {w}", flush=True)
-    warnings = warnings_early + run.data_warnings(ds) + check_signal(train, val, queries, database, FLAGS.mining)
+    gallery = ds.database if ds.database is not None else ds.train  # the database, in the labels' own form
+    warnings = (warnings_early + run.data_warnings(ds, gallery=gallery, gallery_name="database")
+                + check_signal(train, val, queries, database, FLAGS.mining))
     from common import driver
 
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), parts=[f"bits_{k}" for k in bits],
@@ -179,10 +181,12 @@ def main(argv):
 def check_signal(train, val, queries, database, mining: str) -> list:
     """Refuse data that cannot train or evaluate the method; the warnings for what is still valid."""
     from cmhash_tf.data import has_triplets, queries_without_relevant
+    from common.dataset import require_rankable
 
     if not has_triplets(train.labels, mining):
         raise DataError("the training split cannot produce a single triplet (it needs items sharing a label and "
                         "items sharing none: more than one label class); the hashing loss would be zero")
+    require_rankable(queries.labels, database.labels, "every test query", "database")
     warnings = []
     for what, split in (("test queries", queries), ("validation queries", val)):
         if split is None:

@@ -184,6 +184,15 @@ class CrossModalDataset:
         items, and (for a standard, not zero-shot, result) test classes that training never sees."""
         return self.overlap_warnings() + (self.coverage_warnings() if standard else [])
 
+    def require_rankable(self, gallery: Optional[Split] = None, gallery_name: str = "gallery") -> None:
+        """`require_rankable` for the standard evaluation: the test queries against the database, else
+        the test split, unless the method ranks another gallery."""
+        if gallery is None:
+            gallery = self.database if self.database is not None else self.test
+            gallery_name = "database" if self.database is not None else "test split"
+        require_rankable(self.test.labels, gallery.labels, f"{self.source or self.name}: every test query",
+                         gallery_name)
+
     def coverage_warnings(self) -> list:
         """Test classes without a train item: their queries are zero-shot inside a standard result."""
         train_lab, test_lab = self.train.labels, self.test.labels
@@ -387,6 +396,18 @@ def require_classes(labels: np.ndarray, what: str, why: str, minimum: int = 2) -
     if present < minimum:
         raise DataError(f"{what} holds {present} class{'es' if present != 1 else ''}; {why} needs at least "
                         f"{minimum}")
+
+
+def require_rankable(query_labels: np.ndarray, gallery_labels: np.ndarray, what: str, gallery_name: str) -> None:
+    """Refuse an evaluation in which every query is relevant to every gallery item (one class, or a
+    label every item carries): any ranking, even a random one, scores mAP 1."""
+    if not len(query_labels) or not len(gallery_labels):
+        return
+    for start in range(0, len(query_labels), 256):  # real data leaves at the first block
+        if not relevance(query_labels[start:start + 256], gallery_labels).all():
+            return
+    raise DataError(f"{what} is relevant to every item of the {gallery_name} (they all share a label), so any "
+                    "ranking scores mAP 1; the evaluation needs items of other classes")
 
 
 def relevance(query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:

@@ -76,9 +76,13 @@ def cpu_isa() -> dict:
     return {name: name in present for name in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")}
 
 
-def data_warnings(ds, standard: bool = True) -> list:
+def data_warnings(ds, standard: bool = True, gallery=None, gallery_name: str = "gallery") -> list:
     """What is odd but not wrong about a dataset (`CrossModalDataset.warnings`; `standard`: a
-    standard, not only zero-shot, result is computed), printed now and kept for results.json."""
+    standard, not only zero-shot, result is computed), printed now and kept for results.json. A
+    standard evaluation that cannot rank (every query relevant to every item of `gallery`, by default
+    the database or the test split) is refused here."""
+    if standard:
+        ds.require_rankable(gallery, gallery_name)
     out = ds.warnings(standard)
     for w in out:
         print(f"warning: {w}", flush=True)

@@ -183,6 +183,12 @@ CASES = [
      "the triplet loss builds (B, B, B) tensors"),
     ("cmhash-no-triplet", "cmhash_tf.train", F,
      lambda d: features(f"{d}/f", train_lab=np.zeros(12, np.int64)), "cannot produce a single triplet"),
+    ("baseline-every-item-relevant", "tools.baseline", F,  # a label every item carries: mAP 1 by construction
+     lambda d: features(f"{d}/f", train_lab=np.eye(3)[np.arange(12) % 3], test_lab=np.tile([1, 1, 0], (6, 1))),
+     "any ranking scores mAP 1"),
+    ("cmhash-every-database-item-relevant", "cmhash_tf.train", F + ["--val_size", "2"],
+     lambda d: features(f"{d}/f", train_lab=np.column_stack([np.ones(12), np.eye(3)[np.arange(12) % 3, 1:]]),
+                        test_lab=np.tile([1, 0, 0], (6, 1))), "relevant to every item of the database"),
     ("cmhash-no-relevant-query", "cmhash_tf.train", F + ["--val_size", "2"],
      lambda d: features(f"{d}/f", classes=2, test_lab=np.full(6, 2)), "shares a label with the database"),
     ("mat-without-variable", "tools.convert_uci", ["--mat", "{d}/uci.mat", "--out", "{d}/o"],
