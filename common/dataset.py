@@ -343,6 +343,19 @@ class ZeroShotView:
     unseen_classes: np.ndarray
     train_rows: Optional[np.ndarray] = None  # rows of the full train split that `train` holds
 
+    def require_evaluable(self, where: str) -> None:
+        """Refused before training: an unseen class without test rows (its mAP would be undefined),
+        or a single unseen class (every item relevant: mAP 1 by construction)."""
+        present = set(np.unique(self.test_unseen.labels).tolist())
+        empty = [int(c) for c in self.unseen_classes if int(c) not in present]
+        if empty:
+            raise DataError(f"{where}: unseen classes {empty[:10]} have no test rows; zero-shot retrieval needs "
+                            "every unseen class in the test split (fix unseen_classes.txt or the test split)")
+        if len(self.test_unseen) == 0:
+            raise DataError(f"{where}: the test split holds no row of an unseen class")
+        require_classes(self.test_unseen.labels, f"{where}: the unseen test set",
+                        "a meaningful zero-shot mAP (one class makes every item relevant)")
+
 
 SPARSE_IDS_FROM = 1000  # beyond this many class ids, most of them unused means the ids are not 0..C-1
 

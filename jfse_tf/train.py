@@ -113,19 +113,6 @@ def feasible(ds, scenarios):
     return kept
 
 
-def check_zero_shot(ds, zs) -> None:
-    """Refused before training: an unseen class without test rows (its mAP would be undefined)."""
-    present = set(np.unique(zs.test_unseen.labels).tolist())
-    empty = [int(c) for c in zs.unseen_classes if int(c) not in present]
-    if empty:
-        raise DataError(f"{ds.source or ds.name}: unseen classes {empty[:10]} have no test rows; zero-shot retrieval "
-                        "needs every unseen class in the test split (fix unseen_classes.txt or the test split)")
-    if len(zs.test_unseen) == 0:
-        raise DataError(f"{ds.source or ds.name}: the test split holds no row of an unseen class")
-    require_classes(zs.test_unseen.labels, f"{ds.source or ds.name}: the unseen test set",
-                    "a meaningful zero-shot mAP (one class makes every item relevant)")
-
-
 def main(argv):
     run.no_arguments(argv)
     validate_flags()
@@ -146,7 +133,7 @@ def main(argv):
     zs = None
     if {"zs", "gzs"} & set(scenarios):
         zs = ds.zero_shot()
-        check_zero_shot(ds, zs)
+        zs.require_evaluable(ds.source or ds.name)
         if cfg.synthesize_unseen:
             try:
                 ds.class_embedding_rows(zs.unseen_classes)

@@ -109,6 +109,9 @@ def main(argv):
                           "modalities, so there is no baseline to compute (cmhash_tf.train --text_only trains "
                           "tag -> tag hashing on it)")
     warnings = run.data_warnings(ds, standard=not FLAGS.zero_shot)
+    zs = ds.zero_shot() if FLAGS.zero_shot else None
+    if zs is not None:
+        zs.require_evaluable(ds.source or ds.name)
     from common import driver
 
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite) as folder:
@@ -117,14 +120,13 @@ def main(argv):
 
         cca = lambda: CCA(FLAGS.cca_dim, FLAGS.cca_reg, FLAGS.cca_power)  # noqa: E731
         if FLAGS.zero_shot:
-            zs = ds.zero_shot()
             model = cca().fit(zs.train.image, zs.train.text)
-            result = evaluate(model, zs.test_unseen)
-            seen = evaluate(model, zs.test_seen)
-            gzs = evaluate(model, zs.test_all)
-            result.update({"seen_" + k: v for k, v in seen.items()})
-            result.update({"gzs_" + k: v for k, v in gzs.items()})
-            for prefix, split in (("", zs.test_unseen), ("seen_", zs.test_seen), ("gzs_", zs.test_all)):
+            sets = {"": zs.test_unseen}
+            if len(zs.test_seen):  # a test split of unseen classes only (xmn) has no seen or pooled set
+                sets.update(seen_=zs.test_seen, gzs_=zs.test_all)
+            result = {}
+            for prefix, split in sets.items():
+                result.update({prefix + k: v for k, v in evaluate(model, split).items()})
                 result[f"{prefix}chance_map_all"] = metrics.expected_random_map(split.labels, split.labels)
         else:
             if not ds.train.paired:

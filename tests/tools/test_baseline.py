@@ -70,6 +70,24 @@ def test_cli_zero_shot_reports_seen_unseen_and_pooled(tmp_path):
     assert r["gzs_chance_map_all"] < r["chance_map_all"]  # the pooled gallery has twice the classes
 
 
+def test_zero_shot_on_a_test_split_of_unseen_classes_only_reports_the_unseen_numbers(tmp_path):
+    """JFSE's xmn test split holds only unseen classes: no seen or pooled set (a traceback once)."""
+    from tests.common import fixtures
+
+    fixtures.write_xmn(tmp_path / "xmn")
+    res = run_cli("--dataset", "xmn", "--data_dir", str(tmp_path / "xmn"), "--zero_shot", "--output_dir",
+                  str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert {"i2t_map_all", "t2i_map_all", "chance_map_all"} <= set(r)
+    assert not [k for k in r if k.startswith(("seen_", "gzs_"))]
+    fixtures.write_feature_folder(tmp_path / "one", one_based=False)  # classes 0..3, one of them unseen:
+    (tmp_path / "one" / "unseen_classes.txt").write_text("3\n")    # every unseen item relevant to all, refused
+    res = run_cli("--dataset", "features", "--data_dir", str(tmp_path / "one"), "--zero_shot", "--output_dir",
+                  str(tmp_path / "r1"))
+    assert res.returncode == 2 and "the unseen test set holds 1 class" in res.stderr, res.stderr[-2000:]
+
+
 def test_chance_level_of_a_database_protocol_is_against_the_database(tmp_path):
     from common import metrics
     from common.datasets import load_dataset
@@ -150,8 +168,8 @@ def test_test_classes_without_train_pairs_are_warned_for_a_standard_result_only(
 
     fixtures.write_feature_folder(str(tmp_path / "f"), one_based=False)
     train_lab = np.load(tmp_path / "f" / "train_lab.npy")
-    np.save(tmp_path / "f" / "train_lab.npy", np.where(train_lab == 3, 2, train_lab))  # class 3: test rows only
-    (tmp_path / "f" / "unseen_classes.txt").write_text("3\n")
-    assert_warned(tmp_path / "f", tmp_path / "std", "test classes [3] have no train pairs (1 of 6 test items): "
+    np.save(tmp_path / "f" / "train_lab.npy", train_lab % 2)  # classes 2 and 3: test rows only
+    (tmp_path / "f" / "unseen_classes.txt").write_text("2\n3\n")
+    assert_warned(tmp_path / "f", tmp_path / "std", "test classes [2, 3] have no train pairs (2 of 6 test items): "
                   "their queries are zero-shot inside a standard result")
     assert_warned(tmp_path / "f", tmp_path / "zs", None, "--zero_shot")
