@@ -181,12 +181,10 @@ def main(argv):
 def check_signal(train, val, queries, database, mining: str) -> list:
     """Refuse data that cannot train or evaluate the method; the warnings for what is still valid."""
     from cmhash_tf.data import has_triplets, queries_without_relevant
-    from common.dataset import require_rankable
 
     if not has_triplets(train.labels, mining):
         raise DataError("the training split cannot produce a single triplet (it needs items sharing a label and "
                         "items sharing none: more than one label class); the hashing loss would be zero")
-    require_rankable(queries.labels, database.labels, "every test query", "database")
     warnings = []
     for what, split in (("test queries", queries), ("validation queries", val)):
         if split is None:
@@ -246,6 +244,7 @@ def main_e2e(bits: list) -> None:
     """ResNet-18 + BERT on the IAPR images and texts, one model per bit length."""
     from cmhash_tf import e2e
     from cmhash_tf.data import check_batch_memory, hold_out
+    from common.dataset import require_rankable
 
     run.import_tensorflow()
     precision_warnings = run.set_precision()
@@ -262,6 +261,7 @@ def main_e2e(bits: list) -> None:
         train, val = splits["train"].subset(train_idx), splits["train"].subset(val_idx)
     queries, database = splits["test"], splits["database"]
     check_batch_memory(FLAGS.batch_size, len(train))  # the loss; the backbones come on top
+    require_rankable(queries.labels, database.labels, "iapr: every test query", "database")
     warnings = check_signal(train, val, queries, database, FLAGS.mining) + precision_warnings
     from cmhash_tf.model import CMHashNetworks
     from cmhash_tf.task import CMHashTrainer, fit
