@@ -374,6 +374,10 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
         for v in loaded.values():  # one-hot rows are class ids (0-based by position)
             v[2] = v[2].argmax(axis=1).astype(np.int64)
         label_base = 0
+    class_emb = _optional_class_embeddings(folder, None)
+    names = _optional_names(folder)
+    class_lists = {name: len(rows) for name, rows in (("class_emb.npy", class_emb), ("class_names.txt", names))
+                   if rows is not None}  # rows per class list: the label base and range checks use them
     multilabel = {v[2].ndim == 2 for v in loaded.values()}
     if len(multilabel) > 1:
         kinds = ", ".join(f"{raw[k]['lab']}: {'multi-hot' if v[2].ndim == 2 else 'class ids'}"
@@ -386,7 +390,8 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
         if base is None:
             base = 0 if any((v[2] == 0).any() for v in loaded.values()) else 1
             if base == 1:
-                _refuse_ambiguous_base(folder, max(int(v[2].max()) for v in loaded.values() if v[2].size))
+                _refuse_ambiguous_base(folder, max(int(v[2].max()) for v in loaded.values() if v[2].size),
+                                       class_lists)
         for split, v in loaded.items():
             if v[2].size and v[2].min() - base < 0:
                 raise DataError(f"{raw[split]['lab']}: label {v[2].min()} is below the label base {base} "
@@ -398,16 +403,12 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
     splits = {s: Split(*v) for s, v in loaded.items()}
     num_classes = max((int(s.labels.max()) + 1 if s.labels.size else 0) if s.labels.ndim == 1
                       else s.labels.shape[1] for s in splits.values())
-    class_emb = _optional_class_embeddings(folder, None)
-    names = _optional_names(folder)
-    for what, count in (("class_emb.npy", None if class_emb is None else class_emb.shape[0]),
-                        ("class_names.txt", None if names is None else len(names))):
-        if count is not None and count < num_classes and splits["train"].labels.ndim == 1:
+    for what, count in class_lists.items():
+        if count < num_classes and splits["train"].labels.ndim == 1:
             where = max(((s, int(v.labels.max())) for s, v in splits.items() if v.labels.size), key=lambda t: t[1])
             raise DataError(f"{folder}: {what} has {count} rows, but {raw[where[0]]['lab']} holds class id "
                             f"{where[1]} (0-based): a label is out of range, or {what} lacks rows")
-    num_classes = max(num_classes, 0 if class_emb is None else class_emb.shape[0],
-                      0 if names is None else len(names))
+    num_classes = max([num_classes, *class_lists.values()])
     ds = CrossModalDataset(name=os.path.basename(os.path.normpath(folder)) or "features",
                            num_classes=num_classes, class_names=names, class_embeddings=class_emb,
                            unseen_classes=_optional_class_list(folder, "unseen_classes.txt", num_classes),
@@ -415,16 +416,12 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
     return ds.validate()
 
 
-def _refuse_ambiguous_base(folder: str, top: int) -> None:
-    """No split holds class 0, yet a class list (class_emb.npy, class_names.txt) has a row for every
-    label read as 0-based: 1-based labels with an empty last class, or 0-based ones with an empty
-    class 0. The two readings pair classes with other embeddings and names; the user must say."""
-    for name in ("class_emb.npy", "class_names.txt"):
-        path = os.path.join(folder, name)
-        if not os.path.exists(path):
-            continue
-        count = (io.as_matrix(io.load_array(path), path).shape[0] if name.endswith(".npy")
-                 else len(io.read_rows(path, "class name")))
+def _refuse_ambiguous_base(folder: str, top: int, class_lists: dict) -> None:
+    """No split holds class 0, yet a class list (class_emb.npy, class_names.txt: `class_lists` gives
+    their rows) has a row for every label read as 0-based: 1-based labels with an empty last class, or
+    0-based ones with an empty class 0. The two readings pair classes with other embeddings and names;
+    the user must say."""
+    for name, count in class_lists.items():
         if top < count:
             raise DataError(
                 f"{folder}: no split holds class 0 and the largest label is {top}, so with the {count} rows of "

@@ -149,8 +149,8 @@ def refuse_ignored(names, message: str) -> None:
             recorded = io.read_json(os.path.join(out, driver.RUN_FILE)).get("settings") or {}
         except (DataError, OSError, AttributeError):  # no run there, or not one this check can read
             recorded = {}
-    recorded = driver.absolute_paths(recorded)
-    if names and all(n in recorded and recorded[n] == settings().get(n, flags.FLAGS[n].value) for n in names):
+    recorded, now = driver.absolute_paths(recorded), settings()
+    if names and all(n in recorded and recorded[n] == now.get(n, flags.FLAGS[n].value) for n in names):
         print(f"warning: {', '.join('--' + n for n in names)} would be ignored here; accepted because the run in "
               f"{out} was started with the same value (it resumes as it began)", flush=True)
         return
@@ -204,7 +204,7 @@ def flagfile_text() -> str:
             continue
         text = flags.FLAGS[name].serialize()
         if name in driver.PATH_FLAGS and flags.FLAGS[name].value:  # the file works from any folder
-            text = f"--{name}={os.path.abspath(flags.FLAGS[name].value)}"
+            text = f"--{name}={driver.absolute_paths({name: flags.FLAGS[name].value})[name]}"
         if text:  # a flag left at None serialises to nothing: its default applies again
             lines.append(text)
     return "\n".join(lines) + "\n"

@@ -122,7 +122,7 @@ def encode(model, side: str, x: np.ndarray, hamming: bool, batch: int = 4096, mo
     kind = "hash" if hamming else "embed"
     fn = _signature(model, f"{kind}_{side}", model_dir)
     key = "codes" if hamming else "embedding"
-    want = fn.structured_input_signature[1][side].shape[1]
+    want = _width(model, kind, side)
     if x.shape[1] != want:
         other = "image" if side == "text" else "text"
         hint = (f"; they have the {other} encoder's width: pass --{side_flag} {other}"
