@@ -157,7 +157,13 @@ def load_array(path: str) -> np.ndarray:
             with open(path, "rb") as f:
                 if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
                     raise DataError(f"{path}: not a .npy file (no NumPy header); write it with numpy.save")
-            return np.load(path, allow_pickle=False)
+            try:
+                return np.load(path, allow_pickle=False)
+            except ValueError as e:
+                if "allow_pickle" not in str(e):
+                    raise
+                raise DataError(f"{path}: holds Python objects (a pickled object array), which are never loaded; "
+                                "save a numeric array, e.g. numpy.save(path, np.stack(rows).astype('float32'))") from None
         if ext == ".mat":
             return _load_mat_variable(path, stem)
         if ext == ".h5":

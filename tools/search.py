@@ -9,12 +9,17 @@
 Both sides go through the SavedModel (`embed_text` / `embed_image`, or `hash_*` with
 `--hamming`); results list, per query, the top-K gallery ids (row numbers, or the ids of
 `--gallery_ids`) with their scores (cosine, or Hamming distance). Exact search is chunked over
-queries and gallery, so memory stays bounded by `--chunk` rows of each whatever the sizes.
+queries and gallery, so memory stays bounded by `--chunk` rows of each whatever the sizes. A JSON
+result also says what produced it (the model and the run it was exported from, both input files
+with a digest of their rows, the ranking and the backend), so a hits file shared or found later
+still names its model and data.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
+import hashlib
 import json
 import os
 
@@ -138,7 +143,29 @@ def default_gallery_side(model, query_side: str) -> str:
     return other if f"embed_{other}" in model.signatures else query_side
 
 
-def write_results(path: str, ids, scores, query_ids, gallery_ids) -> None:
+def describe_input(path: str, rows: np.ndarray, side: str, ids_file: str | None) -> dict:
+    """One searched file for the result's provenance: where, which modality, and a digest of the
+    rows as searched (float32), so a later copy of the file can be checked against it."""
+    digest = hashlib.blake2b(np.ascontiguousarray(rows, np.float32).tobytes(), digest_size=16).hexdigest()
+    return {"file": os.path.abspath(path), "side": side, "rows": int(rows.shape[0]), "dim": int(rows.shape[1]),
+            "digest": digest, "ids": os.path.abspath(ids_file) if ids_file else None}
+
+
+def describe_model(model_dir: str) -> dict:
+    """The SavedModel and, from the export.json tools.export writes beside it, what trained it."""
+    meta = {}
+    path = os.path.join(model_dir, "export.json")
+    if os.path.isfile(path):
+        try:
+            meta = io.read_json(path)
+        except DataError:
+            meta = {}
+    keep = ("method", "run_dir", "checkpoint", "run")
+    return {"folder": os.path.abspath(model_dir), **{k: meta.get(k) for k in keep if k in meta}}
+
+
+def write_results(path: str, ids, scores, query_ids, gallery_ids, about: dict | None = None) -> None:
+    """CSV: one row per hit. JSON: `about` (what produced the hits) and `results`, one entry per query."""
     rows = [{"query": str(query_ids[i]), "hits": [{"id": str(gallery_ids[j]), "score": float(s)}
                                                   for j, s in zip(ids[i], scores[i])]} for i in range(len(ids))]
     with io.atomic_open(path, "w", newline="") as f:
@@ -149,7 +176,7 @@ def write_results(path: str, ids, scores, query_ids, gallery_ids) -> None:
                 for rank, h in enumerate(r["hits"], 1):
                     w.writerow([r["query"], rank, h["id"], f"{h['score']:.6g}"])
         else:
-            json.dump(rows, f, indent=1)
+            json.dump({**(about or {}), "results": rows}, f, indent=1)
 
 
 def main(argv):
@@ -192,7 +219,14 @@ def main(argv):
     else:
         ids, scores = faiss_search(q, g, FLAGS.top_k, "flat" if FLAGS.index == "faiss" else "ivf",
                                    FLAGS.nlist, FLAGS.nprobe)
-    write_results(FLAGS.out, ids, scores, qid, gid)
+    about = {"model": describe_model(FLAGS.model),
+             "queries": describe_input(FLAGS.queries, queries, FLAGS.query_side, FLAGS.query_ids),
+             "gallery": describe_input(FLAGS.gallery, gallery, gallery_side, FLAGS.gallery_ids),
+             "ranking": "hamming" if FLAGS.hamming else "cosine", "index": FLAGS.index, "top_k": int(ids.shape[1]),
+             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if FLAGS.index == "faiss_ivf":
+        about.update(nlist=FLAGS.nlist, nprobe=FLAGS.nprobe)
+    write_results(FLAGS.out, ids, scores, qid, gid, about)
     print(f"{FLAGS.out}: top-{ids.shape[1]} {gallery_side} hits for {len(q)} {FLAGS.query_side} queries "
           f"({'Hamming' if FLAGS.hamming else 'cosine'}, {FLAGS.index})")
 

@@ -169,7 +169,15 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     res = subprocess.run(cmd + ["--out", str(tmp_path / "hits.json")], env=env, capture_output=True, text=True,
                          timeout=300, cwd=REPO)
     assert res.returncode == 0 and not noise(res.stderr), res.stderr[-2000:]
-    hits = json.loads((tmp_path / "hits.json").read_text())
+    found = json.loads((tmp_path / "hits.json").read_text())
+    hits = found["results"]
+    # the file names what produced it: the model, the run it came from, both inputs and the ranking
+    assert found["model"]["folder"] == str(tmp_path / "exported") and found["model"]["method"] == "cmhash"
+    assert found["model"]["run_dir"] == str(tmp_path / "bits_16")
+    assert found["queries"]["file"] == str(tmp_path / "q.npy") and found["queries"]["side"] == "text"
+    assert found["gallery"]["rows"] == len(database) and found["gallery"]["ids"] == str(tmp_path / "gids.txt")
+    assert found["queries"]["digest"] != found["gallery"]["digest"]
+    assert (found["ranking"], found["index"], found["top_k"]) == ("hamming", "exact", 5)
     codes_g = np.where(trainer.nets.image_head(database.image).numpy() >= 0, 1.0, -1.0)
     want_ids, want_dist = _brute(want, codes_g, 5, hamming=True)
     assert [h["id"] for h in hits[3]["hits"]] == [f"img{i}" for i in want_ids[3]]
@@ -221,7 +229,8 @@ def test_results_file_formats(tmp_path):
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines == ["query,rank,id,score", "q0,1,c,0.9", "q0,2,a,0.5"]
     write_results(str(tmp_path / "r.json"), ids, scores, ["q0"], ["a", "b", "c"])
-    assert json.loads((tmp_path / "r.json").read_text())[0]["hits"][0] == {"id": "c", "score": pytest.approx(0.9)}
+    found = json.loads((tmp_path / "r.json").read_text())
+    assert found["results"][0]["hits"][0] == {"id": "c", "score": pytest.approx(0.9)}
 
 
 @pytest.mark.parametrize("use_matplotlib", [False, True])
