@@ -4,10 +4,10 @@
         --top_k 10 --out hits.json            # text -> image, exact cosine search in TensorFlow
     python -m tools.search ... --index faiss  # faiss-cpu (optional extra), exact inner product
     python -m tools.search ... --index faiss_ivf --nlist 1024 --nprobe 16   # approximate
-    python -m tools.search --model exported/cmhash32 ... --hamming          # hash codes, Hamming
+    python -m tools.search --model exported/cmhash32 ...                    # hash codes, Hamming
 
-Both sides go through the SavedModel (`embed_text` / `embed_image`, or `hash_*` with
-`--hamming`); results list, per query, the top-K gallery ids (row numbers, or the ids of
+Both sides go through the SavedModel (`embed_text` / `embed_image`, or `hash_*` for a hashing
+model, which is ranked by Hamming distance as its method is evaluated unless `--nohamming`); results list, per query, the top-K gallery ids (row numbers, or the ids of
 `--gallery_ids`) with their scores (cosine, or Hamming distance). Exact search is chunked over
 queries and gallery, so memory stays bounded by `--chunk` rows of each whatever the sizes. A JSON
 result also says what produced it (the model and the run it was exported from, both input files
@@ -184,7 +184,7 @@ def main(argv):
     if not (FLAGS.model and FLAGS.queries and FLAGS.gallery and FLAGS.out):
         raise ConfigError("--model, --queries, --gallery and --out are required")
     run.require_positive("top_k", "chunk", "nlist", "nprobe")
-    if FLAGS.hamming and FLAGS.index != "exact":
+    if FLAGS.hamming is True and FLAGS.index != "exact":
         raise ConfigError(f"--index {FLAGS.index} searches real-valued embeddings; a --hamming search is exact "
                           "(drop --index)")
     for name, index in (("nlist", "faiss_ivf"), ("nprobe", "faiss_ivf"), ("chunk", "exact")):
@@ -207,28 +207,30 @@ def main(argv):
 
     model = tf.saved_model.load(FLAGS.model)
     gallery_side = FLAGS.gallery_side or default_gallery_side(model, FLAGS.query_side)
-    q = encode(model, FLAGS.query_side, queries, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.queries,
+    hashing_model = "hash_text" in model.signatures
+    hamming = FLAGS.hamming if FLAGS.hamming is not None else hashing_model and FLAGS.index == "exact"
+    q = encode(model, FLAGS.query_side, queries, hamming, model_dir=FLAGS.model, source=FLAGS.queries,
                side_flag="query_side")
-    g = encode(model, gallery_side, gallery, FLAGS.hamming, model_dir=FLAGS.model, source=FLAGS.gallery,
+    g = encode(model, gallery_side, gallery, hamming, model_dir=FLAGS.model, source=FLAGS.gallery,
                side_flag="gallery_side")
-    if not FLAGS.hamming and "hash_text" in model.signatures:
-        print("note: this model also has hash codes; --hamming ranks by their Hamming distance, as the method "
-              "is evaluated (this search ranks its real-valued outputs by cosine)")
+    if hashing_model and not hamming:
+        print("note: this search ranks the hashing model's real-valued outputs by cosine; its method is evaluated "
+              "by the Hamming distance of its codes (the default of an exact search)")
     if FLAGS.index == "exact":
-        ids, scores = exact_search(q, g, FLAGS.top_k, FLAGS.chunk, hamming=FLAGS.hamming)
+        ids, scores = exact_search(q, g, FLAGS.top_k, FLAGS.chunk, hamming=hamming)
     else:
         ids, scores = faiss_search(q, g, FLAGS.top_k, "flat" if FLAGS.index == "faiss" else "ivf",
                                    FLAGS.nlist, FLAGS.nprobe)
     about = {"model": describe_model(FLAGS.model),
              "queries": describe_input(FLAGS.queries, queries, FLAGS.query_side, FLAGS.query_ids),
              "gallery": describe_input(FLAGS.gallery, gallery, gallery_side, FLAGS.gallery_ids),
-             "ranking": "hamming" if FLAGS.hamming else "cosine", "index": FLAGS.index, "top_k": int(ids.shape[1]),
+             "ranking": "hamming" if hamming else "cosine", "index": FLAGS.index, "top_k": int(ids.shape[1]),
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if FLAGS.index == "faiss_ivf":
         about.update(nlist=FLAGS.nlist, nprobe=FLAGS.nprobe)
     write_results(FLAGS.out, ids, scores, qid, gid, about)
     print(f"{FLAGS.out}: top-{ids.shape[1]} {gallery_side} hits for {len(q)} {FLAGS.query_side} queries "
-          f"({'Hamming' if FLAGS.hamming else 'cosine'}, {FLAGS.index})")
+          f"({'Hamming' if hamming else 'cosine'}, {FLAGS.index})")
 
 
 def define_flags():
@@ -242,7 +244,9 @@ def define_flags():
     flags.DEFINE_enum("index", "exact", ["exact", "faiss", "faiss_ivf"], "Search backend.")
     flags.DEFINE_integer("nlist", 1024, "faiss_ivf: inverted lists.")
     flags.DEFINE_integer("nprobe", 16, "faiss_ivf: lists visited per query.")
-    flags.DEFINE_bool("hamming", False, "Hash codes (hash_* signatures) ranked by Hamming distance.")
+    flags.DEFINE_bool("hamming", None, "Rank hash codes (hash_* signatures) by Hamming distance. Default: yes for a "
+                      "model exported from a hashing run (as its method is evaluated) with --index exact, no "
+                      "otherwise; --nohamming ranks a hashing model's real-valued outputs by cosine.")
     flags.DEFINE_integer("chunk", 65536, "--index exact: rows per block of the search (bounds memory).")
     flags.DEFINE_string("query_ids", None, "Optional text file, one id per query row.")
     flags.DEFINE_string("gallery_ids", None, "Optional text file, one id per gallery row.")

@@ -183,9 +183,16 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     assert [h["id"] for h in hits[3]["hits"]] == [f"img{i}" for i in want_ids[3]]
     assert [h["score"] for h in hits[0]["hits"]] == want_dist[0].tolist()
     assert "note:" not in res.stdout
-    cosine = subprocess.run([a for a in cmd if a != "--hamming"] + ["--out", str(tmp_path / "cos.json")], env=env,
-                            capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert cosine.returncode == 0 and "note: this model also has hash codes; --hamming" in cosine.stdout
+    # a hashing model is ranked by Hamming distance by default (as it is evaluated); --nohamming asks for cosine
+    default = subprocess.run([a for a in cmd if a != "--hamming"] + ["--out", str(tmp_path / "default.json")],
+                             env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert default.returncode == 0 and "note:" not in default.stdout, default.stderr[-2000:]
+    assert json.loads((tmp_path / "default.json").read_text())["results"] == hits
+    cosine = subprocess.run([a if a != "--hamming" else "--nohamming" for a in cmd] + ["--out",
+                            str(tmp_path / "cos.json")], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert cosine.returncode == 0 and "note: this search ranks the hashing model's real-valued outputs by cosine" \
+        in cosine.stdout
+    assert json.loads((tmp_path / "cos.json").read_text())["ranking"] == "cosine"
     # another run's checkpoint (8-bit heads) for these 16-bit encoders: one line, not the arrays TF lists
     fit(CMHashConfig(bits=8, epochs=1, eval_every=1), train, queries, queries, database, str(tmp_path / "bits_8"))
     with pytest.raises(DataError) as e:
