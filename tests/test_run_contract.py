@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tests.common.fixtures import snapshot
-from tests.conftest import REPO, noise, user_env
+from tests.conftest import noise, user_env
 
 # (id, module, tiny args, the part holding tb/ and checkpoints/, a result-affecting change, test/ tag)
 METHODS = [
