@@ -289,6 +289,25 @@ class RunFolder:
         writer.flush()
 
 
+def writer(folder: str) -> Optional[str]:
+    """The PID (as written in its lock file) of the run writing `folder` or the run folder above it
+    (a JFSE scenario, a cmhash code length), or None when no run holds either. Probed with a shared
+    lock held for an instant, so readers (export, report) can say that a run is still training."""
+    for path in (folder, os.path.dirname(os.path.abspath(folder))):
+        lock_path = os.path.join(path, LOCK_FILE)
+        try:
+            f = open(lock_path)
+        except OSError:
+            continue
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return f.read().strip() or "unknown"
+            fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
 def note_extra_file(run_dir: str, path: str) -> None:
     """Record a file this run wrote outside its folder, so that --overwrite (or the roll-back of a
     run stopped before its first checkpoint) removes exactly the run's own files there."""

@@ -22,7 +22,7 @@ import tempfile
 
 from absl import flags
 
-from common import io, run
+from common import driver, io, run
 from common.errors import ConfigError
 
 FLAGS = flags.FLAGS
@@ -104,6 +104,10 @@ def main(argv):
     run.import_tensorflow()
     meta = export_run(FLAGS.run_dir, FLAGS.out, FLAGS.checkpoint, FLAGS.overwrite)
     print(f"{FLAGS.out}: {meta['method']} encoders from {meta['checkpoint']}; signatures {', '.join(meta['signatures'])}")
+    pid = driver.writer(meta["run_dir"])
+    if pid and not FLAGS.checkpoint:
+        print(f"note: {FLAGS.run_dir} is still training (PID {pid}); this export holds its latest checkpoint so far, "
+              "not the final model")
     if meta["notes"]:
         print(f"note: {meta['notes']}")
 

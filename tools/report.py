@@ -22,7 +22,7 @@ import os
 import numpy as np
 from absl import flags
 
-from common import io, run
+from common import driver, io, run
 from common.errors import ConfigError, DataError
 
 FLAGS = flags.FLAGS
@@ -53,10 +53,10 @@ def find_results(paths) -> tuple:
     # a model folder of a run (a JFSE scenario) still training while another one has its results
     pending += [t for t in trained if t not in with_results and os.path.dirname(t) in runs
                 and os.path.dirname(t) not in with_results and os.path.dirname(t) not in pending]
-    pending.sort()
+    pending = [pending_state(r) for r in sorted(pending)]
     if not found:
         raise DataError(f"no results.json under {', '.join(paths)}" + (
-            f"; these runs have none yet (still running, or stopped before their first result): {', '.join(pending)}"
+            f"; these runs have none yet (training, or stopped before their first result): {', '.join(pending)}"
             if pending else ""))
     return found, pending
 
@@ -174,7 +174,16 @@ def run_of(path: str, results: dict) -> str:
         parts.append(commit)
     if p.get("ended"):
         parts.append(p["ended"][:16].replace("T", " "))
+    pid = driver.writer(os.path.dirname(path) or ".")
+    if pid:  # e.g. ZSCRGAN rewrites its results every cycle; a cmhash code length of a longer run
+        parts.append(f"still training (PID {pid})")
     return ", ".join(parts)
+
+
+def pending_state(folder: str) -> str:
+    """A run folder without results: training now (its PID) or stopped (resume with its command)."""
+    pid = driver.writer(folder)
+    return f"{folder} (training, PID {pid})" if pid else f"{folder} (stopped)"
 
 
 def published_for(row: dict, groups: list) -> list:
@@ -238,7 +247,7 @@ def report(paths, published: str = PUBLISHED, collected: tuple | None = None) ->
     lines.append("")
     lines += [f"[{n}] {src}" for src, n in sources.items()]
     if pending:
-        lines += ["", f"Not listed, no results.json yet (still running, or stopped before their first result): "
+        lines += ["", f"Not listed, no results.json yet (training, or stopped before their first result): "
                       f"{', '.join(pending)}"]
     return "\n".join(lines) + "\n"
 

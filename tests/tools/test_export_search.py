@@ -1,5 +1,6 @@
 """tools.export (SavedModel encoders) and tools.search (exact TF / faiss / Hamming top-k)."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -150,9 +151,15 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     training.set_seed(0)
     fit(cfg, train, queries, queries, database, str(tmp_path / "bits_16"))
     env = user_env()  # both CLIs run as a user's shell runs them: quiet without the suite's log silencing
-    res = subprocess.run([sys.executable, "-m", "tools.export", "--run_dir", str(tmp_path / "bits_16"), "--out",
-                          str(tmp_path / "exported")], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    with open(tmp_path / ".lock", "a+") as lock:  # as if the run were still training: the export says so
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("4242\n")
+        lock.flush()
+        res = subprocess.run([sys.executable, "-m", "tools.export", "--run_dir", str(tmp_path / "bits_16"), "--out",
+                              str(tmp_path / "exported")], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
     assert res.returncode == 0 and not noise(res.stderr), res.stderr[-2000:]
+    assert f"note: {tmp_path / 'bits_16'} is still training (PID 4242); this export holds its latest" in res.stdout
     trainer = CMHashTrainer(cfg, ds.image_dim, ds.text_dim)  # the trained heads, the documented way
     export.restore_models(str(tmp_path / "bits_16"), image_head=trainer.nets.image_head,
                           text_head=trainer.nets.text_head)

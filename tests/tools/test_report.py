@@ -1,5 +1,6 @@
 """tools.report: results.json files -> one markdown table with the published numbers and sources."""
 
+import fcntl
 import json
 import os
 
@@ -134,10 +135,29 @@ def test_runs_without_results_yet_are_named_not_dropped(tmp_path):
     (tmp_path / "cmhash" / "bits_16" / "checkpoints").mkdir(parents=True)  # cmhash: results at the top
     (tmp_path / "cmhash" / "run.json").write_text("{}")
     text = report([str(tmp_path)])
-    assert text.rstrip().endswith("Not listed, no results.json yet (still running, or stopped before their first "
-                                  f"result): {tmp_path / 'jfse' / 'standard'}, {tmp_path / 'running'}"), text
-    with pytest.raises(DataError, match=f"these runs have none yet .*: {tmp_path / 'running'}$"):
-        report([str(tmp_path / "running")])
+    assert text.rstrip().endswith("Not listed, no results.json yet (training, or stopped before their first "
+                                  f"result): {tmp_path / 'jfse' / 'standard'} (stopped), {tmp_path / 'running'} "
+                                  "(stopped)"), text
+    # runs being written (the driver's lock is held) say so, with the writer's PID
+    locks = []
+    for folder in ("running", "cmhash"):
+        lock = open(tmp_path / folder / ".lock", "a+")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("4242\n")
+        lock.flush()
+        locks.append(lock)
+    try:
+        text = report([str(tmp_path)])
+        with pytest.raises(DataError, match=f"these runs have none yet .*: {tmp_path / 'running'} \\(training, "
+                                            "PID 4242\\)$"):
+            report([str(tmp_path / "running")])
+    finally:
+        for lock in locks:
+            lock.close()
+    assert text.rstrip().endswith(f"{tmp_path / 'running'} (training, PID 4242)"), text
+    cmhash_row = next(line for line in text.splitlines() if line.startswith("| cmhash "))
+    assert "still training (PID 4242)" in cmhash_row
+    assert "still training" not in next(line for line in text.splitlines() if line.startswith("| acmr_simple "))
 
 
 def test_every_data_file_the_packages_read_ships_with_a_pip_install():
