@@ -109,9 +109,9 @@ def main(argv):
 
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
     if ds.multilabel:
-        raise ConfigError(f"{ds.name}: ACMR uses single-label classes (its mask and label loss); got multi-hot labels")
+        raise ConfigError(f"{ds.where}: ACMR uses single-label classes (its mask and label loss); got multi-hot labels")
     train, test = release_order(ds, FLAGS.shuffle_ids, FLAGS.seed)
-    where = ds.source or ds.name
+    where = ds.where
     require_classes(train.labels, f"{where}: the train split", "ACMR's losses (pairs of different classes)")
     for name, split in (("test", test), ("val", ds.val)):
         if split is not None:

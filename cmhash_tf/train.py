@@ -119,7 +119,7 @@ def main(argv):
     extra = {"num_queries": FLAGS.num_queries, "num_train": FLAGS.num_train} if name == "mirflickr" else {}
     ds = load_dataset(name, FLAGS.data_dir, seed=FLAGS.seed, **extra)
     if ds.image_dim == 0 and not FLAGS.text_only:
-        raise ConfigError(f"{ds.source or ds.name} has no image features; pass --text_only for tag -> tag hashing")
+        raise ConfigError(f"{ds.where} has no image features; pass --text_only for tag -> tag hashing")
     c = ds.num_classes
     as_mh = lambda s: Split(s.image, s.text, multi_hot(s.labels, c))  # noqa: E731
     train, queries = ds.train, ds.test
@@ -140,7 +140,7 @@ def main(argv):
         warnings_early = [f"--val_size {FLAGS.val_size}: {len(val)} validation items held out (at most a fifth of "
                           f"the {len(train) + len(val)} train pairs)"]
     elif ds.val is not None and FLAGS["val_size"].present:
-        warnings_early = [f"--val_size is not used: {ds.source or ds.name} has its own validation split"]
+        warnings_early = [f"--val_size is not used: {ds.where} has its own validation split"]
     else:
         warnings_early = []
     train, queries, database = (as_mh(s) for s in (train, queries, database))

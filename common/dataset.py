@@ -153,6 +153,11 @@ class CrossModalDataset:
                 "sizes": {k: [len(s), s.num_texts] for k, s in self.splits().items()}, "digest": h.hexdigest()}
 
     @property
+    def where(self) -> str:
+        """What messages name: the folder or file it was read from, else its name."""
+        return self.source or self.name
+
+    @property
     def multilabel(self) -> bool:
         return self.train.multilabel
 
@@ -166,7 +171,7 @@ class CrossModalDataset:
 
     def class_embedding_rows(self, labels: np.ndarray) -> np.ndarray:
         """Class embedding of each label; fails if the dataset has none for some class."""
-        where = self.source or self.name
+        where = self.where
         if self.class_embeddings is None:
             raise DataError(
                 f"{where}: this method needs class embeddings (class_emb.npy, C x E, one row per class id) in "
@@ -190,7 +195,7 @@ class CrossModalDataset:
         if gallery is None:
             gallery = self.database if self.database is not None else self.test
             gallery_name = "database" if self.database is not None else "test split"
-        require_rankable(self.test.labels, gallery.labels, f"{self.source or self.name}: every test query",
+        require_rankable(self.test.labels, gallery.labels, f"{self.where}: every test query",
                          gallery_name)
 
     def coverage_warnings(self) -> list:
@@ -206,7 +211,7 @@ class CrossModalDataset:
             return []
         affected = int(_has_class(test_lab, absent).sum())
         shown = ", ".join(str(int(c)) for c in absent[:10]) + (", ..." if len(absent) > 10 else "")
-        return [f"{self.source or self.name}: test classes [{shown}] have no train pairs ({affected} of "
+        return [f"{self.where}: test classes [{shown}] have no train pairs ({affected} of "
                 f"{len(self.test)} test items): their queries are zero-shot inside a standard result"]
 
     def overlap_warnings(self, min_share: float = 0.05) -> list:
@@ -214,7 +219,7 @@ class CrossModalDataset:
         rows where a split is unpaired): a copied or mis-split file. Exact duplicates also occur in
         real data, so at least `min_share` of the held-out split must repeat, and data without image
         features is not checked (distinct items share tag vectors: 17% of MIRFlickr's queries)."""
-        where = self.source or self.name
+        where = self.where
         checks = {("test", "train"): "the test numbers are not held-out numbers",
                   ("val", "train"): "the validation numbers (and what is selected on them) are not held out",
                   ("test", "val"): "what is selected on the validation split is selected on the test split",
@@ -248,7 +253,7 @@ class CrossModalDataset:
 
     def validate(self) -> "CrossModalDataset":
         """Fail with one clear message on anything a method would trip over later."""
-        where = self.source or self.name
+        where = self.where
         for split_name, split in self.splits().items():
             for modality, feats in (("image", split.image), ("text", split.text)):
                 if feats.ndim != 2:
@@ -304,7 +309,7 @@ class CrossModalDataset:
 
     def zero_shot(self, unseen_classes: Optional[Sequence[int]] = None) -> "ZeroShotView":
         """Split classes into seen/unseen: train (and val) keep seen classes only."""
-        where = self.source or self.name
+        where = self.where
         if self.multilabel:
             raise DataError(f"{where}: zero-shot splits are defined for single-label datasets only")
         unseen = self.unseen_classes if unseen_classes is None else np.asarray(unseen_classes)
@@ -317,7 +322,7 @@ class CrossModalDataset:
         train_rows = np.flatnonzero(_has_class(self.train.labels, seen))
         train = self.train.subset(train_rows)
         if len(train) == 0:
-            raise DataError(f"{self.source or self.name}: no training rows left for the seen classes")
+            raise DataError(f"{self.where}: no training rows left for the seen classes")
         return ZeroShotView(
             train=train,
             val=None if self.val is None else self.val.select_classes(seen),

@@ -109,7 +109,7 @@ def feasible(ds, scenarios):
         if s in drop:
             print(f"skipping {s}: {drop[s]}")
     if not kept:
-        raise ConfigError(f"{ds.source or ds.name}: cannot run {scenarios}: " + "; ".join(drop.values()))
+        raise ConfigError(f"{ds.where}: cannot run {scenarios}: " + "; ".join(drop.values()))
     return kept
 
 
@@ -121,19 +121,19 @@ def main(argv):
 
     ds = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed)
     if ds.multilabel:
-        raise ConfigError(f"{ds.source or ds.name}: JFSE needs single-label classes (one class embedding per pair)")
+        raise ConfigError(f"{ds.where}: JFSE needs single-label classes (one class embedding per pair)")
     ds.class_embedding_rows(ds.train.labels)  # JFSE needs class embeddings: fail early and clearly
     scenarios = ["zs"] if cfg.method == "cfsa" else (
         ["standard", "zs", "gzs"] if FLAGS.scenario == "all" else [FLAGS.scenario])
     scenarios = feasible(ds, scenarios)
-    require_classes(ds.train.labels, f"{ds.source or ds.name}: the train split", "JFSE's alignment losses")
+    require_classes(ds.train.labels, f"{ds.where}: the train split", "JFSE's alignment losses")
     if "standard" in scenarios:
-        require_classes(ds.test.labels, f"{ds.source or ds.name}: the test split",
+        require_classes(ds.test.labels, f"{ds.where}: the test split",
                         "a meaningful mAP (one class makes every item relevant)")
     zs = None
     if {"zs", "gzs"} & set(scenarios):
         zs = ds.zero_shot()
-        zs.require_evaluable(ds.source or ds.name)
+        zs.require_evaluable(ds.where)
         if cfg.synthesize_unseen:
             try:
                 ds.class_embedding_rows(zs.unseen_classes)
@@ -200,7 +200,7 @@ def training_targets(ds, rows: np.ndarray, mode: str = "row") -> np.ndarray:
         spread = [float(np.abs(attribute[labels == c] - attribute[labels == c][0]).max()) for c in np.unique(labels)]
         differ = sum(s > 0 for s in spread)
         if differ:
-            print(f"{ds.source or ds.name}: train_attribute rows differ within {differ} of {len(spread)} classes (up "
+            print(f"{ds.where}: train_attribute rows differ within {differ} of {len(spread)} classes (up "
                   f"to {max(spread):.3g}); each pair regresses to its own row, as the release "
                   "(--class_targets class: one embedding per class)")
         return np.asarray(attribute, np.float32)[rows]

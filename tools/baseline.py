@@ -105,13 +105,13 @@ def main(argv):
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims "
           f"{ds.image_dim}/{ds.text_dim}, {ds.num_classes} classes ({ds.source})")
     if ds.image_dim == 0:  # MIRFlickr's tags alone: CCA would find no direction and report chance as a result
-        raise ConfigError(f"{ds.source or ds.name} has no image features (dims 0/{ds.text_dim}); CCA relates two "
+        raise ConfigError(f"{ds.where} has no image features (dims 0/{ds.text_dim}); CCA relates two "
                           "modalities, so there is no baseline to compute (cmhash_tf.train --text_only trains "
                           "tag -> tag hashing on it)")
     warnings = run.data_warnings(ds, standard=not FLAGS.zero_shot)
     zs = ds.zero_shot() if FLAGS.zero_shot else None
     if zs is not None:
-        zs.require_evaluable(ds.source or ds.name)
+        zs.require_evaluable(ds.where)
     from common import driver
 
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite) as folder:

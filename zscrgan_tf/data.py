@@ -95,14 +95,14 @@ def from_dataset(ds: CrossModalDataset, val_classes: int = 0, seed: int = 0) -> 
     seen classes out of training (seeded) as a validation retrieval set.
     """
     if ds.multilabel:
-        raise DataError(f"{ds.source or ds.name}: ZSCRGAN needs single-label data")
+        raise DataError(f"{ds.where}: ZSCRGAN needs single-label data")
     view = ds.zero_shot()
     train = view.train
     present = set(np.unique(train.labels).tolist()) & set(np.unique(train.txt_labels).tolist())
     order = [int(c) for c in ds.extras.get("trainids", sorted(present))]
     missing = [c for c in order if c not in present]
     if missing:
-        raise DataError(f"{ds.source or ds.name}: seen classes {missing[:5]} have no training images or texts")
+        raise DataError(f"{ds.where}: seen classes {missing[:5]} have no training images or texts")
     val = None
     if val_classes:
         if not 2 <= val_classes < len(order):

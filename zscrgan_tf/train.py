@@ -144,7 +144,7 @@ def main(argv):
     ds = load(ds_name, FLAGS.data_dir, FLAGS.seed)
     data = zdata.from_dataset(ds, FLAGS.val_classes, FLAGS.seed)
     if not data.trainids:
-        raise ConfigError(f"{ds.source or ds.name}: no seen class to train on")
+        raise ConfigError(f"{ds.where}: no seen class to train on")
     cycles_per_epoch = FLAGS.cycles_per_epoch or int(RELEASE_NUMBER_EXAMPLE / cfg.batch_size)
     if FLAGS.max_cycles is not None:
         max_cycles = FLAGS.max_cycles
