@@ -12,6 +12,7 @@ Each command is the same program as its `python -m` form (same flags, outputs an
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -42,6 +43,14 @@ def usage() -> str:
     lines += ["", "tools:"]
     lines += [f"  cmr {name:<22} {what}" for name, (_, what) in TOOLS.items()]
     return "\n".join(lines)
+
+
+def suggestion(word: str, choices, prefix: str = "cmr ") -> str:
+    """`; did you mean 'cmr train'?` for a near miss (a typo, or a method named without `train`)."""
+    if word in TRAIN and prefix == "cmr ":
+        return f"; did you mean 'cmr train {word}'?"
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 def version() -> str:
@@ -78,13 +87,15 @@ def main(argv=None) -> None:
             return
         if not rest or rest[0] not in TRAIN:
             what = f"unknown method {rest[0]!r}" if rest else "a method is missing"
-            print(f"error: cmr train: {what}; one of {', '.join(TRAIN)}", file=sys.stderr)
+            hint = suggestion(rest[0], TRAIN, "cmr train ") if rest else ""
+            print(f"error: cmr train: {what}; one of {', '.join(TRAIN)}{hint}", file=sys.stderr)
             sys.exit(2)
         module, prog, rest = TRAIN[rest[0]][0], f"cmr train {rest[0]}", rest[1:]
     elif command in TOOLS:
         module, prog = TOOLS[command][0], f"cmr {command}"
     else:
-        print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        hint = suggestion(command, ["train", *TOOLS])
+        print(f"error: unknown command {command!r}{hint}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [prog, *rest]
     entry = importlib.import_module(module)

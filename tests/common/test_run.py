@@ -381,7 +381,7 @@ def test_progress_is_one_line_per_unit_with_elapsed_eta_and_numbers(capsys):
     assert "loss_G=0.25" in line and "unseen/i2t_map_all=0.5" in line
 
 
-def test_cmr_lists_every_command_and_refuses_unknown_ones():
+def test_cmr_lists_every_command_and_refuses_unknown_ones(capsys):
     res = subprocess.run([sys.executable, "-m", "common.cli", "--help"], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 0
@@ -403,6 +403,17 @@ def test_cmr_lists_every_command_and_refuses_unknown_ones():
     res = subprocess.run([sys.executable, "-m", "common.cli", "train", "clip"], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 2 and res.stderr.startswith("error: cmr train: unknown method 'clip'; one of acmr, ")
+    from common.cli import main as cmr  # near misses get a suggestion (in process: no TensorFlow is loaded)
+
+    for args, want in ((["trian", "acmr"], "error: unknown command 'trian'; did you mean 'cmr train'?"),
+                       (["acmr"], "error: unknown command 'acmr'; did you mean 'cmr train acmr'?"),
+                       (["exprot"], "error: unknown command 'exprot'; did you mean 'cmr export'?"),
+                       (["train", "jfse-demo"], "error: cmr train: unknown method 'jfse-demo'; one of acmr, jfse, "
+                                                "zscrgan, cmhash; did you mean 'cmr train jfse'?"),
+                       (["xyz"], "error: unknown command 'xyz'\n")):
+        with pytest.raises(SystemExit) as stop:
+            cmr(args)
+        assert stop.value.code == 2 and capsys.readouterr().err.startswith(want), args
     res = subprocess.run([sys.executable, "-m", "common.cli"], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 2 and not res.stdout and res.stderr.startswith("error: a command is missing\n\nusage: cmr")
