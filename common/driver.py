@@ -519,6 +519,8 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     if state.resumed:
         print(f"{label}resumed after {state.start_epoch} of {task.num_units} {task.unit}s ({folder})", flush=True)
     task.on_start(state.resumed)
+    if state.resumed and state.start_epoch < task.num_units and (task.replicas is None or task.replicas.is_chief):
+        training.drop_events_from(os.path.join(folder, "tb"), state.start_epoch)  # the stopped session's later units
     writer = Summaries(os.path.join(folder, "tb"), task.replicas)
     if options.hparams is not None and not state.resumed:
         writer.hparams(options.hparams, trial=os.path.abspath(folder))

@@ -179,3 +179,45 @@ def test_epoch_runner_xla_full_batches_plain_tail():
 
     marked = training.EpochRunner(step, {"x": x}, ["x"], ["sum"], 4, tail_step=lambda a: {"sum": -tf.reduce_sum(a)})
     np.testing.assert_allclose(marked.run_epoch(0)["sum"], [6, 22, -17])
+
+
+def _scalar_steps(logdir):
+    """(tag, step) of every summary value in the event files under `logdir`, read by TensorFlow's own reader."""
+    out = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(str(logdir), "*tfevents*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            out += [(v.tag, event.step) for v in event.summary.value]
+    return out
+
+
+def test_a_resume_drops_the_stopped_sessions_later_summaries(tmp_path):
+    """Summaries of the epochs after the last checkpoint are trained and logged again on a resume:
+    the first session's copies go, so TensorBoard draws each step once. A partial last record (a
+    process killed mid-write) is dropped with them; earlier steps and the HParams session stay."""
+    from tensorboard.plugins.hparams import api as hp
+
+    logdir = tmp_path / "tb"
+    first = training.SummaryWriter(str(logdir))
+    with first.writer.as_default():
+        hp.hparams({"lr": 0.1}, trial_id="run")
+    for step in range(6):
+        first.scalars({"loss/a": step, "test/map": step / 10}, step)
+    first.histograms({"w": tf.ones(3)}, 5)
+    first.writer.close()
+    (path,) = tf.io.gfile.glob(os.path.join(str(logdir), "*tfevents*"))
+    with open(path, "ab") as f:
+        f.write(b"\x20\x00\x00\x00\x00\x00")  # a record cut off after 6 bytes
+    mode = os.stat(path).st_mode
+    assert training.drop_events_from(str(logdir), 3) == 3 * 2 + 1
+    left = _scalar_steps(logdir)
+    assert sorted(s for t, s in left if t == "loss/a") == [0, 1, 2]
+    assert not [t for t, s in left if t == "w"] and any(t.startswith("_hparams_") for t, _ in left)
+    assert os.stat(path).st_mode == mode
+    second = training.SummaryWriter(str(logdir))  # the resumed session logs steps 3.. again
+    for step in range(3, 6):
+        second.scalars({"loss/a": step}, step)
+    second.flush()
+    steps = [s for t, s in _scalar_steps(logdir) if t == "loss/a"]
+    assert sorted(steps) == list(range(6))  # each step once
+    before = open(path, "rb").read()
+    assert training.drop_events_from(str(logdir), 6) == 0 and open(path, "rb").read() == before  # nothing to drop
