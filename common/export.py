@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from typing import Optional
 
 import tensorflow as tf
@@ -87,6 +88,22 @@ def _check_shapes(checkpoint: str, indexes: dict) -> None:
                 raise ValueError(f"{key.removesuffix('__variables')} variable {i} of shape {tuple(v.shape)}: {found}")
 
 
+def resolve_checkpoint(ckpt_dir: str, given: str) -> str:
+    """A checkpoint as a user names it: its path prefix, one of its files (`ckpt-7.index`), or its
+    name or number inside the run's checkpoints (`ckpt-7`, `7`). Missing: the error lists those kept."""
+    base = re.sub(r"\.(index|data-\d+-of-\d+)$", "", given)
+    candidates = [base]
+    if os.sep not in base:
+        candidates.append(os.path.join(ckpt_dir, base if not base.isdigit() else f"ckpt-{base}"))
+    for path in candidates:
+        if os.path.exists(path + ".index"):
+            return path
+    kept = sorted((n[:-len(".index")] for n in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else [])
+                   if n.endswith(".index")), key=lambda n: int(n.rsplit("-", 1)[-1]) if n[-1].isdigit() else -1)
+    have = f"the run keeps {', '.join(kept)} in {ckpt_dir}" if kept else f"{ckpt_dir} holds no checkpoint"
+    raise DataError(f"--checkpoint {given}: no such checkpoint; {have}")
+
+
 def restore_models(run_dir: str, checkpoint: Optional[str] = None, **models) -> str:
     """Restore built Keras models from a run's checkpoint by their names in it (the entry points'
     names: `image_projector`, `text_regressor`, `g_net`, `image_head`, ...); returns the checkpoint.
@@ -100,9 +117,8 @@ def restore_models(run_dir: str, checkpoint: Optional[str] = None, **models) -> 
         restore_models("runs/acmr", image_projector=nets.image_projector, text_projector=nets.text_projector)
     """
     ckpt_dir = os.path.join(run_dir, training.CHECKPOINTS)
-    if checkpoint is not None and not os.path.exists(checkpoint + ".index"):
-        raise DataError(f"--checkpoint {checkpoint}: no such checkpoint (its .index file is missing); the run's "
-                        f"checkpoints are {ckpt_dir}/ckpt-N")
+    if checkpoint is not None:
+        checkpoint = resolve_checkpoint(ckpt_dir, checkpoint)
     checkpoint = checkpoint or training.latest_checkpoint(ckpt_dir)
     if checkpoint is None:
         raise DataError(f"{ckpt_dir}: no checkpoint to export (train first, or pass the checkpoint path)")

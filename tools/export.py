@@ -117,7 +117,8 @@ def define_flags():
     flags.DEFINE_string("out", None, "Folder for the SavedModel: new or empty (a previous export only with "
                         "--overwrite; nothing else is ever replaced).")
     flags.DEFINE_bool("overwrite", False, "Replace --out when it holds a previous export.")
-    flags.DEFINE_string("checkpoint", None, "A specific checkpoint (default: the latest).")
+    flags.DEFINE_string("checkpoint", None, "A specific checkpoint (default: the latest): its path, one of its files, "
+                        "or its name or number in the run's checkpoints (ckpt-7, 7).")
 
 
 def cli():

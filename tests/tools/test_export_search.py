@@ -278,3 +278,21 @@ def test_report_plots_and_projector(tmp_path, use_matplotlib):
     assert meta[0] == "modality\tlabel" and len(meta) == 1 + 2 * len(ds.test)
     assert meta[1].startswith("image\t") and meta[-1].startswith("text\t")
     assert "embedding" in (out / "projector" / "projector_config.pbtxt").read_text()
+
+
+def test_a_checkpoint_is_found_by_its_path_file_name_or_number(tmp_path):
+    from common.errors import DataError
+    from common.export import resolve_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    for n in (9, 10):
+        (ckpts / f"ckpt-{n}.index").write_bytes(b"")
+        (ckpts / f"ckpt-{n}.data-00000-of-00001").write_bytes(b"")
+    want = str(ckpts / "ckpt-9")
+    for given in (want, want + ".index", want + ".data-00000-of-00001", "ckpt-9", "ckpt-9.index", "9"):
+        assert resolve_checkpoint(str(ckpts), given) == want, given
+    with pytest.raises(DataError, match=r"^--checkpoint ckpt-7: no such checkpoint; the run keeps ckpt-9, ckpt-10 in "):
+        resolve_checkpoint(str(ckpts), "ckpt-7")
+    with pytest.raises(DataError, match="holds no checkpoint"):
+        resolve_checkpoint(str(tmp_path / "none"), "3")
