@@ -51,8 +51,10 @@ def find_results(paths) -> tuple:
     with_results = {os.path.dirname(f) for f in found}
     pending = [r for r in runs if not any(d == r or d.startswith(r + os.sep) for d in with_results)]
     # a model folder of a run (a JFSE scenario) still training while another one has its results
+    # (JFSE's gzs results come from the zs folder's model: `--scenario gzs` leaves no zs/results.json)
     pending += [t for t in trained if t not in with_results and os.path.dirname(t) in runs
-                and os.path.dirname(t) not in with_results and os.path.dirname(t) not in pending]
+                and os.path.dirname(t) not in with_results and os.path.dirname(t) not in pending
+                and not (os.path.basename(t) == "zs" and os.path.join(os.path.dirname(t), "gzs") in with_results)]
     pending = [pending_state(r) for r in sorted(pending)]
     if not found:
         raise DataError(f"no results.json under {', '.join(paths)}" + (

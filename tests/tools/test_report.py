@@ -131,6 +131,10 @@ def test_runs_without_results_yet_are_named_not_dropped(tmp_path):
                                                                          scenario="zs", i2t_map_all=0.3, t2i_map_all=0.3)))
     (tmp_path / "jfse" / "zs" / "checkpoints").mkdir()
     (tmp_path / "jfse" / "standard" / "checkpoints").mkdir(parents=True)  # a scenario still training
+    (tmp_path / "gzs_only" / "zs" / "checkpoints").mkdir(parents=True)  # --scenario gzs: the zs model, gzs results
+    (tmp_path / "gzs_only" / "run.json").write_text("{}")
+    _write(tmp_path / "gzs_only" / "gzs", method="jfse", dataset="uci", scenario="gzs", i2t_map_all=0.2,
+           t2i_map_all=0.2)
     _write(tmp_path / "cmhash", method="cmhash", dataset="uci", i2t_map={"16": 0.5}, t2i_map={"16": 0.5})
     (tmp_path / "cmhash" / "bits_16" / "checkpoints").mkdir(parents=True)  # cmhash: results at the top
     (tmp_path / "cmhash" / "run.json").write_text("{}")
