@@ -10,6 +10,7 @@ train split (on seen classes only with `--zero_shot`), both modalities are proje
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -155,7 +156,7 @@ def main(argv):
     width = max(len(k) for k in result)
     for k, v in result.items():
         print(f"{k:<{width}}  {v}" if isinstance(v, int) else f"{k:<{width}}  {v:.4f}")
-    print(f"results: {FLAGS.output_dir}/results.json")
+    print(f"results in {os.path.join(FLAGS.output_dir, 'results.json')}")
 
 
 def define_flags():

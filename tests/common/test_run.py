@@ -431,7 +431,7 @@ def test_a_home_path_after_an_equals_sign_is_the_home_folder(tmp_path):
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO, HOME=str(home)))
     assert res.returncode == 0, res.stderr[-2000:]
     assert (home / "runs" / "cca" / "results.json").exists() and os.listdir(work) == []
-    assert f"results: {home / 'runs' / 'cca' / 'results.json'}" in res.stdout
+    assert f"results in {home / 'runs' / 'cca' / 'results.json'}" in res.stdout
     assert json.loads((home / "runs" / "cca" / "flags.json").read_text())["output_dir"] == str(home / "runs" / "cca")
 
 
