@@ -14,7 +14,9 @@ Labels are mapped to 0-based ids in order of first appearance (written to class_
 
 Large folders: images are encoded in shards kept under `<out>/.partial/`; re-running the same
 command after an interruption skips the finished shards. The folder's files are written at the
-end, each atomically.
+end, each atomically. `--overwrite` replaces a previous extraction: its files that this one does not
+write (a val split, a vocabulary) are removed, files you added (class_emb.npy, unseen_classes.txt,
+anything else) are kept, with a warning when class_names.txt changed under them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ CNNS = {
     "resnet50": ("ResNet50", "avg_pool", 224, 2048),
 }
 SPLITS = ("train", "val", "test")
+# every file this tool writes; an --overwrite run removes those of the previous extraction it does not write again
+WRITES = tuple(f"{s}_{m}.npy" for s in SPLITS for m in ("img", "txt", "lab")) + (
+    "class_names.txt", "vocabulary.txt", "label_base.txt")
+DERIVED = ("class_emb.npy", "unseen_classes.txt")  # files a user makes from class_names.txt: never touched
 
 
 def read_manifest(path: str):
@@ -163,6 +169,13 @@ def encoder_text_features(path: str, all_texts: dict, batch: int = 256) -> dict:
     return feats
 
 
+def _read_names(path: str):
+    try:
+        return io.read_lines(path)
+    except (OSError, DataError):
+        return None
+
+
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}")
@@ -197,16 +210,24 @@ def main(argv):
                                                 FLAGS.shard)
         arrays[f"{s}_txt.npy"] = texts[s]
         arrays[f"{s}_lab.npy"] = np.asarray([names.index(label) for _, _, label, _ in v], np.int64)
+    previous = _read_names(os.path.join(FLAGS.out, "class_names.txt"))
+    written = set(arrays)
     for name, arr in arrays.items():
         with io.atomic_open(os.path.join(FLAGS.out, name), "wb") as f:
             np.save(f, arr)
-    for name, lines in (("class_names.txt", names), ("vocabulary.txt", vocab)):
+    for name, lines in (("class_names.txt", names), ("vocabulary.txt", vocab), ("label_base.txt", ["0"])):
         if not lines:
             continue
         with io.atomic_open(os.path.join(FLAGS.out, name)) as f:
             f.write("\n".join(lines) + "\n")
-    with io.atomic_open(os.path.join(FLAGS.out, "label_base.txt")) as f:
-        f.write("0\n")
+        written.add(name)
+    for name in set(WRITES) - written:  # e.g. the val split or vocabulary of the extraction replaced
+        if os.path.exists(os.path.join(FLAGS.out, name)):
+            os.unlink(os.path.join(FLAGS.out, name))
+    stale = [n for n in DERIVED if os.path.exists(os.path.join(FLAGS.out, n))]
+    if stale and previous is not None and previous != names:
+        print(f"warning: {', '.join(stale)} in {FLAGS.out} were made for the previous class list; its classes are "
+              "now those of class_names.txt (in a new order or set): make them again", flush=True)
     shutil.rmtree(os.path.join(FLAGS.out, ".partial"), ignore_errors=True)
     dims = arrays["train_img.npy"].shape[1], arrays["train_txt.npy"].shape[1]
     print(f"{FLAGS.out}: " + ", ".join(f"{s} {len(v)}" for s, v in by_split.items())
