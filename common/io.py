@@ -313,6 +313,20 @@ def check_output_dir(path: str, overwrite: bool, owned: str, flag: str = "--out"
     return True
 
 
+def remove_stale(folder: str, own: Iterable[str], written: Iterable[str]) -> list:
+    """After an --overwrite run has written `written` into `folder`: remove the files of the previous
+    output among `own` (the names this tool ever writes) that it did not write again, so the folder
+    describes this run alone (a stale val split or unseen list would otherwise be read with it).
+    Returns the names removed; files of other names (a user's) are never touched."""
+    removed = []
+    for name in sorted(set(own) - set(written)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.unlink(path)
+            removed.append(name)
+    return removed
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 @contextlib.contextmanager

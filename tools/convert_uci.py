@@ -7,7 +7,8 @@ The fixed 1500/500 split of `uci_all.mat` (fou76 as "image", kar64 as "text", la
 the digits 0..9) becomes train/test `.npy` files with 0-based labels; the optional six-view
 archive adds `class_emb.npy` (GloVe-50 of the digit names) and `class_names.txt`, which JFSE
 and the zero-shot methods need. Files are written atomically; an existing folder is replaced
-file by file only after every input has been read.
+file by file only after every input has been read, and the previous conversion's files this one
+does not write (its unseen_classes.txt, when --unseen '' now) are removed.
 """
 
 from __future__ import annotations
@@ -72,7 +73,14 @@ def unseen_ids(unseen: str) -> list:
     return ids
 
 
-def write_folder(arrays: dict, out: str, unseen: str = "") -> None:
+# what a conversion writes; an --overwrite conversion removes those of the previous one it does not write
+WRITES = ("train_img.npy", "train_txt.npy", "train_lab.npy", "test_img.npy", "test_txt.npy", "test_lab.npy",
+          "class_emb.npy", "class_names.txt", "unseen_classes.txt")
+
+
+def write_folder(arrays: dict, out: str, unseen: str = "") -> list:
+    """Write the folder; returns the previous conversion's files removed (e.g. unseen_classes.txt
+    of a conversion with unseen classes, replaced by one with --unseen '')."""
     ids = unseen_ids(unseen)
     os.makedirs(out, exist_ok=True)
     for name, value in arrays.items():
@@ -86,6 +94,7 @@ def write_folder(arrays: dict, out: str, unseen: str = "") -> None:
     if ids:
         with io.atomic_open(os.path.join(out, "unseen_classes.txt"), "w") as f:
             f.write(",".join(map(str, ids)) + "\n")
+    return io.remove_stale(out, WRITES, list(arrays) + (["unseen_classes.txt"] if ids else []))
 
 
 def main(argv):
@@ -95,8 +104,8 @@ def main(argv):
         raise ConfigError("--mat and --out are required")
     io.check_output_dir(FLAGS.out, FLAGS.overwrite, owned="train_img.npy", what="feature folder")
     unseen_ids(FLAGS.unseen)  # before any work
-    write_folder(read_uci(FLAGS.mat, FLAGS.views), FLAGS.out, FLAGS.unseen)
-    print(f"wrote {FLAGS.out}")
+    removed = write_folder(read_uci(FLAGS.mat, FLAGS.views), FLAGS.out, FLAGS.unseen)
+    print(f"wrote {FLAGS.out}" + (f" (removed the previous conversion's {', '.join(removed)})" if removed else ""))
 
 
 def cli():

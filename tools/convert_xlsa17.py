@@ -69,7 +69,12 @@ def convert(res101: str, splits: str) -> dict:
     return out
 
 
-def write(out_dir: str, contents: dict) -> None:
+WRITES = ("txt_embed_dict.pkl", "image_embed_dict.pkl", "trainids.pkl", "testids.pkl", "class_names.txt")
+
+
+def write(out_dir: str, contents: dict) -> list:
+    """Write the folder; returns the previous conversion's files removed (its class_names.txt when
+    these splits name no classes)."""
     os.makedirs(out_dir, exist_ok=True)
     for name, obj in contents.items():
         path = os.path.join(out_dir, name)
@@ -78,6 +83,7 @@ def write(out_dir: str, contents: dict) -> None:
         else:
             with io.atomic_open(path) as f:
                 f.write("\n".join(obj) + "\n")
+    return io.remove_stale(out_dir, WRITES, contents)
 
 
 def main(argv):
@@ -87,10 +93,11 @@ def main(argv):
         raise ConfigError("--res101, --splits and --out are required")
     io.check_output_dir(FLAGS.out, FLAGS.overwrite, owned="trainids.pkl", what="ZSCRGAN dataset folder")
     contents = convert(FLAGS.res101, FLAGS.splits)
-    write(FLAGS.out, contents)
+    removed = write(FLAGS.out, contents)
     n = sum(len(v) for v in contents["image_embed_dict.pkl"].values())
     print(f"{FLAGS.out}: {len(contents['trainids.pkl'])} seen / {len(contents['testids.pkl'])} unseen classes, "
-          f"{n} images, text dim {len(next(iter(contents['txt_embed_dict.pkl'].values()))[0])}")
+          f"{n} images, text dim {len(next(iter(contents['txt_embed_dict.pkl'].values()))[0])}"
+          + (f" (removed the previous conversion's {', '.join(removed)})" if removed else ""))
 
 
 def define_flags():

@@ -221,9 +221,7 @@ def main(argv):
         with io.atomic_open(os.path.join(FLAGS.out, name)) as f:
             f.write("\n".join(lines) + "\n")
         written.add(name)
-    for name in set(WRITES) - written:  # e.g. the val split or vocabulary of the extraction replaced
-        if os.path.exists(os.path.join(FLAGS.out, name)):
-            os.unlink(os.path.join(FLAGS.out, name))
+    removed = io.remove_stale(FLAGS.out, WRITES, written)  # e.g. the val split or vocabulary of the one replaced
     stale = [n for n in DERIVED if os.path.exists(os.path.join(FLAGS.out, n))]
     if stale and previous is not None and previous != names:
         print(f"warning: {', '.join(stale)} in {FLAGS.out} were made for the previous class list; its classes are "
@@ -231,7 +229,8 @@ def main(argv):
     shutil.rmtree(os.path.join(FLAGS.out, ".partial"), ignore_errors=True)
     dims = arrays["train_img.npy"].shape[1], arrays["train_txt.npy"].shape[1]
     print(f"{FLAGS.out}: " + ", ".join(f"{s} {len(v)}" for s, v in by_split.items())
-          + f" items; image {dims[0]}-d ({FLAGS.cnn}), text {dims[1]}-d ({FLAGS.text}), {len(names)} classes")
+          + f" items; image {dims[0]}-d ({FLAGS.cnn}), text {dims[1]}-d ({FLAGS.text}), {len(names)} classes"
+          + (f" (removed the previous extraction's {', '.join(removed)})" if removed else ""))
 
 
 def define_flags():

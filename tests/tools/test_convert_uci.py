@@ -32,3 +32,15 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ConfigError, match="0..9"):
         convert_uci.write_folder({"x.npy": np.zeros(2)}, str(tmp_path / "o"), "3,12")
     assert not (tmp_path / "o").exists()  # nothing written before the check
+
+
+def test_an_overwrite_removes_what_the_previous_conversion_wrote_and_this_one_does_not(tmp_path):
+    arrays = {f"{s}_{m}.npy": np.zeros((2, 3)) for s in ("train", "test") for m in ("img", "txt")}
+    arrays.update({"train_lab.npy": np.arange(2), "test_lab.npy": np.arange(2), "class_names.txt": ["a", "b"]})
+    out = tmp_path / "u"
+    assert convert_uci.write_folder(arrays, str(out), "1") == []
+    (out / "mine.txt").write_text("kept")
+    # again without unseen classes and without class names: a stale unseen list would still define zero-shot
+    del arrays["class_names.txt"]
+    assert convert_uci.write_folder(arrays, str(out), "") == ["class_names.txt", "unseen_classes.txt"]
+    assert sorted(os.listdir(out)) == sorted(list(arrays) + ["mine.txt"])

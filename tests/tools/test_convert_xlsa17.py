@@ -68,6 +68,9 @@ def test_tiny_layout_round_trip(tmp_path):
     ds = readers.read_zscrgan(str(tmp_path / "CUB"))
     assert ds.image_dim == 4 and ds.text_dim == 3 and len(ds.test) == 4
     assert (tmp_path / "CUB" / "class_names.txt").read_text().split() == list("abcde")
+    del out["class_names.txt"]  # --overwrite from splits without class names: the old names must not stay
+    assert write(str(tmp_path / "CUB"), out) == ["class_names.txt"]
+    assert sorted(os.listdir(tmp_path / "CUB")) == sorted(out)
 
 
 def test_bad_inputs_name_file_and_problem(tmp_path):
