@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from typing import Any, Iterable, Optional, Sequence
 
@@ -311,6 +312,25 @@ def check_output_dir(path: str, overwrite: bool, owned: str, flag: str = "--out"
         raise ConfigError(f"{flag} {path} holds a previous {what}; pass --overwrite to replace it, or choose "
                           "another folder")
     return True
+
+
+@contextlib.contextmanager
+def replacing_dir(out: str):
+    """Build an output folder in a temporary folder beside `out` (yielded) and put it in place only
+    once complete: a previous one (checked by `check_output_dir`) is replaced whole, so nothing of it
+    is mixed with the new; a failure leaves the previous folder as it was and no temporary one."""
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(os.path.abspath(out)) + "-", dir=parent)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes 0700
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def remove_stale(folder: str, own: Iterable[str], written: Iterable[str]) -> list:

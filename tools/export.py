@@ -17,8 +17,6 @@ run, method and checkpoint they came from.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from absl import flags
 
@@ -71,10 +69,7 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite:
     run_dir = model_dir
     enc = export.load_encoders(run_dir, checkpoint)
     module, signatures = build_module(enc)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
+    with io.replacing_dir(out) as tmp:  # out: empty, or a previous export the user asked to replace (checked above)
         tf.saved_model.save(module, tmp, signatures=signatures)
         meta = {"run_dir": os.path.abspath(run_dir), "method": enc.spec["method"],
                 "checkpoint": os.path.abspath(enc.checkpoint), "run": _run_summary(export.run_record(run_dir)),
@@ -84,13 +79,6 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite:
         for side, name in zip(export.sides(enc.spec), meta["keras_files"]):  # the same encoders for Keras
             enc.encoder(side).save(os.path.join(tmp, name))
         io.write_json(os.path.join(tmp, "export.json"), meta)
-        os.chmod(tmp, 0o777 & ~io.UMASK)  # mkdtemp makes 0700
-        if os.path.exists(out):  # empty, or a previous export the user asked to replace (checked above)
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

@@ -345,7 +345,8 @@ def main(argv):
             raise ConfigError("--model, --features and --plots go together")
         io.check_output_dir(FLAGS.plots, FLAGS.overwrite, owned="pr_curves.json", flag="--plots", what="report")
         run.import_tensorflow()
-        written = pr_curves_and_projector(FLAGS.model, FLAGS.features, FLAGS.plots)
+        with io.replacing_dir(FLAGS.plots) as tmp:  # a previous report's curves and events never mix with these
+            written = pr_curves_and_projector(FLAGS.model, FLAGS.features, tmp)
         print(f"{FLAGS.plots}: {', '.join(written)} (tensorboard --logdir {FLAGS.plots}/projector for the projector)")
         if len(argv) < 2:
             return

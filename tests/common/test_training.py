@@ -221,3 +221,19 @@ def test_a_resume_drops_the_stopped_sessions_later_summaries(tmp_path):
     assert sorted(steps) == list(range(6))  # each step once
     before = open(path, "rb").read()
     assert training.drop_events_from(str(logdir), 6) == 0 and open(path, "rb").read() == before  # nothing to drop
+
+
+def test_an_output_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "plots"
+    out.mkdir()
+    (out / "pr_curves.png").write_text("the previous model's curve")
+    with pytest.raises(RuntimeError):
+        with io.replacing_dir(str(out)) as tmp:
+            (tmp_path / "seen").write_text(tmp)
+            open(os.path.join(tmp, "pr_curves.json"), "w").close()
+            raise RuntimeError("the report failed half way")
+    assert os.listdir(out) == ["pr_curves.png"] and sorted(os.listdir(tmp_path)) == ["plots", "seen"]  # no temporary left
+    with io.replacing_dir(str(out)) as tmp:
+        open(os.path.join(tmp, "pr_curves.json"), "w").close()
+    assert os.listdir(out) == ["pr_curves.json"]  # nothing of the previous folder mixed in
+    assert oct(os.stat(out).st_mode & 0o777) == oct(0o777 & ~io.UMASK)
