@@ -33,6 +33,8 @@ import time
 import numpy as np
 from absl import flags
 
+from common.errors import ConfigError
+
 FLAGS = flags.FLAGS
 
 
@@ -339,6 +341,18 @@ def kept_records(old: dict, redo) -> dict:
     return {key: [r for r in old.get(key, []) if _case_id(key, r) not in redo] for key in ("cases", "gallery")}
 
 
+MACHINE_KEYS = ("cpus", "isa", "tensorflow", "gpus")  # what makes timings comparable (not the kernel build)
+
+
+def require_same_machine(old: dict, new: dict, path: str) -> None:
+    """`--merge` keeps earlier cases under this run's machine record: only when they were measured
+    on the same kind of machine (a mixed file would label one machine's timings with another)."""
+    differ = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in MACHINE_KEYS if old.get(k) != new.get(k)]
+    if differ:
+        raise ConfigError(f"--merge: {path} was measured on another machine or stack ({'; '.join(differ)}); "
+                          "write this machine's numbers to another --output")
+
+
 def _order(record: dict):
     method, size = _case_id("cases", record).split(":")
     return list(SIZES).index(size) if size in SIZES else 99, list(TEXT_DIM).index(method) if method in TEXT_DIM else 99
@@ -383,7 +397,6 @@ def markdown(results: dict) -> str:
 
 def main(argv):
     from common import io, run
-    from common.errors import ConfigError
 
     run.no_arguments(argv)
     run.require_positive("steps", "jfse_steps", "repeats", "queries")
@@ -416,9 +429,9 @@ def main(argv):
     jobs = [("cases", f"{m}:{s}") for s in FLAGS.sizes for m in FLAGS.methods]
     jobs += [("gallery", f"gallery:{g}") for g in FLAGS.gallery_sizes if g]
     if FLAGS.merge and os.path.exists(FLAGS.output):
-        with open(FLAGS.output) as f:
-            kept = kept_records(json.load(f), [case for _, case in jobs])
-        results.update(kept)
+        old = io.read_json(FLAGS.output)
+        require_same_machine(old.get("machine") or {}, results["machine"], FLAGS.output)
+        results.update(kept_records(old, [case for _, case in jobs]))
     for key, case in jobs:
         print(f"{case} ...", file=sys.stderr, flush=True)
         record = dict(_child(case), measured=time.strftime("%Y-%m-%d"))

@@ -46,3 +46,16 @@ def test_merge_keeps_what_is_not_redone_and_orders_the_table():
     table = markdown({"cases": kept["cases"] + [case("cmhash", "wiki")]})
     methods = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
     assert methods == ["acmr_simple", "cmhash", "jfse"]  # wiki before xmn, methods in their fixed order
+
+
+def test_merge_refuses_another_machines_numbers():
+    import pytest
+
+    from common.errors import ConfigError
+    from tools.benchmark import require_same_machine
+
+    here = {"cpus": 2, "gpus": 0, "isa": {"avx512_bf16": True}, "tensorflow": "2.21.0", "platform": "Linux-6.18"}
+    require_same_machine(dict(here, platform="Linux-6.19", python="3.11.9"), here, "b.json")  # a kernel update: same
+    with pytest.raises(ConfigError, match=r"^--merge: b.json was measured on another machine or stack \(cpus 8 -> 2; "
+                                          r"gpus 1 -> 0\); write this machine's numbers to another --output$"):
+        require_same_machine(dict(here, cpus=8, gpus=1), here, "b.json")
