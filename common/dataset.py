@@ -185,9 +185,11 @@ class CrossModalDataset:
         return rows
 
     def warnings(self, standard: bool = True) -> list:
-        """What is odd but not wrong about this data: held-out splits that repeat other splits'
-        items, and (for a standard, not zero-shot, result) test classes that training never sees."""
-        return self.overlap_warnings() + (self.coverage_warnings() if standard else [])
+        """What is odd but not wrong about this data: the reader's notes, held-out splits that repeat
+        other splits' items, and (for a standard, not zero-shot, result) test classes that training
+        never sees."""
+        return list(self.extras.get("notes", [])) + self.overlap_warnings() + (
+            self.coverage_warnings() if standard else [])
 
     def require_rankable(self, gallery: Optional[Split] = None, gallery_name: str = "gallery") -> None:
         """`require_rankable` for the standard evaluation: the test queries against the database, else

@@ -164,7 +164,7 @@ def read_jfse_xmn(folder: str, num_classes: int = 200, label_base: int = 1) -> C
     elif class_emb is None:
         raise DataError(f"{folder}: neither train_attribute.pkl nor class_emb.npy is present; "
                         "JFSE needs class embeddings. " + XMN_HOW_TO)
-    unseen = _optional_class_list(folder, "unseen_classes.txt", num_classes)
+    unseen = _optional_class_list(folder, "unseen_classes.txt", num_classes, _optional_names(folder))
     if unseen is None:
         unseen = np.setdiff1d(np.unique(splits["test"].labels), np.unique(splits["train"].labels))
     ds = CrossModalDataset(name="xmn", num_classes=num_classes, class_embeddings=class_emb,
@@ -398,6 +398,7 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
                                 "(label_base.txt, or 1 when no split holds class 0)")
             v[2] = v[2] - base
     else:
+        base = 0  # multi-hot columns are classes 0..C-1
         for v in loaded.values():
             v[2] = v[2].astype(np.uint8)
     splits = {s: Split(*v) for s, v in loaded.items()}
@@ -409,10 +410,12 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
             raise DataError(f"{folder}: {what} has {count} rows, but {raw[where[0]]['lab']} holds class id "
                             f"{where[1]} (0-based): a label is out of range, or {what} lacks rows")
     num_classes = max([num_classes, *class_lists.values()])
+    notes = []
+    unseen = _optional_class_list(folder, "unseen_classes.txt", num_classes, names, notes, file_base=base)
     ds = CrossModalDataset(name=os.path.basename(os.path.normpath(folder)) or "features",
                            num_classes=num_classes, class_names=names, class_embeddings=class_emb,
-                           unseen_classes=_optional_class_list(folder, "unseen_classes.txt", num_classes),
-                           source=folder, **splits)
+                           unseen_classes=unseen, source=folder, **splits)
+    ds.extras["notes"] = notes
     return ds.validate()
 
 
@@ -474,16 +477,35 @@ def _optional_class_embeddings(folder: str, num_classes: Optional[int]) -> Optio
     return emb
 
 
-def _optional_class_list(folder: str, name: str, num_classes: int) -> Optional[np.ndarray]:
+def _optional_class_list(folder: str, name: str, num_classes: int, names: Optional[list] = None,
+                         notes: Optional[list] = None, file_base: int = 0) -> Optional[np.ndarray]:
+    """0-based class ids, or class names of class_names.txt one per line. `file_base` 1: the labels
+    were 1-based in their files, so numeric ids are a likely slip; a note (into `notes`) says which
+    file labels they select."""
     path = os.path.join(folder, name)
     if not os.path.exists(path):
         return None
+    lines = io.read_lines(path)
     try:
-        ids = np.asarray([int(tok) for line in io.read_lines(path) for tok in line.replace(",", " ").split()])
-    except ValueError as e:
-        raise DataError(f"{path}: expected 0-based integer class ids ({e})") from None
+        ids = np.asarray([int(tok) for line in lines for tok in line.replace(",", " ").split()], np.int64)
+    except ValueError:
+        if not names:
+            raise DataError(f"{path}: expected 0-based integer class ids, or class names with class_names.txt "
+                            f"beside it (found {lines[0][:40]!r})") from None
+        index = {n: i for i, n in enumerate(names)}
+        folded = {n.casefold(): i for i, n in reversed(list(enumerate(names)))}
+        unknown = [line for line in lines if line not in index and line.casefold() not in folded]
+        if unknown:
+            raise DataError(f"{path}: {', '.join(repr(u) for u in unknown[:5])} "
+                            f"{'is' if len(unknown) == 1 else 'are'} not in class_names.txt "
+                            f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
+        return np.asarray([index.get(line, folded.get(line.casefold())) for line in lines], np.int64)
     if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
         raise DataError(f"{path}: class ids must be 0-based in 0..{num_classes - 1}")
+    if file_base == 1 and ids.size and notes is not None:
+        notes.append(f"{path}: holds 0-based class ids (docs/data.md) while this folder's labels are 1-based, so "
+                     f"its unseen classes are the file labels {', '.join(str(i + 1) for i in sorted(ids))}; "
+                     "write class names (of class_names.txt) instead if that is not what you meant")
     return ids
 
 

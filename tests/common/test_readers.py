@@ -161,10 +161,29 @@ def test_feature_folder_zero_based_multilabel_and_extras(tmp_path):
     assert ds.class_names == ["a", "b", "c", "d"] and ds.class_embeddings.shape == (4, 4)
     zs = ds.zero_shot()
     assert not np.isin(zs.train.labels, [1, 3]).any() and set(zs.test_unseen.labels) <= {1, 3}
+    assert not [w for w in ds.warnings(standard=False) if "unseen_classes.txt" in w]  # 0-based labels: no doubt
+    # unseen classes named as in class_names.txt (case aside), in any order
+    (tmp_path / "z" / "unseen_classes.txt").write_text("D\nb\n")
+    assert readers.read_feature_folder(str(tmp_path / "z")).unseen_classes.tolist() == [3, 1]
+    (tmp_path / "z" / "unseen_classes.txt").write_text("b\nzebra\n")
+    with pytest.raises(DataError, match=r"unseen_classes.txt: 'zebra' is not in class_names.txt \(a, b, c, d\)"):
+        readers.read_feature_folder(str(tmp_path / "z"))
+    os.remove(tmp_path / "z" / "class_names.txt")
+    with pytest.raises(DataError, match="expected 0-based integer class ids, or class names with class_names.txt"):
+        readers.read_feature_folder(str(tmp_path / "z"))
     data = fixtures.write_feature_folder(tmp_path / "m", multilabel=True)
     ds = readers.read_feature_folder(str(tmp_path / "m"))
     assert ds.multilabel and ds.num_classes == 5
     np.testing.assert_array_equal(ds.test.labels, data["test"][2])
+
+
+def test_numeric_unseen_ids_beside_one_based_labels_say_which_file_labels_they_select(tmp_path):
+    fixtures.write_feature_folder(tmp_path, one_based=True)  # labels 1..4 in the files
+    (tmp_path / "unseen_classes.txt").write_text("1 3\n")
+    ds = readers.read_feature_folder(str(tmp_path))
+    assert ds.unseen_classes.tolist() == [1, 3]  # 0-based, as documented
+    (note,) = [w for w in ds.warnings(standard=False) if "unseen_classes.txt" in w]
+    assert "labels are 1-based, so its unseen classes are the file labels 2, 4" in note
 
 
 def test_labels_without_class_0_and_a_class_list_that_fits_both_bases_need_label_base(tmp_path):
