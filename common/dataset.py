@@ -350,6 +350,15 @@ class ZeroShotView:
     unseen_classes: np.ndarray
     train_rows: Optional[np.ndarray] = None  # rows of the full train split that `train` holds
 
+    def describe(self, names: Optional[list] = None, limit: int = 12) -> str:
+        """`unseen classes (2 of 4): 2 car, 3 tree` — which classes a zero-shot run holds out,
+        printed with the data summary so a wrong unseen list shows before training."""
+        named = lambda c: bool(names) and c < len(names) and names[c] != f"class_{c}"  # noqa: E731
+        shown = [f"{c} {names[c]}" if named(c) else str(c) for c in map(int, self.unseen_classes[:limit])]
+        more = f", ... ({len(self.unseen_classes) - limit} more)" if len(self.unseen_classes) > limit else ""
+        total = len(self.seen_classes) + len(self.unseen_classes)
+        return f"unseen classes ({len(self.unseen_classes)} of {total}): {', '.join(shown)}{more}"
+
     def require_evaluable(self, where: str) -> None:
         """Refused before training: an unseen class without test rows (its mAP would be undefined),
         or a single unseen class (every item relevant: mAP 1 by construction)."""

@@ -143,6 +143,8 @@ def main(argv):
     print(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
           f"class embeddings {ds.class_embeddings.shape}; method {cfg.method}, align {cfg.align}, "
           f"{run.counted(cfg.epochs, 'epoch')}, scenarios {scenarios}", flush=True)
+    if zs is not None:
+        print(zs.describe(ds.class_names), flush=True)
     warnings = run.data_warnings(ds, standard="standard" in scenarios)
     from common import driver
 

@@ -113,6 +113,7 @@ def main(argv):
     zs = ds.zero_shot() if FLAGS.zero_shot else None
     if zs is not None:
         zs.require_evaluable(ds.where)
+        print(zs.describe(ds.class_names))
     from common import driver
 
     with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite) as folder:

@@ -68,3 +68,13 @@ def test_multilabel_variant():
     assert counts.min() >= 1 and counts.max() <= 3
     with pytest.raises(Exception, match="single-label datasets only"):
         ds.zero_shot()
+
+
+def test_a_zero_shot_view_names_its_unseen_classes():
+    ds = make_synthetic("small", seed=0)
+    zs = ds.zero_shot()
+    unseen = [int(c) for c in zs.unseen_classes]
+    assert zs.describe() == f"unseen classes ({len(unseen)} of 10): {', '.join(map(str, unseen))}"
+    names = [f"n{c}" for c in range(10)]
+    assert zs.describe(names, limit=2) == (f"unseen classes ({len(unseen)} of 10): {unseen[0]} n{unseen[0]}, "
+                                           f"{unseen[1]} n{unseen[1]}, ... ({len(unseen) - 2} more)")
