@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.common import fixtures
 from tests.conftest import REPO
 
 # (id, module, args, checkpoint folder and results.json folder relative to the output folder, metrics)
@@ -83,13 +84,5 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, method):
         assert [ra[k] for k in keys] == [rb[k] for k in keys]
         assert all(np.array_equal(wa[n], wb[n]) for n in wa)
     # TensorBoard: the resumed run holds each summary once, the same ones as the uninterrupted run
-    logged = [_summaries(tmp_path / d / os.path.dirname(ckpt_rel) / "tb") for d in "ab"]
+    logged = [fixtures.summary_steps(tmp_path / d / os.path.dirname(ckpt_rel) / "tb") for d in "ab"]
     assert len(logged[1]) == len(set(logged[1])) and set(logged[1]) == set(logged[0])
-
-
-def _summaries(logdir):
-    out = []
-    for path in tf.io.gfile.glob(os.path.join(str(logdir), "*tfevents*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            out += [(v.tag, event.step) for v in event.summary.value]
-    return out

@@ -193,3 +193,16 @@ def snapshot(folder, with_dirs=False):
             with open(os.path.join(root, name), "rb") as f:
                 out[os.path.relpath(os.path.join(root, name), folder)] = f.read()
     return out
+
+
+def summary_steps(logdir):
+    """(tag, step) of every summary value in the event files under `logdir`, read by TensorFlow's own reader."""
+    import glob
+
+    import tensorflow as tf
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(str(logdir), "*tfevents*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            out += [(v.tag, event.step) for v in event.summary.value]
+    return out

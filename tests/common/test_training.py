@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from common import io, pipelines, training
 from common.layers import GradientReversal, gradient_reversal, grl_schedule
+from tests.common import fixtures
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.46212, 1.0])
@@ -181,15 +182,6 @@ def test_epoch_runner_xla_full_batches_plain_tail():
     np.testing.assert_allclose(marked.run_epoch(0)["sum"], [6, 22, -17])
 
 
-def _scalar_steps(logdir):
-    """(tag, step) of every summary value in the event files under `logdir`, read by TensorFlow's own reader."""
-    out = []
-    for path in sorted(tf.io.gfile.glob(os.path.join(str(logdir), "*tfevents*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            out += [(v.tag, event.step) for v in event.summary.value]
-    return out
-
-
 def test_a_resume_drops_the_stopped_sessions_later_summaries(tmp_path):
     """Summaries of the epochs after the last checkpoint are trained and logged again on a resume:
     the first session's copies go, so TensorBoard draws each step once. A partial last record (a
@@ -209,7 +201,7 @@ def test_a_resume_drops_the_stopped_sessions_later_summaries(tmp_path):
         f.write(b"\x20\x00\x00\x00\x00\x00")  # a record cut off after 6 bytes
     mode = os.stat(path).st_mode
     assert training.drop_events_from(str(logdir), 3) == 3 * 2 + 1
-    left = _scalar_steps(logdir)
+    left = fixtures.summary_steps(logdir)
     assert sorted(s for t, s in left if t == "loss/a") == [0, 1, 2]
     assert not [t for t, s in left if t == "w"] and any(t.startswith("_hparams_") for t, _ in left)
     assert os.stat(path).st_mode == mode
@@ -217,7 +209,7 @@ def test_a_resume_drops_the_stopped_sessions_later_summaries(tmp_path):
     for step in range(3, 6):
         second.scalars({"loss/a": step}, step)
     second.flush()
-    steps = [s for t, s in _scalar_steps(logdir) if t == "loss/a"]
+    steps = [s for t, s in fixtures.summary_steps(logdir) if t == "loss/a"]
     assert sorted(steps) == list(range(6))  # each step once
     before = open(path, "rb").read()
     assert training.drop_events_from(str(logdir), 6) == 0 and open(path, "rb").read() == before  # nothing to drop
