@@ -71,37 +71,33 @@ def test_resnet_features_resume_from_shards(tmp_path):
 
 def test_cli_writes_a_feature_folder_every_method_reads(tmp_path):
     m = _manifest(tmp_path)
+    lines = m.read_text().splitlines()
+    m.write_text("\n".join(lines + [lines[-1].replace("test\t", "val\t", 1)]) + "\n")  # one val item
     env = user_env()
-    res = subprocess.run([sys.executable, "-m", "tools.extract_features", "--manifest", str(m), "--out",
-                          str(tmp_path / "feats"), "--cnn", "resnet50", "--allow_random_init", "--image_size", "32",
-                          "--text", "tfidf"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "tools.extract_features", "--manifest", str(m), "--out", str(tmp_path / "feats"),
+           "--cnn", "resnet50", "--allow_random_init", "--image_size", "32", "--text", "tfidf"]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert not noise(res.stderr), res.stderr  # quiet by default
     ds = readers.read_feature_folder(str(tmp_path / "feats"))
-    assert (len(ds.train), len(ds.test), ds.image_dim) == (4, 2, 2048)
+    assert (len(ds.train), len(ds.val), len(ds.test), ds.image_dim) == (4, 1, 2, 2048)
     assert ds.train.labels.tolist() == [0, 1, 0, 1] and (tmp_path / "feats" / "class_names.txt").read_text().split() == ["cat", "car"]
     assert not os.path.exists(tmp_path / "feats" / ".partial")
-    # --overwrite with another manifest (a val split; classes met in another order): the previous
+    # --overwrite with another manifest (no val split; classes met in another order): the previous
     # extraction's files go or are replaced, the user's own stay, and a class list they were made
     # from is said to have changed
     feats = tmp_path / "feats"
     np.save(feats / "class_emb.npy", np.ones((2, 3)))
     (feats / "notes.txt").write_text("mine")
-    lines = m.read_text().splitlines()
-    lines = [lines[1], lines[0]] + lines[2:] + [lines[-1].replace("test\t", "val\t", 1)]
-    (tmp_path / "m2.tsv").write_text("\n".join(lines) + "\n")
-    cmd = [sys.executable, "-m", "tools.extract_features", "--manifest", str(tmp_path / "m2.tsv"), "--out", str(feats),
-           "--cnn", "resnet50", "--allow_random_init", "--image_size", "32", "--text", "count", "--overwrite"]
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    (tmp_path / "m2.tsv").write_text("\n".join([lines[1], lines[0]] + lines[2:]) + "\n")
+    res = subprocess.run(cmd[:4] + [str(tmp_path / "m2.tsv")] + cmd[5:] + ["--overwrite"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "warning: class_emb.npy in " in res.stdout and "previous class list" in res.stdout
-    assert (feats / "class_names.txt").read_text().split() == ["car", "cat"] and len(np.load(feats / "val_lab.npy")) == 1
-    assert (feats / "notes.txt").read_text() == "mine" and np.load(feats / "class_emb.npy").shape == (2, 3)
-    (tmp_path / "m3.tsv").write_text("\n".join(lines[:-1]) + "\n")  # and again without the val split
-    res = subprocess.run(cmd[:4] + [str(tmp_path / "m3.tsv")] + cmd[5:], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0 and "warning" not in res.stdout, res.stderr[-2000:]  # the class list is the same
+    assert "removed the previous extraction's val_img.npy, val_lab.npy, val_txt.npy" in res.stdout
     assert not any(n.startswith("val_") for n in os.listdir(feats))  # no stale val split left to be read
+    assert (feats / "class_names.txt").read_text().split() == ["car", "cat"]
+    assert (feats / "notes.txt").read_text() == "mine" and np.load(feats / "class_emb.npy").shape == (2, 3)
 
 
 def test_local_sentence_encoder(tmp_path):
