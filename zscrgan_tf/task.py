@@ -291,7 +291,7 @@ class ZSCRGANTask(driver.Task):
                 driver.note_extra_file(self.out_dir, pickle_path)  # noted first: a crash leaves no stray file
                 io.write_pickle(pickle_path, self._retrieved, protocol=2)
             losses = evaluation.record.get("losses", {})
-            print(f"New best Prec@50 = {p50}", flush=True)
+            print(f"New best Prec@50  = {p50:.12g}", flush=True)  # the release's line, Python 2's str(float)
             print(f"Cycle {evaluation.record['cycle']} | d_loss: {losses.get('d_loss')}; g_loss: {losses.get('g_loss')}",
                   flush=True)
 
