@@ -8,10 +8,13 @@ is in `common.driver`.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from typing import Callable, Optional
 
@@ -458,6 +461,31 @@ def _other_programs_flagfile(argv: list) -> str:
     return ""
 
 
+_TEMP_DIR: list = []  # this process's private temporary folder (`private_tempdir`)
+
+
+def private_tempdir() -> str:
+    """A temporary folder of this process for everything that uses `tempfile` (TensorFlow's autograph
+    writes a source file per converted function). Removed at exit, also on the error exits that skip
+    Python's exit handlers (`_fail`), where those files used to stay behind in /tmp."""
+    if not _TEMP_DIR:
+        _TEMP_DIR.append(tempfile.mkdtemp(prefix="cmr-"))
+        tempfile.tempdir = _TEMP_DIR[0]
+        atexit.register(remove_private_tempdir)
+    return _TEMP_DIR[0]
+
+
+def remove_private_tempdir() -> None:
+    if _TEMP_DIR:
+        shutil.rmtree(_TEMP_DIR[0], ignore_errors=True)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without Python's teardown (TensorFlow's chatter), the private temporary folder removed."""
+    remove_private_tempdir()
+    os._exit(code)
+
+
 def run_main(main: Callable, resumes: str = "") -> None:
     """`absl.app.run(main)` with one-line errors and no traceback for what a user can fix:
     unknown or invalid flags, data and configuration errors and unreadable/unwritable paths exit
@@ -468,6 +496,7 @@ def run_main(main: Callable, resumes: str = "") -> None:
     if _PROGRAM == "__main__":  # `python -m package.module`
         _PROGRAM = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", None) or _PROGRAM
     quiet()
+    private_tempdir()  # before TensorFlow loads
     for flag in {flags.FLAGS[name] for name in flag_values()}:  # --help lists them, under python -m or cmr
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
@@ -570,7 +599,7 @@ def _watch_stops(hint: str, training: bool) -> None:
                 _STOP.append(signum)
                 if len(_STOP) > 1:
                     print(f"error: stopped at once{hint}", file=sys.stderr, flush=True)
-                    os._exit(128 + signum)
+                    _exit_now(128 + signum)
                 time.sleep(1.0)  # a stop the main thread handles right away has ended the process by now
                 longest = " (up to one compiled epoch)" if training else ""
                 print(f"stopping when the running TensorFlow call returns{longest}; Ctrl-C again stops at once",
@@ -588,11 +617,11 @@ HELP_FLAGS = ("--help", "--helpfull", "--helpshort", "--helpxml", "-?")
 def _pipe_closed() -> None:
     """The reader of stdout went away: exit with SIGPIPE's status and no traceback from the final flush."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    os._exit(128 + signal.SIGPIPE)
+    _exit_now(128 + signal.SIGPIPE)
 
 
 def _fail(message: str, code: int) -> None:
     """One line on stderr, then exit without TensorFlow's teardown chatter."""
     print(message, file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os._exit(code)
+    _exit_now(code)

@@ -436,9 +436,12 @@ def test_bad_input(tmp_path, case):
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "notes.txt").write_text("the user's, never touched")
     before = snapshot(d, with_dirs=True)
-    env = user_env()
+    temp = tmp_path.parent / f"{tmp_path.name}-tmp"  # the process's temporary files (TensorFlow's autograph)
+    temp.mkdir()
+    env = user_env(TMPDIR=str(temp))
     res = subprocess.run([sys.executable, "-m", module, *args], cwd=d, env=env, capture_output=True, text=True,
                          timeout=300)
+    assert not os.listdir(temp), os.listdir(temp)  # the error exit skips Python's exit handlers: none left anyway
     err = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.returncode == (code[0] if code else 2), (res.returncode, res.stderr[-1500:])
     assert "Traceback" not in res.stderr and len(err) == 1, res.stderr[-1500:]
@@ -482,7 +485,9 @@ def test_ctrl_c_or_sigterm_says_how_to_resume(tmp_path, sig, code, said):
     import signal
     import time
 
-    env = user_env()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = user_env(TMPDIR=str(temp))
     proc = subprocess.Popen([sys.executable, "-m", "acmr_tf.train", "--epochs", "500", "--nojit_compile",
                              "--output_dir", str(tmp_path / "o")], env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -495,7 +500,7 @@ def test_ctrl_c_or_sigterm_says_how_to_resume(tmp_path, sig, code, said):
     assert proc.returncode == code, err[-1500:]
     assert err.strip().splitlines()[-1] == f"error: {said}; re-run the same command to resume from the last checkpoint"
     leftovers = [p for p in (tmp_path / "o").rglob("*") if "_temp" in p.name or p.name.startswith(".tmp-")]
-    assert not leftovers, leftovers
+    assert not leftovers and not os.listdir(temp), (leftovers, os.listdir(temp))
 
 
 def test_a_network_too_large_for_memory_is_one_line(tmp_path):
