@@ -141,8 +141,7 @@ def main(argv):
         if replicas.is_chief:
             export.write_spec(folder.path, **task.encoders())
         result = driver.fit(task, folder.path, driver.FitOptions(
-            histogram_every=FLAGS.histogram_every, log_batches=FLAGS.log_batches, log_every=FLAGS.log_every,
-            batch_times=spe == 1, hparams=dataclasses.asdict(cfg)))
+            **run.fit_flags(), batch_times=spe == 1, hparams=dataclasses.asdict(cfg)))
         final = dict(result.history[-1]["test"])  # the last epoch's evaluation (the same weights)
         k = cfg.top_k
         print(f"[Eval] transformed test features of the last epoch ({cfg.epochs - 1})")

@@ -203,8 +203,7 @@ def check_signal(train, val, queries, database, mining: str) -> list:
 def fit_options(cfg, batch_times: bool):
     from common import driver
 
-    return driver.FitOptions(label=f"[{cfg.bits} bits]", histogram_every=FLAGS.histogram_every,
-                             log_batches=FLAGS.log_batches, log_every=FLAGS.log_every, batch_times=batch_times,
+    return driver.FitOptions(**run.fit_flags(), label=f"[{cfg.bits} bits]", batch_times=batch_times,
                              hparams=dataclasses.asdict(cfg))
 
 

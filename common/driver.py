@@ -489,6 +489,7 @@ class FitOptions:
     log_every: int = 1
     batch_times: bool = True          # print each batch line's end time (exact with one batch per call)
     hparams: Optional[dict] = None    # config for TensorBoard's HParams view
+    profile_unit: Optional[int] = None  # a TensorFlow profiler trace of this (0-based) unit into tb/
 
 
 @dataclasses.dataclass
@@ -525,15 +526,33 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     if options.hparams is not None and not state.resumed:
         writer.hparams(options.hparams, trial=os.path.abspath(folder))
     first, total = state.start_epoch, task.num_units
+    profile = options.profile_unit
+    if profile is not None and profile >= total:
+        raise ConfigError(f"--profile_epoch {profile + 1} is beyond this run's {total} {task.unit}s")
+    if profile is not None and profile < first:
+        print(f"{label}note: {task.unit} {profile + 1} was trained before this resume; no profiler trace", flush=True)
+    chief = task.replicas is None or task.replicas.is_chief
     progress = Progress(total, first, task.unit, label)
     since, units_since = 0.0, 0
     for unit in range(first, total):
         if (signum := run.stop_requested()) is not None:  # a Ctrl-C / SIGTERM TensorFlow's call swallowed
             run.raise_stop(signum)
         on_block = _block_printer(task, unit, options, label, time.time()) if options.log_batches else None
+        tracing = unit == profile and chief
+        if tracing:
+            import tensorflow as tf
+
+            tf.profiler.experimental.start(os.path.join(folder, "tb"))
         t0 = time.time()
-        values = task.train_unit(unit, on_block=_guarded(task, unit, on_block))
+        try:
+            values = task.train_unit(unit, on_block=_guarded(task, unit, on_block))
+        finally:
+            if tracing:
+                tf.profiler.experimental.stop()
         since, units_since = since + time.time() - t0, units_since + 1
+        if tracing:
+            print(f"{label}profiler trace of {task.unit} {unit + 1} in {os.path.join(folder, 'tb', 'plugins', 'profile')}",
+                  flush=True)
         check_finite(values, task.unit, unit)
         losses = task.unit_losses(values)
         writer.scalars({f"loss/{k}": v for k, v in losses.items()}, unit)

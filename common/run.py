@@ -26,7 +26,7 @@ from common.errors import (OS_FAULTS, ConfigError, DataError, DivergenceError, o
 
 # flags that change what is printed or where, never a number: left out of a run's fingerprint
 LOGGING_FLAGS = frozenset({"output_dir", "overwrite", "log_every", "log_batches", "histogram_every",
-                           "steps_per_execution", "res_dir"})
+                           "steps_per_execution", "res_dir", "profile_epoch"})
 PROJECT_MODULES = ("__main__", "common", "tools", "acmr_tf", "jfse_tf", "zscrgan_tf", "cmhash_tf")
 VERBOSE_ENV = "CMR_VERBOSE"
 
@@ -59,6 +59,9 @@ def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optiona
                       "the machines in TF_CONFIG (MultiWorkerMirroredStrategy). --batch_size stays the global batch.")
     flags.DEFINE_integer("histogram_every", 10, "TensorBoard weight histograms every N epochs/cycles and at the "
                          "last (0: none).", lower_bound=0)
+    flags.DEFINE_integer("profile_epoch", None, "Record a TensorFlow profiler trace of this epoch (cycle), counted "
+                         "from 1 as the progress lines count, into tb/plugins/profile of each model the run trains "
+                         "(TensorBoard's Profile tab, with the tensorboard-plugin-profile package).", lower_bound=1)
 
 
 def define_precision_flag(speed: str) -> None:
@@ -132,6 +135,15 @@ def define_execution_flags() -> None:
     flags.DEFINE_bool("log_batches", False, "Print the release's per-batch loss lines (each with the time its "
                       "batch ended) besides the one progress line per epoch.")
     flags.DEFINE_integer("log_every", 1, "With --log_batches: every N-th batch line.")
+
+
+def fit_flags() -> dict:
+    """The driver's logging options (`driver.FitOptions`) from the flags this entry point defines."""
+    names = {"histogram_every": "histogram_every", "log_batches": "log_batches", "log_every": "log_every"}
+    out = {key: flags.FLAGS[name].value for key, name in names.items() if name in flags.FLAGS}
+    if "profile_epoch" in flags.FLAGS and flags.FLAGS.profile_epoch:
+        out["profile_unit"] = flags.FLAGS.profile_epoch - 1
+    return out
 
 
 def changed(*names: str) -> list:

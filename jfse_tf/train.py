@@ -228,8 +228,8 @@ def train_scenario(folder, name, cfg, ds, train, eval_sets, val, replicas, unsee
     if replicas.is_chief:
         export.write_spec(path, **task.encoders(ds.class_embeddings.shape[1]))
     result = driver.fit(task, path, driver.FitOptions(
-        label=f"[{name}]", histogram_every=FLAGS.histogram_every, log_batches=FLAGS.log_batches,
-        log_every=FLAGS.log_every, batch_times=spe == 1, hparams=dict(dataclasses.asdict(cfg), scenario=name)))
+        **run.fit_flags(), label=f"[{name}]", batch_times=spe == 1,
+        hparams=dict(dataclasses.asdict(cfg), scenario=name)))
     return ({s: summarise(result.history, s, cfg.eval_every) for s in eval_sets},
             {"trained": result.trained > 0, "seconds_per_epoch": result.seconds_per_unit})
 

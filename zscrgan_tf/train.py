@@ -184,8 +184,7 @@ def main(argv):
                         cycles_planned=max_cycles)
 
         # results.json stays current after every cycle (the release wrote its pickles each cycle)
-        result = driver.fit(task, out_dir, driver.FitOptions(histogram_every=FLAGS.histogram_every,
-                                                             hparams=dataclasses.asdict(cfg)),
+        result = driver.fit(task, out_dir, driver.FitOptions(**run.fit_flags(), hparams=dataclasses.asdict(cfg)),
                             on_record=lambda history: folder.write_results(out_dir, **results(history)))
         final = results(result.history)
         folder.finish(out_dir, trained=result.trained > 0, final_step=max_cycles, **final)

@@ -365,6 +365,31 @@ def test_a_stop_whose_keyboard_interrupt_was_swallowed_stops_at_the_next_epoch(t
         driver.fit(Counting(), str(tmp_path), driver.FitOptions(histogram_every=0))
 
 
+def test_profile_epoch_traces_that_epoch_only(tmp_path, capsys):
+    class Squares(driver.Task):
+        num_units = 3
+
+        def __init__(self):
+            self.v = tf.Variable(1.0)
+
+        def checkpoint_objects(self):
+            return {"v": self.v}
+
+        def train_unit(self, unit, on_block=None):
+            self.v.assign_add(tf.reduce_sum(tf.square(tf.ones([4]))))
+            return {"loss": np.array([float(self.v.numpy())])}
+
+        def evaluate(self, unit):
+            return driver.Evaluation({"epoch": unit}, {})
+
+    with pytest.raises(ConfigError, match=r"^--profile_epoch 4 is beyond this run's 3 epochs$"):
+        driver.fit(Squares(), str(tmp_path / "a"), driver.FitOptions(histogram_every=0, profile_unit=3))
+    driver.fit(Squares(), str(tmp_path / "b"), driver.FitOptions(histogram_every=0, profile_unit=1))
+    traces = list((tmp_path / "b" / "tb" / "plugins" / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert f"profiler trace of epoch 2 in {tmp_path / 'b' / 'tb' / 'plugins' / 'profile'}" in capsys.readouterr().out
+
+
 def test_divergence_guard_names_the_first_bad_batch_and_losses():
     driver.check_finite({"a": np.array([1.0, 2.0]), "b": np.array([0.0, -1.0])}, "epoch", 0)
     with pytest.raises(DivergenceError, match=r"non-finite b=inf at epoch 4, batch 2; the last good"):
