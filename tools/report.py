@@ -117,7 +117,8 @@ def _rows(path: str, r: dict) -> list:
     config = {k: v for k, v in (r.get("flags") or {}).items() if k not in NOT_CONFIG}
     base = {"method": method, "dataset": dataset, "path": path, "run": run_of(path, r), "seed": r.get("seed"),
             "config": json.dumps(config, sort_keys=True, default=str),
-            "ended": str((r.get("provenance") or {}).get("ended") or "")}
+            "ended": str((r.get("provenance") or {}).get("ended") or ""),
+            "warnings": [str(w) for w in (r.get("warnings") or [])]}
     if method == "cmhash":
         keys = [k for k in ("i2t_map", "t2i_map", "t2t_map") if k in r]
         bits = sorted(r[keys[0]], key=int) if keys else []
@@ -204,7 +205,8 @@ def published_for(row: dict, groups: list) -> list:
     return out
 
 
-CSV_COLUMNS = ("method", "dataset", "setting", "metric", "i2t", "t2i", "chance", "seed", "differs", "results")
+CSV_COLUMNS = ("method", "dataset", "setting", "metric", "i2t", "t2i", "chance", "seed", "differs", "results",
+               "warnings")
 
 
 def collect(paths) -> tuple:
@@ -223,7 +225,8 @@ def write_csv(path: str, paths, collected: tuple | None = None) -> int:
         w.writerow(CSV_COLUMNS)
         for row, diff in zip(rows, differences):
             w.writerow([row["method"], row["dataset"], row["setting"], row["metric"], row["i2t"], row["t2i"],
-                        row.get("chance"), row["seed"], diff.removeprefix("; "), row["path"]])
+                        row.get("chance"), row["seed"], diff.removeprefix("; "), row["path"],
+                        " | ".join(row["warnings"])])
     return len(rows)
 
 
@@ -232,10 +235,14 @@ def report(paths, published: str = PUBLISHED, collected: tuple | None = None) ->
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["| method | dataset | setting | metric | ours i2t / t2i | chance | published i2t / t2i | source | run |",
              "|---|---|---|---|---|---|---|---|---|"]
-    sources = {}
+    sources, warned = {}, {}
     all_rows, differences, pending = collected or collect(paths)
     for n, row in enumerate(all_rows):
         pub = published_for(row, groups)
+        mark = ""
+        if row["warnings"]:  # a result the run itself qualified: marked, its warnings listed below
+            warned.setdefault(row["path"], (len(warned) + 1, row["warnings"]))
+            mark = f" (warnings [w{warned[row['path']][0]}])"
         ours = f"{fmt(row['i2t'])} / {fmt(row['t2i'])}" + (f" ({row['extra']})" if row.get("extra") else "")
         cells = "; ".join(f"{label} {i:g} / {t:g}" for label, i, t, _ in pub) or "—"  # as published
         refs = []
@@ -244,10 +251,12 @@ def report(paths, published: str = PUBLISHED, collected: tuple | None = None) ->
             refs.append(f"[{sources[src]}]")
         lines.append(f"| {row['method']} | {row['dataset']} | {row['setting']} | {row['metric']} | {ours} | "
                      f"{fmt(row.get('chance'))} | {cells} | {' '.join(dict.fromkeys(refs)) or '—'} | {row['run']}"
-                     f"{differences[n]} |")
+                     f"{differences[n]}{mark} |")
     lines += over_seeds(all_rows, fmt)
     lines.append("")
     lines += [f"[{n}] {src}" for src, n in sources.items()]
+    for path, (n, texts) in warned.items():  # as the runs printed them and kept them in results.json
+        lines += [f"[w{n}] {os.path.dirname(path) or '.'}: " + " / ".join(texts)]
     if pending:
         lines += ["", f"Not listed, no results.json yet (training, or stopped before their first result): "
                       f"{', '.join(pending)}"]

@@ -182,3 +182,23 @@ def test_every_data_file_the_packages_read_ships_with_a_pip_install():
             found.update(os.path.relpath(os.path.join(root, f), REPO) for f in files if not f.endswith(".py"))
     listed = {os.path.join(package, name) for package, names in declared.items() for name in names}
     assert found == listed and "tools/published_results.json" in listed
+
+
+def test_a_result_its_run_qualified_is_marked_with_its_warnings(tmp_path):
+    """A result kept with warnings (e.g. a test split that repeats train pairs) is never a bare number."""
+    import csv
+
+    from tools.report import write_csv
+
+    leak = "data: the test split repeats 40% of the train pairs (a copied file?)"
+    _write(tmp_path / "leaky", method="acmr_simple", dataset="uci", i2t_map_all=0.9, t2i_map_all=0.9,
+           warnings=[leak, "test classes [7] have no train pairs"])
+    _write(tmp_path / "clean", method="acmr_simple", dataset="uci", i2t_map_all=0.6, t2i_map_all=0.6, warnings=[])
+    lines = report([str(tmp_path)]).splitlines()
+    leaky = next(line for line in lines if "0.9000 / 0.9000" in line)
+    assert leaky.endswith("(warnings [w1]) |") and "warnings" not in next(line for line in lines if "0.6000" in line)
+    assert f"[w1] {tmp_path / 'leaky'}: {leak} / test classes [7] have no train pairs" in lines
+    write_csv(str(tmp_path / "rows.csv"), [str(tmp_path)])
+    with open(tmp_path / "rows.csv", newline="") as f:
+        got = {r["i2t"]: r["warnings"] for r in csv.DictReader(f)}
+    assert got == {"0.9": f"{leak} | test classes [7] have no train pairs", "0.6": ""}
