@@ -20,6 +20,15 @@ def user_env(**extra) -> dict:
     return env
 
 
+def as_in_a_terminal() -> None:
+    """`preexec_fn` of a child that a test stops with SIGINT: Ctrl-C reaches a run started from a
+    terminal, but a suite started as a shell's background job (`cmd &` in a script) runs with SIGINT
+    ignored, and its children inherit that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def noise(stderr: str) -> list:
     return [line for line in stderr.splitlines() if NOISE.match(line)]
 

@@ -15,7 +15,7 @@ import scipy.io
 
 from tests.common import fixtures
 from tests.common.fixtures import snapshot
-from tests.conftest import REPO, noise, user_env
+from tests.conftest import REPO, as_in_a_terminal, noise, user_env
 
 
 def features(folder, n_train=12, n_test=6, img=5, txt=4, classes=3, **edit):
@@ -490,7 +490,7 @@ def test_ctrl_c_or_sigterm_says_how_to_resume(tmp_path, sig, code, said):
     env = user_env(TMPDIR=str(temp))
     proc = subprocess.Popen([sys.executable, "-m", "acmr_tf.train", "--epochs", "500", "--nojit_compile",
                              "--output_dir", str(tmp_path / "o")], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
     deadline = time.time() + 120
     while not (tmp_path / "o" / "checkpoints" / "checkpoint").exists():
         assert proc.poll() is None and time.time() < deadline

@@ -16,7 +16,7 @@ import common
 from common import driver, training
 from common.errors import ConfigError, DataError, DivergenceError, op_error_line, op_error_reason, tensorflow_oom
 from tests.common.fixtures import snapshot
-from tests.conftest import REPO
+from tests.conftest import REPO, as_in_a_terminal
 
 SETTINGS = {"lr": 0.001, "seed": 0}
 DATA = {"dataset": "d", "digest": "abc"}
@@ -315,7 +315,7 @@ def test_a_stop_during_a_long_tensorflow_call_is_acknowledged_at_once_and_a_seco
         run.run_main(main, resumes="from the last checkpoint")
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, PYTHONPATH=REPO))
+                            text=True, env=dict(os.environ, PYTHONPATH=REPO), preexec_fn=as_in_a_terminal)
     assert proc.stdout.readline().strip() == "calling"
     time.sleep(1.0)  # inside the call
     proc.send_signal(signal.SIGINT)
