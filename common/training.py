@@ -225,41 +225,19 @@ class SummaryWriter:
         self.writer.flush()
 
 
-def _records(path: str):
-    """The TFRecord payloads of an event file, up to the first incomplete or damaged record (a
-    process killed mid-write leaves a partial last record)."""
-    import struct
-
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-
-    with open(path, "rb") as f:
-        data = f.read()
-    at = 0
-    while at + 12 <= len(data):
-        header = data[at:at + 8]
-        (length,) = struct.unpack("<Q", header)
-        end = at + 12 + length + 4
-        if end > len(data) or struct.unpack("<I", data[at + 8:at + 12])[0] != masked_crc32c(header):
-            return
-        payload = data[at + 12:end - 4]
-        if struct.unpack("<I", data[end - 4:end])[0] != masked_crc32c(payload):
-            return
-        yield payload
-        at = end
-
-
 def drop_events_from(logdir: str, step: int) -> int:
     """Remove the summaries at `step` and later from the event files under `logdir`: on a resume they
     come from the stopped session's epochs after its last checkpoint, which are trained again, and
     TensorBoard would draw both versions (its data server does not purge them). Files are rewritten
     atomically, and only when they hold such events; returns how many were dropped."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     dropped = 0
     for path in sorted(glob.glob(os.path.join(logdir, "*tfevents*"))):
         keep, drop = [], 0
-        for payload in _records(path):
+        for payload in RawEventFileLoader(path).Load():  # stops at a partial last record (a killed writer)
             event = event_pb2.Event.FromString(payload)
             if event.HasField("summary") and event.step >= step:
                 drop += 1
