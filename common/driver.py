@@ -520,7 +520,8 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     if state.resumed:
         print(f"{label}resumed after {state.start_epoch} of {task.num_units} {task.unit}s ({folder})", flush=True)
     task.on_start(state.resumed)
-    if state.resumed and state.start_epoch < task.num_units and (task.replicas is None or task.replicas.is_chief):
+    chief = task.replicas is None or task.replicas.is_chief
+    if state.resumed and state.start_epoch < task.num_units and chief:
         training.drop_events_from(os.path.join(folder, "tb"), state.start_epoch)  # the stopped session's later units
     writer = Summaries(os.path.join(folder, "tb"), task.replicas)
     if options.hparams is not None and not state.resumed:
@@ -531,7 +532,6 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
         raise ConfigError(f"--profile_epoch {profile + 1} is beyond this run's {total} {task.unit}s")
     if profile is not None and profile < first:
         print(f"{label}note: {task.unit} {profile + 1} was trained before this resume; no profiler trace", flush=True)
-    chief = task.replicas is None or task.replicas.is_chief
     progress = Progress(total, first, task.unit, label)
     since, units_since = 0.0, 0
     for unit in range(first, total):

@@ -139,8 +139,8 @@ def define_execution_flags() -> None:
 
 def fit_flags() -> dict:
     """The driver's logging options (`driver.FitOptions`) from the flags this entry point defines."""
-    names = {"histogram_every": "histogram_every", "log_batches": "log_batches", "log_every": "log_every"}
-    out = {key: flags.FLAGS[name].value for key, name in names.items() if name in flags.FLAGS}
+    out = {name: flags.FLAGS[name].value for name in ("histogram_every", "log_batches", "log_every")
+           if name in flags.FLAGS}
     if "profile_epoch" in flags.FLAGS and flags.FLAGS.profile_epoch:
         out["profile_unit"] = flags.FLAGS.profile_epoch - 1
     return out
