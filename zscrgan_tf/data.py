@@ -52,6 +52,7 @@ class ZSData:
     text_count: dict
     test: RetrievalSet
     val: Optional[RetrievalSet] = None
+    held_out: str = ""         # which classes are unseen (ZeroShotView.describe), for the data summary
 
     @property
     def image_dim(self) -> int:
@@ -115,7 +116,8 @@ def from_dataset(ds: CrossModalDataset, val_classes: int = 0, seed: int = 0) -> 
     images, image_start, image_count = _grouped(train.image, train.labels, classes)
     texts, text_start, text_count = _grouped(train.text, train.txt_labels, classes)
     test = _retrieval(view.test_unseen, view.unseen_classes, "unseen")
-    return ZSData(ds.name, images, texts, order, image_start, image_count, text_start, text_count, test, val)
+    return ZSData(ds.name, images, texts, order, image_start, image_count, text_start, text_count, test, val,
+                  held_out=view.describe(ds.class_names))
 
 
 class ClassBlockSampler:

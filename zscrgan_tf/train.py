@@ -157,7 +157,7 @@ def main(argv):
           f"{len(set(data.test.query_labels.tolist()))} unseen classes ({len(data.test.gallery)} gallery images, "
           f"{len(data.test.queries)} query texts); dims image {data.image_dim}, text {data.text_dim}; "
           f"chance P@{cfg.retrieve_k} ~ {data.test.chance_p_at_k:.4f}; up to {max_cycles} cycles", flush=True)
-    print(ds.zero_shot().describe(ds.class_names), flush=True)
+    print(data.held_out, flush=True)
     warnings = run.data_warnings(ds, standard=False)  # zero-shot: test classes are unseen by design
     from common import driver
 
