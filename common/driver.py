@@ -551,8 +551,8 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
                 tf.profiler.experimental.stop()
         since, units_since = since + time.time() - t0, units_since + 1
         if tracing:
-            print(f"{label}profiler trace of {task.unit} {unit + 1} in {os.path.join(folder, 'tb', 'plugins', 'profile')}",
-                  flush=True)
+            trace_dir = os.path.join(folder, "tb", "plugins", "profile")
+            print(f"{label}profiler trace of {task.unit} {unit + 1} in {trace_dir}", flush=True)
         check_finite(values, task.unit, unit)
         losses = task.unit_losses(values)
         writer.scalars({f"loss/{k}": v for k, v in losses.items()}, unit)

@@ -163,8 +163,9 @@ def load_array(path: str) -> np.ndarray:
             except ValueError as e:
                 if "allow_pickle" not in str(e):
                     raise
-                raise DataError(f"{path}: holds Python objects (a pickled object array), which are never loaded; "
-                                "save a numeric array, e.g. numpy.save(path, np.stack(rows).astype('float32'))") from None
+                raise DataError(f"{path}: holds Python objects (a pickled object array), which are never "
+                                "loaded; save a numeric array, e.g. numpy.save(path, np.stack(rows).astype('float32'))"
+                                ) from None
         if ext == ".mat":
             return _load_mat_variable(path, stem)
         if ext == ".h5":

@@ -7,9 +7,10 @@
     python -m tools.search --model exported/cmhash32 ...                    # hash codes, Hamming
 
 Both sides go through the SavedModel (`embed_text` / `embed_image`, or `hash_*` for a hashing
-model, which is ranked by Hamming distance as its method is evaluated unless `--nohamming`); results list, per query, the top-K gallery ids (row numbers, or the ids of
-`--gallery_ids`) with their scores (cosine, or Hamming distance). Exact search is chunked over
-queries and gallery, so memory stays bounded by `--chunk` rows of each whatever the sizes. A JSON
+model, which is ranked by Hamming distance as its method is evaluated unless `--nohamming`);
+results list, per query, the top-K gallery ids (row numbers, or the ids of `--gallery_ids`) with
+their scores (cosine, or Hamming distance). Exact search is chunked over queries and gallery, so
+memory stays bounded by `--chunk` rows of each whatever the sizes. A JSON
 result also says what produced it (the model and the run it was exported from, both input files
 with a digest of their rows, the ranking and the backend), so a hits file shared or found later
 still names its model and data.
@@ -17,6 +18,7 @@ still names its model and data.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import hashlib
@@ -153,13 +155,10 @@ def describe_input(path: str, rows: np.ndarray, side: str, ids_file: str | None)
 
 def describe_model(model_dir: str) -> dict:
     """The SavedModel and, from the export.json tools.export writes beside it, what trained it."""
-    meta = {}
-    path = os.path.join(model_dir, "export.json")
+    meta, path = {}, os.path.join(model_dir, "export.json")
     if os.path.isfile(path):
-        try:
+        with contextlib.suppress(DataError):  # a damaged export.json only leaves these fields out
             meta = io.read_json(path)
-        except DataError:
-            meta = {}
     keep = ("method", "run_dir", "checkpoint", "run")
     return {"folder": os.path.abspath(model_dir), **{k: meta.get(k) for k in keep if k in meta}}
 
