@@ -338,7 +338,7 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
     `label_base.txt` holding 0 or 1).
     """
     io.require_folder(folder, FEATURES_HOW_TO)
-    raw = {}
+    raw, missing = {}, []
     for split in ("train", "val", "test"):
         files = {}
         for part in ("img", "txt"):
@@ -349,10 +349,14 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
         present = [k for k in ("img", "txt", "lab") if files[k]]
         if split == "val" and not present:
             continue
-        missing = [f"{split}_{k} (.npy/.mat/.h5)" for k in ("img", "txt", "lab") if not files[k]]
-        if missing:
-            raise DataError(f"missing {', '.join(missing)} in {folder}. {FEATURES_HOW_TO}")
+        missing += [f"{split}_{k}" for k in ("img", "txt", "lab") if not files[k]]
         raw[split] = files
+    if missing:
+        archives = sorted(n for n in os.listdir(folder) if n.endswith(".npz"))
+        hint = (f" ({', '.join(archives)}: .npz archives are not read; save each array as its own "
+                ".npy)" if archives else "")
+        raise DataError(f"missing {', '.join(missing)} (.npy/.mat/.h5) in {folder}{hint}. "
+                        f"{FEATURES_HOW_TO}")
     loaded = {}
     for split, files in raw.items():
         image = io.as_matrix(io.load_array(files["img"]), files["img"])

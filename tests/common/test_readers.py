@@ -222,6 +222,13 @@ def test_feature_folder_errors(tmp_path):
         readers.read_feature_folder(str(tmp_path))
     with pytest.raises(DataError, match="does not exist"):
         readers.read_feature_folder(str(tmp_path / "nowhere"))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    np.savez(archive / "feats.npz", train_img=np.ones((4, 3)))
+    with pytest.raises(DataError, match=r"missing train_img, train_txt, train_lab, test_img, test_txt, "
+                                        r"test_lab \(.npy/.mat/.h5\) in .*archive \(feats.npz: .npz "
+                                        r"archives are not read"):
+        readers.read_feature_folder(str(archive))
 
 
 def test_pascal_dscmr_reports_the_missing_file(shared_data):
