@@ -313,7 +313,7 @@ def quiet() -> None:
 def import_tensorflow() -> None:
     """Import TensorFlow and Keras with their load-time banners (oneDNN, CUDA probes: written
     through absl before TF_CPP_MIN_LOG_LEVEL applies) held back; they are shown if the import
-    fails, and always when verbose."""
+    fails (not when Ctrl-C or SIGTERM stops it), and always when verbose."""
     if "tensorflow" in sys.modules or verbose():
         import keras  # noqa: F401
         import tensorflow  # noqa: F401
@@ -328,7 +328,7 @@ def import_tensorflow() -> None:
         try:
             import keras  # noqa: F401
             import tensorflow  # noqa: F401
-        except BaseException:
+        except Exception:
             os.dup2(saved, 2)
             held.seek(0)
             sys.stderr.write(held.read().decode(errors="replace"))
