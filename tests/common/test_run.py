@@ -291,6 +291,21 @@ def test_a_stopped_tool_exits_with_one_line_and_no_resume_promise(stop, code, li
     assert (res.returncode, res.stderr.strip()) == (code, line), res.stderr
 
 
+@pytest.mark.parametrize("fault,shown", [("raise ImportError('no libcudart')", True),
+                                          ("raise KeyboardInterrupt", False)])
+def test_import_banners_are_held_back_and_shown_only_when_the_import_fails(tmp_path, fault, shown):
+    """The load-time lines TensorFlow writes to fd 2 before its log level applies explain a failed
+    import; a Ctrl-C during the import is not a failure and must not print them."""
+    fake = tmp_path / "keras"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(f"import os\nos.write(2, b'load banner\\n')\n{fault}\n")
+    script = "from common import run\ntry:\n    run.import_tensorflow()\nexcept BaseException:\n    pass\n"
+    env = {k: v for k, v in os.environ.items() if k != "CMR_VERBOSE"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env=dict(env, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}"))
+    assert ("load banner" in res.stderr) is shown, res.stderr
+
+
 def test_a_stop_during_a_long_tensorflow_call_is_acknowledged_at_once_and_a_second_one_stops():
     """Python handles Ctrl-C only when TensorFlow's call returns (a whole compiled epoch): the
     first one is acknowledged at once, the second stops the process without waiting for it."""
