@@ -23,9 +23,22 @@ from common.errors import ConfigError
 FLAGS = flags.FLAGS
 
 
-def _inv_sqrt(c: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh(c)
-    return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
+def _whitener(xc: np.ndarray, reg: float) -> np.ndarray:
+    """(C + ridge I)^(-1/2) of the centred rows' covariance C, ridge relative to C's mean variance.
+    With fewer rows than columns (4096-d CNN features) C has rank < n, and the thin SVD of the
+    rows gives the same matrix far faster than an eigendecomposition of C."""
+    n, d = xc.shape[0] - 1, xc.shape[1]
+    if xc.shape[0] >= d:
+        c = xc.T @ xc / n
+        c += reg * max(np.trace(c) / d, 1e-12) * np.eye(d)
+        w, v = np.linalg.eigh(c)
+        return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    w = s ** 2 / n
+    ridge = reg * max(w.sum() / d, 1e-12)
+    outside = 1 / np.sqrt(max(ridge, 1e-12))
+    inside = 1 / np.sqrt(np.maximum(w + ridge, 1e-12)) - outside
+    return (vt.T * inside) @ vt + outside * np.eye(d)
 
 
 class CCA:
@@ -41,10 +54,8 @@ class CCA:
         self.mx, self.my = x.mean(0), y.mean(0)
         xc, yc = x - self.mx, y - self.my
         n = x.shape[0] - 1
-        cxx, cyy, cxy = xc.T @ xc / n, yc.T @ yc / n, xc.T @ yc / n
-        cxx += self.reg * max(np.trace(cxx) / cxx.shape[0], 1e-12) * np.eye(cxx.shape[0])
-        cyy += self.reg * max(np.trace(cyy) / cyy.shape[0], 1e-12) * np.eye(cyy.shape[0])
-        wx, wy = _inv_sqrt(cxx), _inv_sqrt(cyy)
+        cxy = xc.T @ yc / n
+        wx, wy = _whitener(xc, self.reg), _whitener(yc, self.reg)
         u, s, vt = np.linalg.svd(wx @ cxy @ wy, full_matrices=False)
         k = self.dim or min(x.shape[1], y.shape[1], 128)
         k = min(k, len(s))

@@ -19,6 +19,21 @@ def run_cli(*args, cwd=REPO):
     return res
 
 
+@pytest.mark.parametrize("rows,reg", [(9, 1e-3), (9, 0.0), (40, 1e-3)])
+def test_whitening_with_fewer_rows_than_columns_is_the_inverse_square_root(rows, reg):
+    """The thin-SVD whitener (n < d, e.g. 4096-d CNN features) against the eigendecomposition of
+    the ridged covariance it replaces, clipped the same way."""
+    from tools.baseline import _whitener
+
+    xc = np.random.default_rng(1).normal(size=(rows, 30)) * np.linspace(0.1, 3, 30)
+    xc -= xc.mean(0)
+    c = xc.T @ xc / (rows - 1)
+    c += reg * max(np.trace(c) / 30, 1e-12) * np.eye(30)
+    w, v = np.linalg.eigh(c)
+    np.testing.assert_allclose(_whitener(xc, reg), (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T,
+                               rtol=1e-7, atol=1e-7 * np.sqrt(1e12) if reg == 0 else 1e-9)
+
+
 def test_cca_recovers_a_shared_signal():
     rng = np.random.default_rng(0)
     z = rng.normal(size=(500, 2))
