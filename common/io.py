@@ -106,8 +106,9 @@ def as_int_labels(obj: Any, path: str) -> np.ndarray:
                     f"{path}: labels are names ({', '.join(map(str, arr[:3]))}, ...), not class ids: save "
                     "np.unique(names, return_inverse=True)[1] as the labels and the unique names, one per line, "
                     "as class_names.txt") from None
-        if arr.size and not np.all(np.equal(np.mod(arr.astype(np.float64), 1), 0)):
-            raise ValueError("non-integer values")
+        bad = np.flatnonzero(~np.equal(np.mod(arr.astype(np.float64), 1), 0))
+        if bad.size:
+            raise ValueError(f"row {bad[0]} holds {arr[bad[0]].item()}; {bad.size} row(s) are not whole numbers")
         return arr.astype(np.int64)
     except DataError:
         raise
