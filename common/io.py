@@ -74,7 +74,8 @@ def as_matrix(obj: Any, path: str, dim: Optional[int] = None) -> np.ndarray:
         raise DataError(f"{path}: holds complex numbers; features must be real")
     try:
         if isinstance(obj, np.ndarray) and obj.dtype != object:
-            arr = np.asarray(obj, dtype=np.float32)
+            with np.errstate(over="ignore"):
+                arr = np.asarray(obj, dtype=np.float32)
         else:
             arr = np.stack([np.asarray(v, dtype=np.float32).reshape(-1) for v in obj])
     except Exception as e:
@@ -86,6 +87,12 @@ def as_matrix(obj: Any, path: str, dim: Optional[int] = None) -> np.ndarray:
         raise DataError(f"{path}: the vectors have no columns (shape {arr.shape})")
     if dim is not None and arr.shape[1] != dim:
         raise DataError(f"{path}: expected {dim} columns, got {arr.shape[1]}")
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f" and obj.dtype.itemsize > 4:
+        overflow = np.argwhere(np.isinf(arr) & np.isfinite(obj))
+        if overflow.size:
+            r, c = overflow[0]
+            raise DataError(f"{path}: value {obj[r, c]:g} at row {r}, column {c} is beyond float32's "
+                            "range (about 3.4e38); features are read as float32, so rescale them")
     return arr
 
 
