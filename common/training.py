@@ -139,7 +139,8 @@ class Checkpointer:
             if not isinstance(e, (tf.errors.OpError, OSError)):
                 raise
             reason = getattr(e, "strerror", None) or op_error_reason(e)
-            raise OSError(errno.EIO, f"cannot save checkpoint {number} ({reason}); the previous checkpoint is kept",
+            kept = "the previous checkpoint is kept" if self.manager.latest_checkpoint else "none was written"
+            raise OSError(errno.EIO, f"cannot save checkpoint {number} ({reason}); {kept}",
                           self.write_directory) from None
 
 

@@ -255,11 +255,12 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_fil
     before = sorted(os.listdir(tmp_path / "checkpoints"))
 
     def failing(self, checkpoint_number=None, **kw):
-        os.makedirs(tmp_path / "checkpoints" / f"ckpt-{checkpoint_number}_temp")
-        (tmp_path / "checkpoints" / f"ckpt-{checkpoint_number}_temp" / "part-0").write_bytes(b"half")
+        os.makedirs(os.path.join(self.directory, f"ckpt-{checkpoint_number}_temp"))
+        with open(os.path.join(self.directory, f"ckpt-{checkpoint_number}_temp", "part-0"), "wb") as half:
+            half.write(b"half")
         if fault == "Ctrl-C":
             raise KeyboardInterrupt
-        raise tf.errors.ResourceExhaustedError(None, None, TF_FULL_DISK.format(tmp_path / "checkpoints"))
+        raise tf.errors.ResourceExhaustedError(None, None, TF_FULL_DISK.format(self.directory))
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", failing)
     with pytest.raises(KeyboardInterrupt if fault == "Ctrl-C" else OSError) as raised:
@@ -268,6 +269,11 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_fil
         assert raised.value.strerror == ("cannot save checkpoint 2 (No space left on device); the previous "
                                          "checkpoint is kept")
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+    if fault == "full disk":  # the first save of a run has nothing to keep and says so
+        first = tmp_path / "first"
+        with pytest.raises(OSError, match=r"cannot save checkpoint 1 \(No space left on device\); none was written"):
+            training.RunState(str(first), v=v).record({"epoch": 0})
+        assert os.listdir(first / "checkpoints") == []
     monkeypatch.undo()
     assert training.RunState(str(tmp_path), v=v).start_epoch == 1
 
