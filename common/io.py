@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError, op_error_reason
 
 ARRAY_EXTENSIONS = (".npy", ".mat", ".h5")
 
@@ -337,8 +337,12 @@ def replacing_dir(out: str):
         if os.path.exists(out):
             shutil.rmtree(out)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if tmp in str(e) and (isinstance(e, OSError) or type(e).__module__.startswith("tensorflow")):
+            # the temporary folder is gone: name the output and the OS's reason instead
+            raise OSError(getattr(e, "errno", None) or errno.EIO,
+                          f"{op_error_reason(e)} while writing it; nothing was changed", out) from None
         raise
 
 

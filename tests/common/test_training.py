@@ -1,6 +1,7 @@
 """Gradient reversal, checkpoint resume with optimizer state, summaries, atomic writes."""
 
 import json
+import errno
 import os
 
 import keras
@@ -225,6 +226,12 @@ def test_an_output_folder_is_replaced_whole_or_not_at_all(tmp_path):
             open(os.path.join(tmp, "pr_curves.json"), "w").close()
             raise RuntimeError("the report failed half way")
     assert os.listdir(out) == ["pr_curves.png"] and sorted(os.listdir(tmp_path)) == ["plots", "seen"]  # no temporary left
+    with pytest.raises(OSError) as full:  # a failure about a file inside names the output, not the temporary folder
+        with io.replacing_dir(str(out)) as tmp:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(tmp, "variables", "variables"))
+    assert (full.value.errno, full.value.filename) == (errno.ENOSPC, str(out))
+    assert full.value.strerror == "No space left on device while writing it; nothing was changed"
+    assert os.listdir(out) == ["pr_curves.png"] and sorted(os.listdir(tmp_path)) == ["plots", "seen"]
     with io.replacing_dir(str(out)) as tmp:
         open(os.path.join(tmp, "pr_curves.json"), "w").close()
     assert os.listdir(out) == ["pr_curves.json"]  # nothing of the previous folder mixed in
