@@ -19,7 +19,7 @@ import os
 from absl import flags
 
 from common import run
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError
 from zscrgan_tf.config import RELEASE_NUMBER_EXAMPLE, SYNTHETIC_MAX_CYCLES, ZSCRGANConfig
 
 FLAGS = flags.FLAGS
@@ -99,7 +99,8 @@ def validate_flags() -> None:
         raise ConfigError("--batch_size must be at least 2 (wrong pairs roll the batch)")
 
 
-def load(name: str, data_dir: str | None, seed: int):
+def load(name: str, data_dir: str | None, seed: int, by_default: bool = False):
+    """`by_default`: the name is the flag's default (the release's CUB), not one the user typed."""
     from common import readers
     from common.datasets import FILE_READERS, load_dataset
 
@@ -107,7 +108,12 @@ def load(name: str, data_dir: str | None, seed: int):
         name = "synthetic:medium"
     if name.startswith("synthetic") or (name in FILE_READERS and name != "zscrgan"):
         return load_dataset(name, data_dir, seed=seed)  # paired data: features, the other releases' formats
-    return readers.read_zscrgan(data_dir or os.path.join("datasets", name), name=name)
+    folder = data_dir or os.path.join("datasets", name)
+    if by_default and not os.path.exists(folder):
+        raise DataError(f"--dataset defaults to the release's {name}, and its folder {folder}/ does not exist: "
+                        "get its four pickles (docs/zscrgan.md), or run on the embedded data with --dataset "
+                        "synthetic")
+    return readers.read_zscrgan(folder, name=name)
 
 
 def args_text(values: dict) -> str:
@@ -141,7 +147,7 @@ def main(argv):
     cfg = config_from_flags()
     from zscrgan_tf import data as zdata
 
-    ds = load(ds_name, FLAGS.data_dir, FLAGS.seed)
+    ds = load(ds_name, FLAGS.data_dir, FLAGS.seed, by_default=not FLAGS["dataset"].present)
     data = zdata.from_dataset(ds, FLAGS.val_classes, FLAGS.seed)
     if not data.trainids:
         raise ConfigError(f"{ds.where}: no seen class to train on")

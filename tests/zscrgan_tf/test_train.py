@@ -157,6 +157,10 @@ def test_cli_missing_files_and_bad_flags(tmp_path):
     r = _cli(["--dataset", "CUB"], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "txt_embed_dict.pkl" in r.stderr and os.path.join("datasets", "CUB") in r.stderr
+    r = _cli([], tmp_path)  # the release's default data set, absent on a fresh machine: say how to run anyway
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: --dataset defaults to the release's CUB, and its folder {os.path.join('datasets', 'CUB')}/ does "
+        "not exist: get its four pickles (docs/zscrgan.md), or run on the embedded data with --dataset synthetic")
     r = _cli(["--dataset", "synthetic", "--batch_size", "0"], tmp_path)
     assert r.returncode == 2 and "--batch_size" in r.stderr
     assert not os.path.exists(tmp_path / "ckt_logs")
