@@ -432,8 +432,8 @@ def main(argv):
         old = io.read_json(FLAGS.output)
         require_same_machine(old.get("machine") or {}, results["machine"], FLAGS.output)
         results.update(kept_records(old, [case for _, case in jobs]))
-    for key, case in jobs:
-        print(f"{case} ...", file=sys.stderr, flush=True)
+    for done, (key, case) in enumerate(jobs):
+        print(f"{case} ({done + 1} of {len(jobs)}) ...", file=sys.stderr, flush=True)
         record = dict(_child(case), measured=time.strftime("%Y-%m-%d"))
         if FLAGS.precision == "mixed_bfloat16" and key == "cases":
             print(f"{case} (mixed_bfloat16) ...", file=sys.stderr, flush=True)
@@ -442,7 +442,9 @@ def main(argv):
                                     ["loop", "floor", "xla", "floor_xla"])
             record["bf16_speedup"] = bf16_speedup(record)
         results[key].append(record)
-        io.write_json(FLAGS.output, results)  # after every case: a long run stopped early keeps what it measured
+        # after every case: a run stopped early keeps what it measured and lists what it lacks (--merge adds it)
+        io.write_json(FLAGS.output, dict(results, unmeasured=[c for _, c in jobs[done + 1:]]) if done + 1 < len(jobs)
+                      else results)
     print(markdown(results))
 
 

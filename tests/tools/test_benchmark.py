@@ -28,6 +28,8 @@ def test_benchmark_harness_tiny(tmp_path):
     g = res["gallery"][0]
     assert g["gallery"] == 3000 and 0 < g["map"] <= 1
     assert "| cmhash | tiny |" in r.stdout
+    assert "cmhash:tiny (1 of 2) ..." in r.stderr and "gallery:3000 (2 of 2) ..." in r.stderr
+    assert "unmeasured" not in res  # only a stopped run's file lists the cases it lacks
 
 
 
