@@ -40,6 +40,21 @@ def pytest_configure(config):
                                               ":DeprecationWarning:keras")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_temporary_folder(tmp_path_factory):
+    """What the libraries put in `tempfile`'s folder inside this process (TFDS's empty metadata
+    folders, a worker's throwaway checkpoints) goes to one folder removed when the session ends, not
+    to the user's /tmp. pytest's own folders (kept for debugging) are made before it moves."""
+    import shutil
+    import tempfile
+
+    tmp_path_factory.getbasetemp()
+    before, tempfile.tempdir = tempfile.tempdir, tempfile.mkdtemp(prefix="cmr-tests-")
+    yield
+    shutil.rmtree(tempfile.tempdir, ignore_errors=True)
+    tempfile.tempdir = before
+
+
 @pytest.fixture(autouse=True)
 def _tfds_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CMR_TFDS_DIR", str(tmp_path / "tfds_cache"))
