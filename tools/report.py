@@ -360,7 +360,7 @@ def main(argv):
         if len(argv) < 2:
             return
     if len(argv) < 2:
-        raise ConfigError("give one or more run folders (or results.json files)")
+        raise ConfigError("give one or more run folders or results.json files, e.g. `cmr report runs/`")
     if FLAGS.out:
         io.check_output_file(FLAGS.out, FLAGS.overwrite)
     collected = collect(argv[1:])  # one walk and read for the table and the CSV
