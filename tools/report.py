@@ -303,7 +303,7 @@ def pr_curves_and_projector(model_dir: str, features_dir: str, out_dir: str, use
         except ImportError:
             plt = None
     if plt is not None:
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig, ax = plt.subplots(figsize=(5, 4), layout="constrained")  # keeps the axis labels inside
         for name in ("i2t", "t2i"):
             ax.plot(curves[name]["recall"], curves[name]["precision"], label=name)
         ax.set_xlabel("recall")
