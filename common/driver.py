@@ -520,8 +520,7 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     if state.resumed:
         print(f"{label}resumed after {state.start_epoch} of {task.num_units} {task.unit}s ({folder})", flush=True)
     task.on_start(state.resumed)
-    chief = task.replicas is None or task.replicas.is_chief
-    if state.resumed and state.start_epoch < task.num_units and chief:
+    if state.resumed and state.start_epoch < task.num_units and state.chief:
         training.drop_events_from(os.path.join(folder, "tb"), state.start_epoch)  # the stopped session's later units
     writer = Summaries(os.path.join(folder, "tb"), task.replicas)
     if options.hparams is not None and not state.resumed:
@@ -538,7 +537,7 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
         if (signum := run.stop_requested()) is not None:  # a Ctrl-C / SIGTERM TensorFlow's call swallowed
             run.raise_stop(signum)
         on_block = _block_printer(task, unit, options, label, time.time()) if options.log_batches else None
-        tracing = unit == profile and chief
+        tracing = unit == profile and state.chief
         if tracing:
             import tensorflow as tf
 

@@ -65,9 +65,9 @@ class GloVe:
                 continue
             out.append(np.mean([self.vectors[self.index[w]] for w in known], axis=0))
         if unknown:
-            which = "1 class has" if len(unknown) == 1 else f"{len(unknown)} classes have"
-            raise DataError(f"{which} no word in the GloVe vocabulary: {', '.join(unknown)}; "
-                            f"give {'it' if len(unknown) == 1 else 'them'} known words in an --aliases file (lines like '{unknown[0]}: some words')")
+            which, them = ("1 class has", "it") if len(unknown) == 1 else (f"{len(unknown)} classes have", "them")
+            raise DataError(f"{which} no word in the GloVe vocabulary: {', '.join(unknown)}; give {them} known "
+                            f"words in an --aliases file (lines like '{unknown[0]}: some words')")
         return np.asarray(out, np.float32), missing
 
 

@@ -225,7 +225,8 @@ def test_an_output_folder_is_replaced_whole_or_not_at_all(tmp_path):
             (tmp_path / "seen").write_text(tmp)
             open(os.path.join(tmp, "pr_curves.json"), "w").close()
             raise RuntimeError("the report failed half way")
-    assert os.listdir(out) == ["pr_curves.png"] and sorted(os.listdir(tmp_path)) == ["plots", "seen"]  # no temporary left
+    # no temporary folder left
+    assert os.listdir(out) == ["pr_curves.png"] and sorted(os.listdir(tmp_path)) == ["plots", "seen"]
     with pytest.raises(OSError) as full:  # a failure about a file inside names the output, not the temporary folder
         with io.replacing_dir(str(out)) as tmp:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(tmp, "variables", "variables"))
