@@ -330,6 +330,13 @@ FEATURES_HOW_TO = (
     "class_names.txt, unseen_classes.txt. See docs/data.md, 'Bring your own data'.")
 
 
+def _missing_stems(missing):
+    """File stems that would have satisfied a missing part (labels may also be *_img_lab)."""
+    stems = set(missing)
+    stems |= {m[:-3] + s for m in missing if m.endswith("_lab") for s in ("img_lab", "txt_lab")}
+    return stems
+
+
 def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossModalDataset:
     """The generic layout every method accepts (`--dataset features --data_dir DIR`).
 
@@ -352,9 +359,13 @@ def read_feature_folder(folder: str, label_base: Optional[int] = None) -> CrossM
         missing += [f"{split}_{k}" for k in ("img", "txt", "lab") if not files[k]]
         raw[split] = files
     if missing:
-        archives = sorted(n for n in os.listdir(folder) if n.endswith(".npz"))
-        hint = (f" ({', '.join(archives)}: .npz archives are not read; save each array as its own "
-                ".npy)" if archives else "")
+        names = sorted(os.listdir(folder))
+        archives = [n for n in names if n.endswith(".npz")]
+        other = [n for n in names if os.path.splitext(n)[0] in _missing_stems(missing)]
+        hints = ([f"{', '.join(archives)}: .npz archives are not read; save each array as its own .npy"]
+                 if archives else [])
+        hints += [f"{', '.join(other)}: not read, save as .npy"] if other else []
+        hint = f" ({'; '.join(hints)})" if hints else ""
         raise DataError(f"missing {', '.join(missing)} (.npy/.mat/.h5) in {folder}{hint}. "
                         f"{FEATURES_HOW_TO}")
     loaded = {}

@@ -229,6 +229,14 @@ def test_feature_folder_errors(tmp_path):
                                         r"test_lab \(.npy/.mat/.h5\) in .*archive \(feats.npz: .npz "
                                         r"archives are not read"):
         readers.read_feature_folder(str(archive))
+    text_labels = tmp_path / "text_labels"
+    fixtures.write_feature_folder(text_labels)
+    for split in ("train", "test"):
+        np.savetxt(text_labels / f"{split}_lab.txt", np.load(text_labels / f"{split}_lab.npy"), fmt="%d")
+        os.unlink(text_labels / f"{split}_lab.npy")
+    with pytest.raises(DataError, match=r"missing train_lab, test_lab \(.npy/.mat/.h5\) in .*text_labels "
+                                        r"\(test_lab.txt, train_lab.txt: not read, save as .npy\)"):
+        readers.read_feature_folder(str(text_labels))
 
 
 def test_pascal_dscmr_reports_the_missing_file(shared_data):
