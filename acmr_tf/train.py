@@ -120,7 +120,7 @@ def main(argv):
     cfg.check_split_sizes(len(train), len(test), where)
     val_part = "" if ds.val is None else f" / {len(ds.val)} val"
     print(f"{ds.name}: {len(train)} train{val_part} / {len(test)} test pairs, dims {ds.image_dim}/{ds.text_dim}, "
-          f"labels {int(train.labels.min())}..{int(train.labels.max())} (0-based), {ds.num_classes} classes; "
+          f"train labels {int(train.labels.min())}..{int(train.labels.max())} (0-based), {ds.num_classes} classes; "
           f"ACMR {cfg.variant} ({cfg.arch} widths), preset {cfg.preset}, {run.counted(cfg.epochs, 'epoch')}",
           flush=True)
     warnings = run.data_warnings(ds)

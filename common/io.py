@@ -82,7 +82,13 @@ def as_matrix(obj: Any, path: str, dim: Optional[int] = None) -> np.ndarray:
         raise DataError(f"{path}: expected a 2-D float array or a list of equal-length "
                         f"vectors ({e})") from None
     if arr.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D (n, dim) array, got shape {arr.shape}")
+        hint = ""
+        if isinstance(obj, np.ndarray) and obj.dtype.names:
+            hint = f" (a structured array with fields {', '.join(obj.dtype.names)}: save the feature matrix itself)"
+        elif arr.ndim > 2 and arr.shape[0] and sorted(arr.shape[1:])[-2] == 1:
+            hint = (" (all its axes after the first but one have size 1, like a CNN's pooled output: "
+                    "save arr.reshape(len(arr), -1))")
+        raise DataError(f"{path}: expected a 2-D (n, dim) array, got shape {arr.shape}{hint}")
     if arr.shape[1] == 0:
         raise DataError(f"{path}: the vectors have no columns (shape {arr.shape})")
     if dim is not None and arr.shape[1] != dim:

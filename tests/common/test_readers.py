@@ -229,6 +229,15 @@ def test_feature_folder_errors(tmp_path):
                                         r"test_lab \(.npy/.mat/.h5\) in .*archive \(feats.npz: .npz "
                                         r"archives are not read"):
         readers.read_feature_folder(str(archive))
+    pooled = tmp_path / "pooled"
+    fixtures.write_feature_folder(pooled)
+    np.save(pooled / "test_img.npy", np.ones((6, 7, 1, 1), np.float32))
+    with pytest.raises(DataError, match=r"test_img.npy: expected a 2-D \(n, dim\) array, got shape \(6, 7, 1, 1\) "
+                                        r"\(all its axes .* size 1, .*save arr.reshape\(len\(arr\), -1\)\)"):
+        readers.read_feature_folder(str(pooled))
+    np.save(pooled / "test_img.npy", np.ones((6, 7, 2), np.float32))
+    with pytest.raises(DataError, match=r"got shape \(6, 7, 2\)$"):
+        readers.read_feature_folder(str(pooled))
     text_labels = tmp_path / "text_labels"
     fixtures.write_feature_folder(text_labels)
     for split in ("train", "test"):
