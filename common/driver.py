@@ -101,6 +101,11 @@ class RunFolder:
                               "--output_dir runs/my_run)")
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ConfigError(f"--output_dir {self.path} is a file, not a folder")
+        for name in INPUT_DIR_FLAGS:
+            given = self.settings.get(name)
+            if isinstance(given, str) and given and os.path.realpath(given) == os.path.realpath(self.path):
+                raise ConfigError(f"--output_dir {self.path} is the input folder --{name}: a run writes "
+                                  "checkpoints, logs and results into its folder; choose another --output_dir")
         parent = os.path.dirname(os.path.abspath(self.path))
         while not os.path.exists(parent):
             parent = os.path.dirname(parent)
@@ -331,6 +336,9 @@ def extra_files(run_dir: str) -> list:
 # the same folder given relatively or absolutely is the same run, and `--flagfile` works from any folder.
 PATH_FLAGS = frozenset({"data_dir", "output_dir", "res_dir", "image_dir", "text_dir", "image_preset",
                         "text_preset", "vocab"})
+
+
+INPUT_DIR_FLAGS = ("data_dir", "image_dir", "text_dir")  # folders a run reads: never its --output_dir
 
 
 def absolute_paths(settings: dict) -> dict:

@@ -334,6 +334,8 @@ CASES = [
      lambda d: text(f"{d}/file", "a file, not a folder"), "is a file, not a folder"),
     ("output-dir-is-a-file", "acmr_tf.train", ["--epochs", "1", "--output_dir", "{d}/afile"],
      lambda d: text(f"{d}/afile", "mine"), "is a file, not a folder"),
+    ("output-dir-is-the-data-folder", "acmr_tf.train", [*F, "--epochs", "1", "--batch_size", "4", "--output_dir", "{d}/f/"],
+     lambda d: features(f"{d}/f"), "is the input folder --data_dir"),
     ("output-dir-of-an-older-version", "acmr_tf.train", ["--epochs", "1", "--output_dir", "{d}/old"],
      lambda d: (text(f"{d}/old/results.json", "{}"), text(f"{d}/old/history.json", "{}")), "no run.json"),
     ("output-dir-of-another-method", "cmhash_tf.train", ["--epochs", "1", "--output_dir", "{d}/acmr"],
