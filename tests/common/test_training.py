@@ -113,6 +113,39 @@ def test_pr_curve_data_and_summary(tmp_path):
     assert any(f.startswith("events.out") for f in os.listdir(tmp_path))
 
 
+def _histogram_events(logdir):
+    out = {}
+    for path in tf.io.gfile.glob(os.path.join(str(logdir), "*tfevents*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                out[v.tag] = (v.metadata.plugin_data.plugin_name, tf.make_ndarray(v.tensor))
+    return out
+
+
+def test_weight_histograms_match_tensorboards_own_in_linear_memory(tmp_path):
+    """The histograms are bucketed without tf.summary.histogram's n x 30 one-hot (2 GB for a
+    2048 x 4096 kernel), into exactly the buckets it writes."""
+    got = training.histogram_buckets(np.array([0.0, 1.0, 1.0, 3.0, np.nan]), count=3)
+    np.testing.assert_array_equal(got, [[0, 1, 1], [1, 2, 2], [2, 3, 1]])  # edges 0,1,2,3; 1.0 opens bucket 2
+    np.testing.assert_array_equal(training.histogram_buckets(np.full(4, 2.5), count=3),
+                                  [[2.5, 2.5, 0]] * 2 + [[2.5, 2.5, 4]])  # one value: all in the last bucket
+    rng = np.random.default_rng(0)
+    values = {"w": rng.normal(size=(70, 30)).astype(np.float32), "flat": np.full(5, 0.5, np.float32),
+              "steps": rng.integers(0, 4, 500).astype(np.float32)}
+    ours, theirs = training.SummaryWriter(str(tmp_path / "ours")), tf.summary.create_file_writer(str(tmp_path / "tf"))
+    ours.histograms({k: tf.Variable(v) for k, v in values.items()}, 3)
+    ours.flush()
+    with theirs.as_default(step=3):
+        for k, v in values.items():
+            tf.summary.histogram(k, v)
+    theirs.flush()
+    a, b = _histogram_events(tmp_path / "ours"), _histogram_events(tmp_path / "tf")
+    assert sorted(a) == sorted(values) and all(a[k][0] == b[k][0] == "histograms" for k in values)
+    for k in values:
+        np.testing.assert_array_equal(a[k][1], b[k][1])
+    assert a["w"][1][:, 2].sum() == 70 * 30
+
+
 def test_checkpointer_saves_data_position_with_the_model(tmp_path):
     from common import pipelines
     from common.dataset import Split
