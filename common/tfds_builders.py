@@ -6,7 +6,9 @@ example `image`, `text` (float32 vectors of the data's fixed widths), `label` (i
 multi-hot uint8) and `id`. Details:
 
 - Widths are fixed (`(d,)`, so batched specs are `(None, d)`): they come from the builder config,
-  which `config_for(name, folder)` reads off the folder (`tfds.load` recipe in docs/data.md).
+  which `config_for(name, folder)` reads off the folder (`tfds.load` recipe in docs/data.md). The
+  config's name also holds a digest of the data, so a folder whose files changed is prepared
+  again under a new name instead of TFDS serving the earlier preparation.
 - Examples keep file order (`disable_shuffling`): row i of a split is row i of its files.
 - `as_supervised=True` yields `((image, text), label)`: the pair is the model's input (retrieval is
   learned from pairs) and the class label is the supervision the label-aware methods use.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from typing import Optional
 
@@ -45,6 +48,7 @@ class CmrConfig(tfds.core.BuilderConfig):
     text_dim: int = 0
     num_classes: int = 0
     multilabel: bool = False
+    data_digest: str = ""  # of the folder's arrays and class data: changed files make another config
 
 
 def config_for(name: str, folder: str) -> CmrConfig:
@@ -59,8 +63,11 @@ def _config_of(ds: CrossModalDataset) -> CmrConfig:
     img = max(s.image.shape[1] for s in ds.splits().values())
     txt = max(s.text.shape[1] for s in ds.splits().values())
     kind = "ml" if ds.multilabel else "sl"
-    return CmrConfig(name=f"i{img}_t{txt}_c{ds.num_classes}_{kind}", image_dim=int(img), text_dim=int(txt),
-                     num_classes=int(ds.num_classes), multilabel=bool(ds.multilabel))
+    digest = hashlib.sha1(json.dumps([ds.fingerprint()["digest"], _metadata(ds)], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:10]
+    return CmrConfig(name=f"i{img}_t{txt}_c{ds.num_classes}_{kind}_{digest}", image_dim=int(img),
+                     text_dim=int(txt), num_classes=int(ds.num_classes), multilabel=bool(ds.multilabel),
+                     data_digest=digest)
 
 
 def _features(cfg: CmrConfig) -> tfds.features.FeaturesDict:
@@ -136,6 +143,10 @@ class _CrossModalBuilder(tfds.core.GeneratorBasedBuilder):
                 want.image_dim, want.text_dim, want.num_classes, want.multilabel):
             raise DataError(f"the builder config {cfg.name} does not describe this data ({want.name}); build it "
                             "with common.tfds_builders.config_for(name, folder)")
+        if cfg.data_digest and cfg.data_digest != want.data_digest:
+            raise DataError(f"{dl_manager.manual_dir}: its files changed after the builder config {cfg.name} was "
+                            f"made (now {want.name}); make it again with common.tfds_builders.config_for(name, "
+                            "folder)")
         self.info.metadata.update(_metadata(ds))
         gens = {}
         for name, split in {**ds.splits(), **_zero_shot_splits(ds)}.items():

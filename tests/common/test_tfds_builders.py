@@ -107,3 +107,13 @@ def test_tfds_load_recipe_fixed_widths_supervised_keys_zero_shot_splits_and_file
     rows = np.stack([r["image"] for r in tfds.as_numpy(half)])
     np.testing.assert_array_equal(rows, direct.train.image[:len(rows)])
     assert len(rows) == len(direct.train) // 2
+    # the same recipe after the files changed (same widths): prepared again, not the old copy served
+    stale = kwargs["builder_kwargs"]["config"]
+    np.save(os.path.join(folder, "test_img.npy"), direct.test.image[::-1] + 1)
+    kwargs["builder_kwargs"] = {"config": tfds_builders.config_for("features", folder)}
+    assert kwargs["builder_kwargs"]["config"].name != stale.name
+    fresh = np.stack([r["image"] for r in tfds.as_numpy(tfds.load("cmr_features", split="test", **kwargs))])
+    np.testing.assert_array_equal(fresh, direct.test.image[::-1] + 1)
+    builder = tfds.builder("cmr_features", data_dir=str(tmp_path / "fresh"), config=stale)
+    with pytest.raises(DataError, match=r"uci: its files changed after the builder config i7_t3_c4_sl_\w+ was made"):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=folder))
