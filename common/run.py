@@ -9,6 +9,7 @@ is in `common.driver`.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import math
 import os
 import shutil
@@ -473,18 +474,56 @@ def _other_programs_flagfile(argv: list) -> str:
     return ""
 
 
-_TEMP_DIR: list = []  # this process's private temporary folder (`private_tempdir`)
+_TEMP_DIR: list = []  # this process's private temporary folder (`private_tempdir`) and its liveness lock
+TEMP_PREFIX, ALIVE_FILE = "cmr-", ".alive"
 
 
 def private_tempdir() -> str:
     """A temporary folder of this process for everything that uses `tempfile` (TensorFlow's autograph
     writes a source file per converted function). Removed at exit, also on the error exits that skip
-    Python's exit handlers (`_fail`), where those files used to stay behind in /tmp."""
+    Python's exit handlers (`_fail`), where those files used to stay behind in /tmp. A process killed
+    outright (SIGKILL, the kernel's OOM killer) cannot remove it: its `.alive` lock, held for the
+    process's life and released by the kernel, tells the next run that the folder is stale."""
     if not _TEMP_DIR:
-        _TEMP_DIR.append(tempfile.mkdtemp(prefix="cmr-"))
-        tempfile.tempdir = _TEMP_DIR[0]
+        remove_stale_tempdirs()
+        path = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+        alive = open(os.path.join(path, ALIVE_FILE), "w")
+        fcntl.flock(alive, fcntl.LOCK_EX)  # before the PID is written: an empty file is never stale
+        alive.write(f"{os.getpid()}\n")
+        alive.flush()
+        _TEMP_DIR.extend([path, alive])
+        tempfile.tempdir = path
         atexit.register(remove_private_tempdir)
     return _TEMP_DIR[0]
+
+
+def remove_stale_tempdirs(root: Optional[str] = None) -> list:
+    """Remove this user's private folders (under `root`, default $TMPDIR) whose process is gone:
+    their `.alive` lock can be taken and holds a PID. A live run's folder, one being created and
+    folders without the lock file are left alone. Returns the removed paths."""
+    root = root or tempfile.gettempdir()
+    removed = []
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            if not os.path.isdir(path) or os.path.islink(path) or os.stat(path).st_uid != os.getuid():
+                continue
+            alive = open(os.path.join(path, ALIVE_FILE))
+        except OSError:
+            continue
+        with alive:
+            try:
+                fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its process is running
+            if alive.read().strip():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
 
 
 def remove_private_tempdir() -> None:

@@ -518,3 +518,39 @@ def test_a_run_is_the_same_whichever_way_its_paths_are_written(tmp_path):
 def test_a_refusal_shows_a_list_flag_as_it_is_typed():
     assert driver.describe_changes({"bits": ["16"]}, {"bits": ["16", "32"]}, "--") == ["--bits 16 -> 16,32"]
     assert driver.describe_changes({"lr": None}, {"lr": 0.1}, "--") == ["--lr (default) -> 0.1"]
+
+
+def test_private_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
+    """A run killed outright (SIGKILL, the OOM killer) leaves its private temporary folder; the next
+    run removes it, and only such folders: not a running process's, not one still being created
+    (its lock file empty), not folders without the lock file or of other names."""
+    import fcntl
+
+    from common import run
+
+    def folder(name, alive=None):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "__autograph_generated_file.py").write_text("x = 1\n")
+        if alive is not None:
+            (path / run.ALIVE_FILE).write_text(alive)
+        return path
+
+    killed = folder("cmr-killed", "4242\n")
+    running = folder("cmr-running", "4243\n")
+    creating, other, unmarked = folder("cmr-creating", ""), folder("mine", "4244\n"), folder("cmr-tests-x")
+    with open(running / run.ALIVE_FILE) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as its live process holds it
+        assert run.remove_stale_tempdirs(str(tmp_path)) == [str(killed)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (running, creating, other, unmarked))
+    code = ("import os, sys, tempfile; from common import run; d = run.private_tempdir(); "
+            "print(d, flush=True); os.kill(os.getpid(), 9)")
+    env = dict(os.environ, PYTHONPATH=REPO, TMPDIR=str(tmp_path))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    left = res.stdout.strip()
+    assert res.returncode == -9 and os.path.isdir(left) and open(os.path.join(left, run.ALIVE_FILE)).read().strip()
+    res = subprocess.run([sys.executable, "-c", "from common import run; run.private_tempdir()"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and not os.path.exists(left)  # the next run removed it, then its own at exit
+    # "cmr-running"'s lock was released when the `with` block ended, as a dying process's is: stale now
+    assert {p.name for p in tmp_path.iterdir()} == {"cmr-creating", "mine", "cmr-tests-x"}
