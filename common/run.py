@@ -510,9 +510,11 @@ def remove_stale_tempdirs(root: Optional[str] = None) -> list:
     for name in names:
         path = os.path.join(root, name)
         try:
-            if not os.path.isdir(path) or os.path.islink(path) or os.stat(path).st_uid != os.getuid():
+            marker = os.path.join(path, ALIVE_FILE)
+            if (not os.path.isdir(path) or os.path.islink(path) or os.stat(path).st_uid != os.getuid()
+                    or not os.path.isfile(marker)):
                 continue
-            alive = open(os.path.join(path, ALIVE_FILE))
+            alive = open(marker)
         except OSError:
             continue
         with alive:
