@@ -299,17 +299,9 @@ def writer(folder: str) -> Optional[str]:
     (a JFSE scenario, a cmhash code length), or None when no run holds either. Probed with a shared
     lock held for an instant, so readers (export, report) can say that a run is still training."""
     for path in (folder, os.path.dirname(os.path.abspath(folder))):
-        lock_path = os.path.join(path, LOCK_FILE)
-        try:
-            f = open(lock_path)
-        except OSError:
-            continue
-        with f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                return f.read().strip() or "unknown"
-            fcntl.flock(f, fcntl.LOCK_UN)
+        state = io.probe_lock(os.path.join(path, LOCK_FILE), shared=True)
+        if state and state[0]:
+            return state[1] or "unknown"
     return None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import pickle
@@ -423,3 +424,19 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def probe_lock(path: str, shared: bool = False) -> Optional[tuple]:
+    """(held by another process, the file's text) of a `flock` lock file, or None when it cannot be
+    opened. A free lock is taken for an instant only; the kernel releases a holder's lock when the
+    holder dies, so a free lock means no live process holds the file."""
+    try:
+        f = open(path)
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError:
+            return True, f.read().strip()
+        return False, f.read().strip()

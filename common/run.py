@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 from absl import app, flags
 
+from common import io
 from common.errors import (OS_FAULTS, ConfigError, DataError, DivergenceError, op_error_line, op_error_reason,
                            tensorflow_oom)
 
@@ -156,7 +157,7 @@ def refuse_ignored(names, message: str) -> None:
     """A flag the run would ignore is an error (`message`), except when this command resumes a run that
     was started with it (the same value in its run.json, from before such flags were refused): then a
     warning, so that the run can finish as it began."""
-    from common import driver, io
+    from common import driver
 
     out = flags.FLAGS.output_dir if "output_dir" in flags.FLAGS else None
     recorded = {}
@@ -509,22 +510,17 @@ def remove_stale_tempdirs(root: Optional[str] = None) -> list:
         return removed
     for name in names:
         path = os.path.join(root, name)
+        marker = os.path.join(path, ALIVE_FILE)
         try:
-            marker = os.path.join(path, ALIVE_FILE)
             if (not os.path.isdir(path) or os.path.islink(path) or os.stat(path).st_uid != os.getuid()
                     or not os.path.isfile(marker)):
                 continue
-            alive = open(marker)
         except OSError:
             continue
-        with alive:
-            try:
-                fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # its process is running
-            if alive.read().strip():
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
+        held, pid = io.probe_lock(marker) or (True, "")
+        if not held and pid:  # an empty file: its process is between creating and locking it
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
