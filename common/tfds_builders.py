@@ -59,11 +59,12 @@ def config_for(name: str, folder: str) -> CmrConfig:
     return _config_of(ds)
 
 
-def _config_of(ds: CrossModalDataset) -> CmrConfig:
+def _config_of(ds: CrossModalDataset, metadata: Optional[dict] = None) -> CmrConfig:
+    """`metadata`: `_metadata(ds)` when the caller has it already."""
     img = max(s.image.shape[1] for s in ds.splits().values())
     txt = max(s.text.shape[1] for s in ds.splits().values())
     kind = "ml" if ds.multilabel else "sl"
-    digest = hashlib.sha1(json.dumps([ds.fingerprint()["digest"], _metadata(ds)], sort_keys=True,
+    digest = hashlib.sha1(json.dumps([ds.fingerprint()["digest"], metadata or _metadata(ds)], sort_keys=True,
                                      default=str).encode()).hexdigest()[:10]
     return CmrConfig(name=f"i{img}_t{txt}_c{ds.num_classes}_{kind}_{digest}", image_dim=int(img),
                      text_dim=int(txt), num_classes=int(ds.num_classes), multilabel=bool(ds.multilabel),
@@ -137,8 +138,8 @@ class _CrossModalBuilder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         ds = self._load(dl_manager)
-        cfg = self.builder_config
-        want = _config_of(ds)
+        cfg, metadata = self.builder_config, _metadata(ds)
+        want = _config_of(ds, metadata)
         if (cfg.image_dim, cfg.text_dim, cfg.num_classes, cfg.multilabel) != (
                 want.image_dim, want.text_dim, want.num_classes, want.multilabel):
             raise DataError(f"the builder config {cfg.name} does not describe this data ({want.name}); build it "
@@ -147,7 +148,7 @@ class _CrossModalBuilder(tfds.core.GeneratorBasedBuilder):
             raise DataError(f"{dl_manager.manual_dir}: its files changed after the builder config {cfg.name} was "
                             f"made (now {want.name}); make it again with common.tfds_builders.config_for(name, "
                             "folder)")
-        self.info.metadata.update(_metadata(ds))
+        self.info.metadata.update(metadata)
         gens = {}
         for name, split in {**ds.splits(), **_zero_shot_splits(ds)}.items():
             if split.paired:
