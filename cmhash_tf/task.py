@@ -146,8 +146,10 @@ class CMHashTask(driver.Task):
 
     key_losses = ("loss", "skipped_batches")
 
-    def __init__(self, trainer: CMHashTrainer, val, queries, database, runner, position: Optional[dict] = None):
+    def __init__(self, trainer: CMHashTrainer, val, queries, database, runner, position: Optional[dict] = None,
+                 select_on_test: bool = False):
         self.trainer, self.val, self.queries, self.database = trainer, val, queries, database
+        self.selection = "test" if select_on_test or val is None else "val"  # the epoch results.json reports
         self.runner, self.position = runner, position or {}
         self.replicas, self.num_units = trainer.replicas, trainer.cfg.epochs
         self.steps_per_unit = runner.steps
@@ -204,10 +206,13 @@ class CMHashTask(driver.Task):
             "i2t": (qi, dt, q.labels, db.labels, "hamming"), "t2i": (qt, di, q.labels, db.labels, "hamming")}
         return driver.Evaluation(record, scalars, curves)
 
-    def summary(self, history: list, select_on_test: bool) -> dict:
-        key = "test" if select_on_test or "val" not in history[-1] else "val"
-        best = max(history, key=lambda r: sum(r[key][k] for k in self.keys))
-        return {"selected": dict(best["test"], epoch=best["epoch"], selected_on=key), "final": history[-1]["test"]}
+    def selection_score(self, record: dict) -> float:
+        return sum(record[self.selection][k] for k in self.keys)
+
+    def summary(self, history: list) -> dict:
+        best = max(history, key=self.selection_score)  # the first best: the model the driver kept
+        return {"selected": dict(best["test"], epoch=best["epoch"], selected_on=self.selection),
+                "final": history[-1]["test"]}
 
 
 def fit(cfg: CMHashConfig, train, val, queries, database, out_dir: str, select_on_test: bool = False,
@@ -222,7 +227,7 @@ def fit(cfg: CMHashConfig, train, val, queries, database, out_dir: str, select_o
     if trainer is None:
         trainer = CMHashTrainer(cfg, train.image.shape[1], train.text.shape[1], replicas=replicas)
         runner = trainer.make_runner(train, steps_per_execution, jit_compile)
-    task = CMHashTask(trainer, val, queries, database, runner, position)
+    task = CMHashTask(trainer, val, queries, database, runner, position, select_on_test)
     if position is None and trainer.replicas.is_chief:  # feature heads export
         export.write_spec(out_dir, **task.encoders(train.image.shape[1], train.text.shape[1]))
     result = driver.fit(task, out_dir, options or driver.FitOptions(label=f"[{cfg.bits} bits]"))
@@ -231,7 +236,7 @@ def fit(cfg: CMHashConfig, train, val, queries, database, out_dir: str, select_o
         raise DataError(f"no training batch of {cfg.batch_size} produced a triplet in {epochs} (every update was "
                         "skipped), so there is no result; a larger --batch_size or data with more label overlap is "
                         "needed (with --overwrite or another --output_dir)")
-    out = task.summary(result.history, select_on_test)
+    out = task.summary(result.history)
     out.update(seconds_per_epoch=result.seconds_per_unit, trained=result.trained > 0,
                random_codes_map=random_codes_map(queries, database, cfg.bits, seed),
                config=dict(dataclasses.asdict(cfg), margin=cfg.margin_value))  # as trained (end to end: its lr)

@@ -446,6 +446,7 @@ class Task:
     replicas = None
     headline: Sequence[str] = ()  # progress-line metrics (keys of Evaluation.scalars)
     key_losses: Sequence[str] = ()  # progress-line losses (all when empty)
+    selection: Optional[str] = None  # results report the best evaluation by `selection_score`, not the last
 
     def checkpoint_objects(self) -> dict:
         raise NotImplementedError
@@ -465,8 +466,12 @@ class Task:
         raise NotImplementedError
 
     def models(self) -> dict:
-        """Networks whose weights go into the histograms."""
+        """Networks whose weights go into the histograms (and the selected model)."""
         return {}
+
+    def selection_score(self, record: dict) -> float:
+        """With `selection`: how good an evaluation record is (the first highest is the result)."""
+        raise NotImplementedError
 
     def on_start(self, resumed: bool) -> None:
         """After restore (or initialisation), before the first unit."""
@@ -533,6 +538,12 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
         print(f"{label}note: {task.unit} {profile + 1} was trained before this resume; no profiler trace", flush=True)
     progress = Progress(total, first, task.unit, label)
     since, units_since = 0.0, 0
+    selected, best = None, -np.inf
+    if task.selection:
+        throwaway = None if state.chief else os.path.join(state.ckpt.write_directory, training.SELECTED)
+        selected = training.SelectedModel(folder, task.models(), task.selection, chief=state.chief,
+                                          write_directory=throwaway)
+        best = max((task.selection_score(r) for r in state.history), default=-np.inf)
     for unit in range(first, total):
         if (signum := run.stop_requested()) is not None:  # a Ctrl-C / SIGTERM TensorFlow's call swallowed
             run.raise_stop(signum)
@@ -565,8 +576,14 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
             writer.pr_curves(evaluation.curves, unit)
             evaluation.record = dict({"losses": losses}, **evaluation.record, train_seconds=round(since, 4),
                                      train_units=units_since)
+            score = task.selection_score(evaluation.record) if selected is not None else -np.inf
+            if score > best:  # kept before the record that names it is checkpointed
+                selected.write(unit + 1)
             task.before_record(evaluation, state.history)
             state.record(evaluation.record)
+            if score > best:
+                selected.commit(evaluation.record["epoch"], score)
+                best = score
             since, units_since = 0.0, 0
             task.after_record(evaluation, state.history)
             shown.update({k: v for k, v in evaluation.scalars.items() if k in task.headline})

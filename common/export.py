@@ -89,8 +89,20 @@ def _check_shapes(checkpoint: str, indexes: dict) -> None:
 
 
 def resolve_checkpoint(ckpt_dir: str, given: str) -> str:
-    """A checkpoint as a user names it: its path prefix, one of its files (`ckpt-7.index`), or its
-    name or number inside the run's checkpoints (`ckpt-7`, `7`). Missing: the error lists those kept."""
+    """A checkpoint as a user names it: its path prefix, one of its files (`ckpt-7.index`), its
+    name or number inside the run's checkpoints (`ckpt-7`, `7`), `latest`, or `selected` (the model
+    of the epoch the results report, for a run that selects one). Missing: the error lists those kept."""
+    if given == "latest":
+        latest = training.latest_checkpoint(ckpt_dir)
+        if latest is None:
+            raise DataError(f"--checkpoint latest: {ckpt_dir} holds no checkpoint")
+        return latest
+    if given == training.SELECTED:
+        chosen = training.selected_checkpoint(ckpt_dir)
+        if chosen is None:
+            raise DataError(f"--checkpoint selected: this run keeps no selected model (its results describe its "
+                            f"latest checkpoint in {ckpt_dir})")
+        return chosen["path"]
     base = re.sub(r"\.(index|data-\d+-of-\d+)$", "", given)
     candidates = [base]
     if os.sep not in base:
@@ -104,9 +116,18 @@ def resolve_checkpoint(ckpt_dir: str, given: str) -> str:
     raise DataError(f"--checkpoint {given}: no such checkpoint; {have}")
 
 
+def default_checkpoint(ckpt_dir: str) -> Optional[str]:
+    """The model a run's results describe: the selected one when the run keeps one (cmhash's epoch
+    chosen on validation), else the latest checkpoint."""
+    chosen = training.selected_checkpoint(ckpt_dir)
+    return chosen["path"] if chosen else training.latest_checkpoint(ckpt_dir)
+
+
 def restore_models(run_dir: str, checkpoint: Optional[str] = None, **models) -> str:
     """Restore built Keras models from a run's checkpoint by their names in it (the entry points'
     names: `image_projector`, `text_regressor`, `g_net`, `image_head`, ...); returns the checkpoint.
+    By default the model the run's results describe (`default_checkpoint`); `checkpoint` as
+    `resolve_checkpoint` reads it (`latest`, `ckpt-7`, a path).
 
     The supported way to load trained weights outside the export: Keras 3 models are not complete
     `tf.train.Checkpoint` dependencies, so each checkpoint holds every model's variables by position
@@ -119,7 +140,7 @@ def restore_models(run_dir: str, checkpoint: Optional[str] = None, **models) -> 
     ckpt_dir = os.path.join(run_dir, training.CHECKPOINTS)
     if checkpoint is not None:
         checkpoint = resolve_checkpoint(ckpt_dir, checkpoint)
-    checkpoint = checkpoint or training.latest_checkpoint(ckpt_dir)
+    checkpoint = checkpoint or default_checkpoint(ckpt_dir)
     if checkpoint is None:
         raise DataError(f"{ckpt_dir}: no checkpoint to export (train first, or pass the checkpoint path)")
     indexes = {f"{k}__variables": training.variable_index(m) for k, m in models.items()}
@@ -186,4 +207,6 @@ def load_encoders(run_dir: str, checkpoint: Optional[str] = None) -> Encoders:
     for side in sides(spec):  # composite encoders create nothing new, but build every variable
         enc.embed(side, tf.zeros((1, spec[side]["dim"])))
     enc.checkpoint = restore_models(run_dir, checkpoint, **models)
+    chosen = training.selected_checkpoint(os.path.join(run_dir, training.CHECKPOINTS))
+    enc.selected = chosen if chosen and os.path.abspath(chosen["path"]) == os.path.abspath(enc.checkpoint) else None
     return enc

@@ -128,20 +128,93 @@ class Checkpointer:
         """Save; a failed or interrupted save (a full disk, Ctrl-C, SIGTERM) leaves the previous
         checkpoints and no temporary files."""
         number = int(self.step.numpy()) if number is None else number
-        try:
-            return self.manager.save(checkpoint_number=number)
-        except BaseException as e:
-            for leftover in glob.glob(os.path.join(self.write_directory, f"ckpt-{number}_temp*")):
-                if os.path.isdir(leftover):
-                    shutil.rmtree(leftover, ignore_errors=True)
-                elif os.path.lexists(leftover):
-                    os.unlink(leftover)
-            if not isinstance(e, (tf.errors.OpError, OSError)):
-                raise
-            reason = getattr(e, "strerror", None) or op_error_reason(e)
-            kept = "the previous checkpoint is kept" if self.manager.latest_checkpoint else "none was written"
-            raise OSError(errno.EIO, f"cannot save checkpoint {number} ({reason}); {kept}",
-                          self.write_directory) from None
+        kept = "the previous checkpoint is kept" if self.manager.latest_checkpoint else "none was written"
+        return _saving(lambda: self.manager.save(checkpoint_number=number), self.write_directory, f"ckpt-{number}",
+                       f"checkpoint {number}", kept)
+
+
+def _saving(save: Callable, directory: str, prefix: str, what: str, kept: str):
+    """Run `save` (writing `directory/prefix`); on failure remove its temporary files and raise one
+    OSError saying what was kept."""
+    try:
+        return save()
+    except BaseException as e:
+        for leftover in glob.glob(os.path.join(directory, f"{prefix}_temp*")):
+            if os.path.isdir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif os.path.lexists(leftover):
+                os.unlink(leftover)
+        if not isinstance(e, (tf.errors.OpError, OSError)):
+            raise
+        reason = getattr(e, "strerror", None) or op_error_reason(e)
+        raise OSError(errno.EIO, f"cannot save {what} ({reason}); {kept}", directory) from None
+
+
+SELECTED = "selected"  # checkpoints/selected/: the model of the evaluation a run's results report
+SELECTED_FILE = "selected.json"
+
+
+def selected_checkpoint(ckpt_dir: str) -> Optional[dict]:
+    """What `SelectedModel` kept under `ckpt_dir`: {"path", "epoch", "criterion", ...}; None when
+    the run keeps none (its results describe its last checkpoint)."""
+    record_path = os.path.join(ckpt_dir, SELECTED, SELECTED_FILE)
+    if not os.path.exists(record_path):
+        return None
+    try:
+        record = io.read_json(record_path)
+        path = os.path.join(ckpt_dir, SELECTED, record["checkpoint"])
+    except (DataError, KeyError, TypeError) as e:
+        raise DataError(f"{record_path}: damaged ({e}); pass --overwrite to train the run again") from None
+    if not os.path.exists(path + ".index"):
+        raise DataError(f"{record_path}: names {record['checkpoint']}, whose files are missing")
+    return dict(record, path=path)
+
+
+class SelectedModel:
+    """The weights of the evaluation a run's results report when that is not the last one (cmhash's
+    epoch chosen on validation), which the rolling checkpoints would have dropped: model variables
+    only, under `checkpoints/selected/`, restorable by `common.export.restore_models`.
+
+    `write` runs before the evaluation's record is checkpointed and `commit` after it, so the kept
+    model always belongs to a recorded evaluation: a run stopped between the two resumes with the
+    previous choice (the uncommitted files are removed) and evaluates that epoch again."""
+
+    def __init__(self, out_dir: str, models: dict, criterion: str, chief: bool = True,
+                 write_directory: Optional[str] = None):
+        self.ckpt_dir = os.path.join(out_dir, CHECKPOINTS)
+        self.directory = os.path.join(self.ckpt_dir, SELECTED)
+        self.write_directory = write_directory or self.directory
+        self.criterion, self.chief = criterion, chief
+        self.checkpoint = tf.train.Checkpoint(**{f"{k}__variables": variable_index(m) for k, m in models.items()})
+        self.checkpoint.save_counter  # noqa: B018 (created, as `save` would: a restore expects it)
+        self._pending: Optional[str] = None
+        if chief:
+            self._remove_others(keep=(selected_checkpoint(self.ckpt_dir) or {}).get("checkpoint"))
+
+    def write(self, number: int) -> None:
+        prefix = f"ckpt-{number}"
+        _saving(lambda: self.checkpoint.write(os.path.join(self.write_directory, prefix)), self.write_directory,
+                prefix, f"the selected model ({prefix})", "the previous one is kept")
+        self._pending = prefix
+
+    def commit(self, epoch: int, score: float) -> None:
+        """Make the written model the selected one (its evaluation is now recorded)."""
+        if self._pending is None or not self.chief:
+            return
+        io.write_json(os.path.join(self.directory, SELECTED_FILE),
+                      {"checkpoint": self._pending, "epoch": int(epoch), "criterion": self.criterion,
+                       "score": float(score)})
+        self._remove_others(keep=self._pending)
+        self._pending = None
+
+    def _remove_others(self, keep: Optional[str]) -> None:
+        if not os.path.isdir(self.directory):
+            return
+        for name in os.listdir(self.directory):
+            if name != SELECTED_FILE and (keep is None or not (name == keep + ".index" or
+                                                                name.startswith(keep + ".data-"))):
+                path = os.path.join(self.directory, name)
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
 
 
 class RunState:

@@ -73,6 +73,7 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite:
         tf.saved_model.save(module, tmp, signatures=signatures)
         meta = {"run_dir": os.path.abspath(run_dir), "method": enc.spec["method"],
                 "checkpoint": os.path.abspath(enc.checkpoint), "run": _run_summary(export.run_record(run_dir)),
+                "selected": None if enc.selected is None else {k: enc.selected[k] for k in ("epoch", "criterion")},
                 "signatures": sorted(signatures), "image_dim": enc.spec.get("image", {}).get("dim"),
                 "text_dim": enc.spec["text"]["dim"], "notes": enc.spec.get("notes", "")}
         meta["keras_files"] = [f"{side}_encoder.keras" for side in export.sides(enc.spec)]
@@ -91,11 +92,15 @@ def main(argv):
     io.check_output_dir(FLAGS.out, FLAGS.overwrite, owned="saved_model.pb", what="export")
     run.import_tensorflow()
     meta = export_run(FLAGS.run_dir, FLAGS.out, FLAGS.checkpoint, FLAGS.overwrite)
-    print(f"{FLAGS.out}: {meta['method']} encoders from {meta['checkpoint']}; signatures {', '.join(meta['signatures'])}")
+    chosen = meta["selected"]
+    which = (f" (the model results.json reports: history.json's epoch {chosen['epoch']}, selected on "
+             f"{chosen['criterion']})" if chosen else "")
+    print(f"{FLAGS.out}: {meta['method']} encoders from {meta['checkpoint']}{which}; signatures "
+          f"{', '.join(meta['signatures'])}")
     pid = driver.writer(meta["run_dir"])
     if pid and not FLAGS.checkpoint:
-        print(f"note: {FLAGS.run_dir} is still training (PID {pid}); this export holds its latest checkpoint so far, "
-              "not the final model")
+        print(f"note: {FLAGS.run_dir} is still training (PID {pid}); this export holds its model so far, "
+              "not the final one")
     if meta["notes"]:
         print(f"note: {meta['notes']}")
 
@@ -105,8 +110,9 @@ def define_flags():
     flags.DEFINE_string("out", None, "Folder for the SavedModel: new or empty (a previous export only with "
                         "--overwrite; nothing else is ever replaced).")
     flags.DEFINE_bool("overwrite", False, "Replace --out when it holds a previous export.")
-    flags.DEFINE_string("checkpoint", None, "A specific checkpoint (default: the latest): its path, one of its files, "
-                        "or its name or number in the run's checkpoints (ckpt-7, 7).")
+    flags.DEFINE_string("checkpoint", None, "A specific checkpoint (default: the model the run's results describe: "
+                        "the latest, or for cmhash the epoch selected on validation): its path, one of its files, its "
+                        "name or number in the run's checkpoints (ckpt-7, 7), `latest` or `selected`.")
 
 
 def cli():

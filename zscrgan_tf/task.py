@@ -250,7 +250,8 @@ class ZSCRGANTask(driver.Task):
                     image={"dim": data.image_dim, "model": "CSEM_net"},
                     text={"dim": data.text_dim, "composite": MeanTextEncoder, "args": ["g_net", "CSEM_net"]},
                     notes="embed_text is CSEM(G(mu, z=0)) (deterministic); the release evaluated with fresh noise "
-                          "per query.")
+                          "per query. The weights are those of the checkpoint's cycle (by default the last: "
+                          "results.json's p50_last and t2i_map_all), not necessarily p50_best's.")
 
     def on_start(self, resumed: bool) -> None:
         t = self.trainer

@@ -386,6 +386,59 @@ def test_a_stop_whose_keyboard_interrupt_was_swallowed_stops_at_the_next_epoch(t
         driver.fit(Counting(), str(tmp_path), driver.FitOptions(histogram_every=0))
 
 
+def test_the_selected_epochs_model_is_kept_across_resumes_and_restores_by_default(tmp_path):
+    """A task whose results report its best evaluation keeps that epoch's weights after the rolling
+    checkpoints dropped them; the first best wins (as the summaries' max does); a run stopped between
+    writing a new best and checkpointing its record resumes with the previous choice."""
+    import keras
+
+    from common import export, training
+
+    scores = [1.0, 3.0, 2.0, 3.0, 0.5, 0.25, 0.0]
+
+    class Scored(driver.Task):
+        num_units, selection = len(scores), "val"
+
+        def __init__(self, fail_at=None):
+            self.net = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)], name="net")
+            self.fail_at = fail_at
+
+        def models(self):
+            return {"net": self.net}
+
+        def checkpoint_objects(self):
+            return {"net": self.net}
+
+        def train_unit(self, unit, on_block=None):
+            self.net.layers[0].kernel.assign([[float(unit + 1)]])  # the weight names its epoch
+            return {"loss": np.array([1.0])}
+
+        def evaluate(self, unit):
+            return driver.Evaluation({"epoch": unit, "val": scores[unit]}, {})
+
+        def selection_score(self, record):
+            return record["val"]
+
+        def before_record(self, evaluation, history):
+            if evaluation.record["epoch"] == self.fail_at:
+                raise KeyboardInterrupt  # after the new best's weights were written, before its record
+
+    ckpts = tmp_path / "checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        driver.fit(Scored(fail_at=1), str(tmp_path), driver.FitOptions(histogram_every=0))
+    assert training.selected_checkpoint(str(ckpts))["epoch"] == 0  # epoch 1's files are not the choice
+    driver.fit(Scored(), str(tmp_path), driver.FitOptions(histogram_every=0))
+    chosen = training.selected_checkpoint(str(ckpts))
+    assert (chosen["epoch"], chosen["criterion"], chosen["score"]) == (1, "val", 3.0)
+    assert sorted(os.listdir(ckpts / "selected")) == ["ckpt-2.data-00000-of-00001", "ckpt-2.index", "selected.json"]
+    assert not os.path.exists(ckpts / "ckpt-2.index")  # the rolling checkpoints dropped epoch 1
+    probe = Scored().net
+    assert export.restore_models(str(tmp_path), net=probe) == str(ckpts / "selected" / "ckpt-2")
+    assert float(probe.layers[0].kernel.numpy()[0, 0]) == 2.0
+    assert export.restore_models(str(tmp_path), "latest", net=probe).endswith("ckpt-7")
+    assert float(probe.layers[0].kernel.numpy()[0, 0]) == 7.0
+
+
 def test_profile_epoch_traces_that_epoch_only(tmp_path, capsys):
     class Squares(driver.Task):
         num_units = 3

@@ -149,7 +149,10 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     train, queries, database = sub(ds.train, 200), sub(ds.test, 30), sub(ds.database, 300)
     cfg = CMHashConfig(bits=16, epochs=2, eval_every=1)
     training.set_seed(0)
-    fit(cfg, train, queries, queries, database, str(tmp_path / "bits_16"))
+    summary = fit(cfg, train, queries, queries, database, str(tmp_path / "bits_16"))
+    # the export's default is the model the summary reports (kept under checkpoints/selected/)
+    chosen = training.selected_checkpoint(str(tmp_path / "bits_16" / "checkpoints"))
+    assert (chosen["epoch"], chosen["criterion"]) == (summary["selected"]["epoch"], "val")
     env = user_env()  # both CLIs run as a user's shell runs them: quiet without the suite's log silencing
     with open(tmp_path / ".lock", "a+") as lock:  # as if the run were still training: the export says so
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -159,7 +162,8 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
                               str(tmp_path / "exported")], env=env, cwd=REPO, capture_output=True, text=True,
                              timeout=300)
     assert res.returncode == 0 and not noise(res.stderr), res.stderr[-2000:]
-    assert f"note: {tmp_path / 'bits_16'} is still training (PID 4242); this export holds its latest" in res.stdout
+    assert f"note: {tmp_path / 'bits_16'} is still training (PID 4242); this export holds its model so far" in res.stdout
+    assert f"encoders from {chosen['path']} (the model results.json reports: history.json's epoch " in res.stdout
     trainer = CMHashTrainer(cfg, ds.image_dim, ds.text_dim)  # the trained heads, the documented way
     export.restore_models(str(tmp_path / "bits_16"), image_head=trainer.nets.image_head,
                           text_head=trainer.nets.text_head)
@@ -296,3 +300,7 @@ def test_a_checkpoint_is_found_by_its_path_file_name_or_number(tmp_path):
         resolve_checkpoint(str(ckpts), "ckpt-7")
     with pytest.raises(DataError, match="holds no checkpoint"):
         resolve_checkpoint(str(tmp_path / "none"), "3")
+    with pytest.raises(DataError, match=r"^--checkpoint selected: this run keeps no selected model"):
+        resolve_checkpoint(str(ckpts), "selected")
+    (ckpts / "checkpoint").write_text('model_checkpoint_path: "ckpt-10"\n')
+    assert resolve_checkpoint(str(ckpts), "latest") == str(ckpts / "ckpt-10")
