@@ -212,7 +212,16 @@ CSV_COLUMNS = ("method", "dataset", "setting", "metric", "i2t", "t2i", "chance",
 def collect(paths) -> tuple:
     """(rows, the flags that set each apart, runs without results yet) of every results.json under `paths`."""
     found, pending = find_results(paths)
-    rows = [row for path in found for row in rows_of(path)]
+    rows, unreadable = [], []
+    for path in found:  # every unreadable file named at once, not one per attempt
+        try:
+            rows += rows_of(path)
+        except DataError as e:
+            unreadable.append(str(e))
+    if len(unreadable) == 1:
+        raise DataError(unreadable[0])
+    if unreadable:
+        raise DataError(f"{len(unreadable)} of {len(found)} results files cannot be reported: " + "; ".join(unreadable))
     return rows, what_differs(rows), pending
 
 
