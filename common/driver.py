@@ -126,8 +126,8 @@ class RunFolder:
         except (DataError, KeyError, TypeError) as e:
             if self.overwrite:
                 return
-            raise DataError(f"{run_file}: damaged ({e}); pass --overwrite to start this folder over, or choose "
-                            "another --output_dir") from None
+            raise DataError(f"{run_file}: damaged ({io.damage(run_file, e)}); pass --overwrite to start this folder "
+                            "over, or choose another --output_dir") from None
         other = old.get("program") if isinstance(old, dict) else None
         if other and self.program and other != self.program and not self.overwrite:
             raise ConfigError(f"{self.path} holds a run of {other}, not of {self.program}; choose another "
@@ -321,7 +321,8 @@ def extra_files(run_dir: str) -> list:
     try:
         return [str(p) for p in io.read_json(path)["files"]]
     except (DataError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: damaged ({e}); it lists the files this run wrote outside its folder") from None
+        raise DataError(f"{path}: damaged ({io.damage(path, e)}); it lists the files this run wrote outside its "
+                        "folder") from None
 
 
 # Flags naming files or folders: a run's fingerprint and flags.txt hold them as absolute paths, so that

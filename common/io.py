@@ -413,6 +413,15 @@ def read_json(path: str) -> Any:
         raise DataError(f"{path}: cannot read JSON ({e})") from None
 
 
+def damage(path: str, e: Exception) -> str:
+    """Why a record file is unusable, without the `path: ` prefix `read_json` put first (the caller
+    names the path once): 'cannot read JSON (...)', "no 'settings' entry", 'not a list'."""
+    if isinstance(e, KeyError):
+        return f"no {e} entry"
+    text = str(e)
+    return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
+
+
 def write_pickle(path: str, obj: Any, protocol: int = 2) -> None:
     with atomic_open(path, "wb") as f:
         pickle.dump(obj, f, protocol=protocol)

@@ -164,7 +164,8 @@ def selected_checkpoint(ckpt_dir: str) -> Optional[dict]:
         record = io.read_json(record_path)
         path = os.path.join(ckpt_dir, SELECTED, record["checkpoint"])
     except (DataError, KeyError, TypeError) as e:
-        raise DataError(f"{record_path}: damaged ({e}); pass --overwrite to train the run again") from None
+        raise DataError(f"{record_path}: damaged ({io.damage(record_path, e)}); `cmr export --checkpoint latest` "
+                        "still exports the last checkpoint; training the run again needs --overwrite") from None
     if not os.path.exists(path + ".index"):
         raise DataError(f"{record_path}: names {record['checkpoint']}, whose files are missing")
     return dict(record, path=path)
@@ -245,7 +246,8 @@ class RunState:
                 if not isinstance(history, list):
                     raise TypeError("not a list")
             except (DataError, KeyError, TypeError) as e:
-                raise DataError(f"{self.history_path}: damaged ({e}); pass --overwrite to start the run over") from None
+                raise DataError(f"{self.history_path}: damaged ({io.damage(self.history_path, e)}); pass --overwrite "
+                                "to start the run over") from None
             self.history = [r for r in history if r.get("epoch", -1) < self.start_epoch]
 
     @property

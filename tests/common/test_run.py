@@ -137,7 +137,11 @@ def test_outputs_without_run_file_or_a_damaged_one_are_refused(tmp_path):
     run = tmp_path / "run"
     make_run(run)
     (run / "run.json").write_text('{"settings": ')
-    with pytest.raises(DataError, match="run.json: damaged"):
+    with pytest.raises(DataError, match=r"run.json: damaged \(cannot read JSON \(") as caught:
+        driver.RunFolder(str(run), SETTINGS, DATA).__enter__()
+    assert str(caught.value).count("run.json") == 1, caught.value  # the path once
+    (run / "run.json").write_text('{"data": {}}')
+    with pytest.raises(DataError, match=r"run.json: damaged \(no 'settings' entry\); pass --overwrite"):
         driver.RunFolder(str(run), SETTINGS, DATA).__enter__()
     user = tmp_path / "user"
     user.mkdir()
@@ -213,8 +217,9 @@ def test_damaged_history_is_an_error_and_records_after_the_checkpoint_are_droppe
     resumed = training.RunState(str(tmp_path), v=v)
     assert resumed.start_epoch == 2 and [r["epoch"] for r in resumed.history] == [0, 1]
     (tmp_path / "history.json").write_text('{"history": [')
-    with pytest.raises(DataError, match="history.json: damaged"):
+    with pytest.raises(DataError, match=r"history.json: damaged \(cannot read JSON \(Expecting value") as caught:
         training.RunState(str(tmp_path), v=v)
+    assert str(caught.value).count("history.json") == 1, caught.value
     os.unlink(tmp_path / "history.json")
     with pytest.raises(DataError, match="history.json: missing"):
         training.RunState(str(tmp_path), v=v)
@@ -437,6 +442,10 @@ def test_the_selected_epochs_model_is_kept_across_resumes_and_restores_by_defaul
     assert float(probe.layers[0].kernel.numpy()[0, 0]) == 2.0
     assert export.restore_models(str(tmp_path), "latest", net=probe).endswith("ckpt-7")
     assert float(probe.layers[0].kernel.numpy()[0, 0]) == 7.0
+    (ckpts / "selected" / "selected.json").write_text("{}")  # damaged: an error, never a silent fallback
+    with pytest.raises(DataError, match=r"selected.json: damaged \(no 'checkpoint' entry\); `cmr export "
+                                        r"--checkpoint latest` still exports"):
+        export.restore_models(str(tmp_path), net=probe)
 
 
 def test_profile_epoch_traces_that_epoch_only(tmp_path, capsys):
