@@ -338,13 +338,17 @@ def replacing_dir(out: str):
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(os.path.abspath(out)) + "-", dir=parent)
+    old = tmp + "-previous"  # the previous folder, moved aside (not deleted) until the new one is in place
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes 0700
         if os.path.exists(out):
-            shutil.rmtree(out)
+            os.replace(out, old)
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
+        if os.path.exists(old) and not os.path.exists(out):
+            os.replace(old, out)
         shutil.rmtree(tmp, ignore_errors=True)
         if tmp in str(e) and (isinstance(e, OSError) or type(e).__module__.startswith("tensorflow")):
             # the temporary folder is gone: name the output and the OS's reason instead

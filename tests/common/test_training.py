@@ -270,3 +270,16 @@ def test_an_output_folder_is_replaced_whole_or_not_at_all(tmp_path):
         open(os.path.join(tmp, "pr_curves.json"), "w").close()
     assert os.listdir(out) == ["pr_curves.json"]  # nothing of the previous folder mixed in
     assert oct(os.stat(out).st_mode & 0o777) == oct(0o777 & ~io.UMASK)
+    real_replace, calls = os.replace, []
+
+    def failing_second(src, dst):  # the new folder cannot be moved in after the previous one was moved aside
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "I/O error", str(dst))
+        real_replace(src, dst)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(OSError):
+        mp.setattr(io.os, "replace", failing_second)
+        with io.replacing_dir(str(out)) as tmp:
+            open(os.path.join(tmp, "new.json"), "w").close()
+    assert os.listdir(out) == ["pr_curves.json"] and sorted(os.listdir(tmp_path)) == ["plots", "seen"]
