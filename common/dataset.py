@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from common import io
 from common.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test", "database")
@@ -264,11 +265,7 @@ class CrossModalDataset:
                         f"got shape {feats.shape}")
                 if feats.shape[0] == 0:
                     raise DataError(f"{where}: the {split_name} split has no {modality} rows")
-                if not np.all(np.isfinite(feats)):
-                    bad = np.argwhere(~np.isfinite(feats))[0]
-                    raise DataError(
-                        f"{where}: {split_name} {modality} features contain NaN/inf "
-                        f"(first at row {bad[0]}, column {bad[1]})")
+                io.require_finite(feats, f"{where}: {split_name} {modality} features")
             if split.image.shape[1] != self.image_dim or split.text.shape[1] != self.text_dim:
                 raise DataError(
                     f"{where}: {split_name} feature dims {split.image.shape[1]}/{split.text.shape[1]}"

@@ -417,6 +417,16 @@ def read_json(path: str) -> Any:
         raise DataError(f"{path}: cannot read JSON ({e})") from None
 
 
+def require_finite(x: np.ndarray, what: str) -> None:
+    """A DataError naming where the first NaN/inf of a feature matrix is and how many rows have one."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = np.argwhere(bad)[0]
+        rows = int(bad.reshape(len(x), -1).any(axis=1).sum()) if x.ndim > 1 else int(bad.sum())
+        at = f"row {first[0]}, column {first[1]}" if x.ndim > 1 else f"row {first[0]}"
+        raise DataError(f"{what} contain NaN/inf ({rows} of {len(x)} rows; the first at {at})")
+
+
 def damage(path: str, e: Exception) -> str:
     """Why a record file is unusable, without the `path: ` prefix `read_json` put first (the caller
     names the path once): 'cannot read JSON (...)', "no 'settings' entry", 'not a list'."""

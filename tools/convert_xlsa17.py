@@ -38,8 +38,7 @@ def convert(res101: str, splits: str) -> dict:
         raise DataError(f"{res101}: features {x.shape} do not match {len(labels)} labels")
     if x.shape[0] != len(labels):  # the release layout is (dim, n)
         x = x.T
-    if not np.isfinite(x).all():
-        raise DataError(f"{res101}: features contain NaN or inf")
+    io.require_finite(x, f"{res101}: features")
     att = np.asarray(sp["att"], np.float32)
     n_cls = att.shape[1]
     if labels.min() < 1 or labels.max() > n_cls:

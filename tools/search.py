@@ -104,8 +104,7 @@ def _load_features(path: str) -> np.ndarray:
     x = io.as_matrix(io.load_array(path), path)
     if x.shape[0] == 0:
         raise DataError(f"{path}: holds no rows (an empty {x.shape} array); nothing to search")
-    if not np.isfinite(x).all():
-        raise DataError(f"{path}: contains NaN or inf")
+    io.require_finite(x, f"{path}: its features")
     return x.astype(np.float32)
 
 

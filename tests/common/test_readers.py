@@ -212,9 +212,10 @@ def test_feature_folder_errors(tmp_path):
         readers.read_feature_folder(str(tmp_path))
     fixtures.write_feature_folder(tmp_path)
     bad = np.ones((6, 3), np.float32)
-    bad[2, 1] = np.nan
+    bad[2, 1] = bad[4, 0] = bad[4, 2] = np.nan
     np.save(tmp_path / "test_txt.npy", bad)
-    with pytest.raises(DataError, match=r"test text features contain NaN/inf \(first at row 2, column 1\)"):
+    with pytest.raises(DataError, match=r"test text features contain NaN/inf \(2 of 6 rows; the first at row 2, "
+                                       r"column 1\)"):
         readers.read_feature_folder(str(tmp_path))
     fixtures.write_feature_folder(tmp_path)
     fixtures.write_array(str(tmp_path / "test_txt"), np.ones((6, 3)), "mat")
