@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import training
 from tests.common import fixtures
 from tests.conftest import REPO
 
@@ -41,10 +42,11 @@ def _cmd(module, args, out):
     return [sys.executable, "-m", module, *args, "--output_dir", str(out), "--seed", "3"]
 
 
-def _weights(ckpt_dir):
-    """Every model variable of the latest checkpoint (the per-model indexes), by name."""
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(ckpt_dir)))
-    names = [n for n, _ in tf.train.list_variables(str(ckpt_dir)) if "__variables" in n]
+def _weights(ckpt_dir, path=None):
+    """Every model variable of the latest checkpoint (or of `path`: the per-model indexes), by name."""
+    path = path or tf.train.latest_checkpoint(str(ckpt_dir))
+    reader = tf.train.load_checkpoint(path)
+    names = [n for n, _ in tf.train.list_variables(path) if "__variables" in n]
     assert names
     return {n: reader.get_tensor(n) for n in names}
 
@@ -87,6 +89,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, method):
     else:
         assert [ra[k] for k in keys] == [rb[k] for k in keys]
         assert all(np.array_equal(wa[n], wb[n]) for n in wa)
+    if name == "cmhash":  # the model of the selected epoch (what the export takes) is the same one too
+        sa, sb = (training.selected_checkpoint(str(tmp_path / d / ckpt_rel)) for d in "ab")
+        assert sa["epoch"] == sb["epoch"] == ra["metrics"]["per_bits"]["16"]["selected"]["epoch"]
+        wa, wb = _weights(None, sa["path"]), _weights(None, sb["path"])
+        assert wa.keys() == wb.keys() and all(np.array_equal(wa[n], wb[n]) for n in wa)
     # TensorBoard: the resumed run holds each summary once, the same ones as the uninterrupted run
     logged = [fixtures.summary_steps(tmp_path / d / os.path.dirname(ckpt_rel) / "tb") for d in "ab"]
     assert len(logged[1]) == len(set(logged[1])) and set(logged[1]) == set(logged[0])
