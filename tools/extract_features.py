@@ -13,7 +13,8 @@ go through a local sentence-encoder SavedModel (`--text encoder --text_encoder D
 Labels are mapped to 0-based ids in order of first appearance (written to class_names.txt).
 
 Large folders: images are encoded in shards kept under `<out>/.partial/`; re-running the same
-command after an interruption skips the finished shards. The folder's files are written at the
+command after an interruption skips the finished shards (made from the same images, weights and
+settings: anything else is encoded again). The folder's files are written at the
 end, each atomically. `--overwrite` replaces a previous extraction: its files that this one does not
 write (a val split, a vocabulary) are removed, files you added (class_emb.npy, unseen_classes.txt,
 anything else) are kept, with a warning when class_names.txt changed under them.
@@ -109,14 +110,27 @@ def _load_images(paths, size: int) -> np.ndarray:
     return np.stack(out)
 
 
+def _file_state(path: str) -> str:
+    """A file's identity for resuming: path, size and modification time (not its bytes: a 550 MB
+    weights file would take seconds to hash)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path}:missing"
+    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def image_features(paths, cnn_name: str, model, size: int, out_dir: str, shard: int = 256,
-                   batch: int = 32) -> np.ndarray:
-    """Features of `paths` in order; finished shards under <out_dir>/.partial are reused."""
+                   batch: int = 32, weights_id: str = "") -> np.ndarray:
+    """Features of `paths` in order; finished shards under <out_dir>/.partial are reused when they
+    were made from the same images (path, size, mtime), CNN, input size, shard size and weights
+    (`weights_id`), so a resumed run never mixes features of two models or of edited images."""
     import keras
 
     preprocess = getattr(keras.applications, cnn_name).preprocess_input
-    key = hashlib.sha1(("\n".join(paths) + cnn_name + str(size)).encode()).hexdigest()[:12]
-    partial = os.path.join(out_dir, ".partial", key)
+    state = "\n".join([cnn_name, str(size), str(shard), weights_id] + [_file_state(p) for p in paths])
+    key = hashlib.sha1(state.encode()).hexdigest()[:12]
+    partial = os.path.join(out_dir, ".partial", key)  # one folder per split and state; removed at the end
     os.makedirs(partial, exist_ok=True)
     shards = range(0, len(paths), shard)
     done = sum(os.path.exists(os.path.join(partial, f"{s:09d}.npy")) for s in shards)
@@ -193,6 +207,8 @@ def main(argv):
     items = read_manifest(FLAGS.manifest)
     run.import_tensorflow()
     model, size = build_cnn(FLAGS.cnn, FLAGS.weights, FLAGS.allow_random_init, FLAGS.image_size)
+    # an untrained CNN differs in every process: its shards are never reused by another one
+    weights_id = _file_state(FLAGS.weights) if FLAGS.weights else f"untrained:{os.getpid()}:{os.urandom(4).hex()}"
     names = list(dict.fromkeys(label for _, _, label, _ in items))
     by_split = {s: [it for it in items if it[0] == s] for s in SPLITS}
     by_split = {s: v for s, v in by_split.items() if v}
@@ -207,7 +223,7 @@ def main(argv):
     arrays = {}
     for s, v in by_split.items():
         arrays[f"{s}_img.npy"] = image_features([p for _, p, _, _ in v], FLAGS.cnn, model, size, FLAGS.out,
-                                                FLAGS.shard)
+                                                FLAGS.shard, weights_id=weights_id)
         arrays[f"{s}_txt.npy"] = texts[s]
         arrays[f"{s}_lab.npy"] = np.asarray([names.index(label) for _, _, label, _ in v], np.int64)
     previous = _read_names(os.path.join(FLAGS.out, "class_names.txt"))

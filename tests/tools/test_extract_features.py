@@ -67,6 +67,13 @@ def test_resnet_features_resume_from_shards(tmp_path):
     again = image_features(paths, "resnet50", model, size, str(tmp_path / "out"), shard=2)
     assert not again[:2].any()
     np.testing.assert_allclose(again[2:], full[2:], rtol=1e-5, atol=1e-5)
+    # shards made with other weights, another shard size or before an image was edited are not reused
+    for kwargs in ({"shard": 2, "weights_id": "other.h5:1:2"}, {"shard": 3}):
+        fresh = image_features(paths, "resnet50", model, size, str(tmp_path / "out"), **kwargs)
+        np.testing.assert_allclose(fresh, full, rtol=1e-5, atol=1e-5)
+    os.utime(paths[0], ns=(1, 1))  # the first image changed on disk
+    fresh = image_features(paths, "resnet50", model, size, str(tmp_path / "out"), shard=2)
+    assert fresh[:2].any()
 
 
 def test_cli_writes_a_feature_folder_every_method_reads(tmp_path):
