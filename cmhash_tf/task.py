@@ -189,6 +189,12 @@ class CMHashTask(driver.Task):
         evaluation.record["applied_batches"] = None if prior is None else prior + self.applied
         self.applied = 0
 
+    def pending(self) -> dict:
+        return {"applied": self.applied}
+
+    def restore_pending(self, pending: dict) -> None:
+        self.applied = int(pending.get("applied", 0))
+
     def unit_losses(self, values: dict) -> dict:
         return {"loss": float(np.mean(values["loss"])), "skipped_batches": int(np.sum(values["applied"] == 0))}
 

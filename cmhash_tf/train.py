@@ -43,6 +43,7 @@ def define_flags():
     flags.DEFINE_integer("hidden", None,
                          "Optional ReLU hidden layer before each hash layer (deviation, e.g. for BoW input).")
     flags.DEFINE_integer("eval_every", 10, "Evaluate every N epochs (release 10) and after the last.")
+    run.define_checkpoint_flag()
     flags.DEFINE_integer("val_size", 500, "Validation queries held out of train when the dataset has no val split.")
     flags.DEFINE_bool("select_on_test", False, "Release behaviour: pick the epoch by TEST mAP (labelled in results) "
                       "and train on the whole train split (no validation hold-out).")

@@ -484,6 +484,14 @@ class Task:
     def after_record(self, evaluation: Evaluation, history: list) -> None:
         """After the record is checkpointed (e.g. printing it)."""
 
+    def pending(self) -> dict:
+        """Python-side counts since the last record (JSON values), saved with a checkpoint taken
+        between evaluations (`FitOptions.checkpoint_seconds`) and given back by `restore_pending`."""
+        return {}
+
+    def restore_pending(self, pending: dict) -> None:
+        """On a resume from a checkpoint taken between evaluations: what `pending` returned then."""
+
 
 # --------------------------------------------------------------------------- the loop
 
@@ -496,6 +504,7 @@ class FitOptions:
     batch_times: bool = True          # print each batch line's end time (exact with one batch per call)
     hparams: Optional[dict] = None    # config for TensorBoard's HParams view
     profile_unit: Optional[int] = None  # a TensorFlow profiler trace of this (0-based) unit into tb/
+    checkpoint_seconds: float = 600.0  # also checkpoint between evaluations when this long since the last (0: no)
 
 
 @dataclasses.dataclass
@@ -538,7 +547,10 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     if profile is not None and profile < first:
         print(f"{label}note: {task.unit} {profile + 1} was trained before this resume; no profiler trace", flush=True)
     progress = Progress(total, first, task.unit, label)
-    since, units_since = 0.0, 0
+    pending = state.pending  # a checkpoint taken between evaluations: the interval so far
+    since, units_since = float(pending.get("train_seconds", 0.0)), int(pending.get("train_units", 0))
+    task.restore_pending(pending.get("task", {}))
+    last_save = time.time()
     selected, best = None, -np.inf
     if task.selection:
         throwaway = None if state.chief else os.path.join(state.ckpt.write_directory, training.SELECTED)
@@ -585,11 +597,17 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
             if score > best:
                 selected.commit(evaluation.record["epoch"], score)
                 best = score
+            last_save = time.time()
             since, units_since = 0.0, 0
             task.after_record(evaluation, state.history)
             shown.update({k: v for k, v in evaluation.scalars.items() if k in task.headline})
             if on_record is not None:
                 on_record(state.history)
+        elif (options.checkpoint_seconds and time.time() - last_save >= options.checkpoint_seconds
+              or run.stop_requested() is not None):  # a stop waited for this unit: keep it
+            state.save_between(unit, {"train_seconds": round(since, 4), "train_units": units_since,
+                                      "task": task.pending()})
+            last_save = time.time()
         writer.flush()
         progress.update(unit + 1, shown)
     if not state.history:

@@ -28,7 +28,7 @@ from common.errors import (OS_FAULTS, ConfigError, DataError, DivergenceError, o
 
 # flags that change what is printed or where, never a number: left out of a run's fingerprint
 LOGGING_FLAGS = frozenset({"output_dir", "overwrite", "log_every", "log_batches", "histogram_every",
-                           "steps_per_execution", "res_dir", "profile_epoch"})
+                           "steps_per_execution", "res_dir", "profile_epoch", "checkpoint_minutes"})
 PROJECT_MODULES = ("__main__", "common", "tools", "acmr_tf", "jfse_tf", "zscrgan_tf", "cmhash_tf")
 VERBOSE_ENV = "CMR_VERBOSE"
 
@@ -64,6 +64,14 @@ def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optiona
     flags.DEFINE_integer("profile_epoch", None, "Record a TensorFlow profiler trace of this epoch (cycle), counted "
                          "from 1 as the progress lines count, into tb/plugins/profile of each model the run trains "
                          "(TensorBoard's Profile tab, with the tensorboard-plugin-profile package).", lower_bound=1)
+
+
+def define_checkpoint_flag() -> None:
+    """For methods that evaluate (and so checkpoint) every --eval_every epochs: checkpoints between."""
+    flags.DEFINE_float("checkpoint_minutes", 10.0, "Besides the checkpoint at every evaluation (--eval_every), one at "
+                       "the end of an epoch when this long has passed since the last (0: at evaluations only), so that "
+                       "a stopped run loses at most about this much training. Results do not depend on it.",
+                       lower_bound=0.0)
 
 
 def define_precision_flag(speed: str) -> None:
@@ -143,6 +151,8 @@ def fit_flags() -> dict:
     """The driver's logging options (`driver.FitOptions`) from the flags this entry point defines."""
     out = {name: flags.FLAGS[name].value for name in ("histogram_every", "log_batches", "log_every")
            if name in flags.FLAGS}
+    if "checkpoint_minutes" in flags.FLAGS:
+        out["checkpoint_seconds"] = 60.0 * flags.FLAGS.checkpoint_minutes
     if "profile_epoch" in flags.FLAGS and flags.FLAGS.profile_epoch:
         out["profile_unit"] = flags.FLAGS.profile_epoch - 1
     return out

@@ -236,19 +236,38 @@ class RunState:
         self.ckpt = Checkpointer(directory, write_directory=write, **objects)
         self.history_path = os.path.join(out_dir, "history.json")
         self.history: list = []
+        self._pending: dict = {}  # checkpoint number -> what was counted since the last record (`save_between`)
         self.resumed = self.ckpt.restore_or_initialize()
         if self.resumed:
             if not os.path.exists(self.history_path):
                 raise DataError(f"{self.history_path}: missing beside the checkpoints in {directory}; pass "
                                 "--overwrite to start the run over")
             try:
-                history = io.read_json(self.history_path)["history"]
-                if not isinstance(history, list):
-                    raise TypeError("not a list")
-            except (DataError, KeyError, TypeError) as e:
+                data = io.read_json(self.history_path)
+                history, pending = data["history"], data.get("pending", {})
+                if not isinstance(history, list) or not isinstance(pending, dict):
+                    raise TypeError("'history' is not a list" if not isinstance(history, list) else
+                                    "'pending' is not an object")
+            except (DataError, KeyError, TypeError, AttributeError) as e:
                 raise DataError(f"{self.history_path}: damaged ({io.damage(self.history_path, e)}); pass --overwrite "
                                 "to start the run over") from None
             self.history = [r for r in history if r.get("epoch", -1) < self.start_epoch]
+            self._pending = {k: v for k, v in pending.items() if k.isdigit() and int(k) <= self.start_epoch}
+
+    @property
+    def pending(self) -> dict:
+        """What the restored checkpoint counted since the last record ({} after a record)."""
+        return self._pending.get(str(self.start_epoch), {})
+
+    def save_between(self, epoch: int, pending: dict) -> None:
+        """Checkpoint after `epoch` without an evaluation (a long interval between evaluations, so that
+        a stopped run loses little): `pending` — the training time, units and task counts since the
+        last record — goes into history.json under the checkpoint's number, for the resume."""
+        self._pending[str(epoch + 1)] = pending
+        if self.chief:
+            io.write_json(self.history_path, {"history": self.history, "pending": self._pending})
+        self.ckpt.epoch.assign(epoch + 1)
+        self.ckpt.save(number=epoch + 1)
 
     @property
     def start_epoch(self) -> int:
@@ -257,6 +276,7 @@ class RunState:
     def record(self, record: dict) -> None:
         """Append an evaluation record for `record["epoch"]` and checkpoint the state after it."""
         self.history.append(record)
+        self._pending = {}
         if self.chief:
             io.write_json(self.history_path, {"history": self.history})
         self.ckpt.epoch.assign(record["epoch"] + 1)

@@ -44,6 +44,7 @@ def define_flags():
     flags.DEFINE_integer("noise_dim", 300, "Generator noise width (release 300).")
     flags.DEFINE_integer("hidden", 4096, "Hidden width of G, D and R (release 4096).")
     flags.DEFINE_integer("eval_every", 2, "Evaluate every N epochs (release 2) and after the last.")
+    run.define_checkpoint_flag()
     flags.DEFINE_enum("norm", "batch_minmax", ["batch_minmax", "none"],
                       "batch_minmax (release): per-batch min-max of features and class embeddings; none: raw inputs.")
     flags.DEFINE_bool("shuffle", False, "Default (release): file order every epoch; --shuffle: reshuffle per epoch.")

@@ -32,6 +32,10 @@ METHODS = [
     ("cmhash", "cmhash_tf.train", ["--epochs", "12", "--eval_every", "1", "--bits", "16", "--nojit_compile"],
      "bits_16/checkpoints", "",
      ["i2t_map_all", "t2i_map_all"]),
+    # checkpoints between evaluations (--checkpoint_minutes): a resume from one equals the straight run
+    ("cmhash-between", "cmhash_tf.train", ["--epochs", "12", "--eval_every", "5", "--bits", "16", "--nojit_compile",
+                                           "--checkpoint_minutes", "0.000001"], "bits_16/checkpoints", "",
+     ["i2t_map_all", "t2i_map_all"]),
     # issue 20: resuming a mixed_bfloat16 run equals a straight mixed_bfloat16 run
     ("acmr-bf16", "acmr_tf.train", ["--epochs", "8", "--preset", "paper", "--precision", "mixed_bfloat16",
                                     "--nojit_compile"], "checkpoints", "", ["i2t_map_all", "t2i_map_all"]),
@@ -89,7 +93,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, method):
     else:
         assert [ra[k] for k in keys] == [rb[k] for k in keys]
         assert all(np.array_equal(wa[n], wb[n]) for n in wa)
-    if name == "cmhash":  # the model of the selected epoch (what the export takes) is the same one too
+    if name.startswith("cmhash"):  # the model of the selected epoch (what the export takes) is the same one too
         sa, sb = (training.selected_checkpoint(str(tmp_path / d / ckpt_rel)) for d in "ab")
         assert sa["epoch"] == sb["epoch"] == ra["metrics"]["per_bits"]["16"]["selected"]["epoch"]
         wa, wb = _weights(None, sa["path"]), _weights(None, sb["path"])

@@ -448,6 +448,73 @@ def test_the_selected_epochs_model_is_kept_across_resumes_and_restores_by_defaul
         export.restore_models(str(tmp_path), net=probe)
 
 
+def test_checkpoints_between_evaluations_resume_with_the_intervals_counts(tmp_path, monkeypatch):
+    """With evaluations every 3 epochs, `checkpoint_seconds` also checkpoints the epochs between them;
+    a run stopped there resumes after the last such epoch, and the next record still counts the
+    whole interval (training units, and the task's own count via pending / restore_pending). A stop
+    request (Ctrl-C during the epoch) checkpoints that epoch whatever the interval."""
+    import signal
+
+    from common import run
+
+    class Sparse(driver.Task):
+        num_units = 8
+
+        def __init__(self, stop_in=None, interrupt_in=None):
+            self.v, self.trained, self.count = tf.Variable(0.0), [], 0
+            self.stop_in, self.interrupt_in = stop_in, interrupt_in
+
+        def checkpoint_objects(self):
+            return {"v": self.v}
+
+        def train_unit(self, unit, on_block=None):
+            if unit == self.interrupt_in:
+                raise KeyboardInterrupt  # killed during this epoch: nothing of it is kept
+            if unit == self.stop_in:
+                run._STOP.append(signal.SIGINT)  # a Ctrl-C TensorFlow's call swallowed
+            self.trained.append(unit)
+            self.count += 1
+            self.v.assign_add(1.0)
+            return {"loss": np.array([float(unit)])}
+
+        def evaluate_at(self, unit):
+            return unit % 3 == 0
+
+        def evaluate(self, unit):
+            return driver.Evaluation({"epoch": unit, "v": float(self.v.numpy()), "count": self.count}, {})
+
+        def before_record(self, evaluation, history):
+            self.count = 0
+
+        def pending(self):
+            return {"count": self.count}
+
+        def restore_pending(self, pending):
+            self.count = pending.get("count", 0)
+
+    monkeypatch.setattr(run, "_STOP", [])
+    every = driver.FitOptions(histogram_every=0, checkpoint_seconds=1e-9)
+    with pytest.raises(KeyboardInterrupt):
+        driver.fit(Sparse(interrupt_in=5), str(tmp_path / "a"), every)
+    assert tf.train.latest_checkpoint(str(tmp_path / "a" / "checkpoints")).endswith("ckpt-5")  # after epoch 4
+    resumed = Sparse()
+    result = driver.fit(resumed, str(tmp_path / "a"), every)
+    assert resumed.trained == [5, 6, 7]
+    assert [(r["epoch"], r["train_units"], r["count"], r["v"]) for r in result.history] == [
+        (0, 1, 1, 1.0), (3, 3, 3, 4.0), (6, 3, 3, 7.0), (7, 1, 1, 8.0)]
+    # without the interval, only evaluations checkpoint, except the epoch a stop request waited for
+    with pytest.raises(KeyboardInterrupt):
+        driver.fit(Sparse(stop_in=4), str(tmp_path / "b"), driver.FitOptions(histogram_every=0, checkpoint_seconds=0))
+    assert tf.train.latest_checkpoint(str(tmp_path / "b" / "checkpoints")).endswith("ckpt-5")
+    monkeypatch.setattr(run, "_STOP", [])
+    resumed = Sparse()
+    result = driver.fit(resumed, str(tmp_path / "b"), driver.FitOptions(histogram_every=0, checkpoint_seconds=0))
+    assert resumed.trained == [5, 6, 7] and [r["count"] for r in result.history] == [1, 3, 3, 1]
+    with pytest.raises(KeyboardInterrupt):  # and the default (10 minutes) does not checkpoint a fast epoch
+        driver.fit(Sparse(interrupt_in=5), str(tmp_path / "c"), driver.FitOptions(histogram_every=0))
+    assert tf.train.latest_checkpoint(str(tmp_path / "c" / "checkpoints")).endswith("ckpt-4")
+
+
 def test_profile_epoch_traces_that_epoch_only(tmp_path, capsys):
     class Squares(driver.Task):
         num_units = 3
