@@ -72,6 +72,13 @@ class Replicas:
         return tf.nest.map_structure(lambda v: self.strategy.experimental_local_results(v)[0], out)
 
     @property
+    def multi_worker(self) -> bool:
+        """Several processes (MultiWorker): a decision one process takes alone (a checkpoint on a timer
+        or on a signal it received) would leave the others waiting in a collective."""
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        return bool(resolver is not None and resolver.task_type)
+
+    @property
     def is_chief(self) -> bool:
         """Only the chief writes summaries, checkpoints and results (MultiWorker: chief, else worker 0)."""
         resolver = getattr(self.strategy, "cluster_resolver", None)

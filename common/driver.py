@@ -216,6 +216,9 @@ class RunFolder:
             os.unlink(os.path.join(self.path, LOCK_FILE))
         if self._created_dir and not os.listdir(self.path):
             os.rmdir(self.path)
+        from common import run
+
+        run._ROLLED_BACK.append(self.path)
 
     def _remove_extra_files(self) -> None:
         try:
@@ -551,65 +554,67 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     since, units_since = float(pending.get("train_seconds", 0.0)), int(pending.get("train_units", 0))
     task.restore_pending(pending.get("task", {}))
     last_save = time.time()
+    alone = not (task.replicas is not None and task.replicas.multi_worker)  # may checkpoint on its own timer
     selected, best = None, -np.inf
     if task.selection:
         throwaway = None if state.chief else os.path.join(state.ckpt.write_directory, training.SELECTED)
         selected = training.SelectedModel(folder, task.models(), task.selection, chief=state.chief,
                                           write_directory=throwaway)
         best = max((task.selection_score(r) for r in state.history), default=-np.inf)
-    for unit in range(first, total):
-        if (signum := run.stop_requested()) is not None:  # a Ctrl-C / SIGTERM TensorFlow's call swallowed
-            run.raise_stop(signum)
-        on_block = _block_printer(task, unit, options, label, time.time()) if options.log_batches else None
-        tracing = unit == profile and state.chief
-        if tracing:
-            import tensorflow as tf
-
-            tf.profiler.experimental.start(os.path.join(folder, "tb"))
-        t0 = time.time()
-        try:
-            values = task.train_unit(unit, on_block=_guarded(task, unit, on_block))
-        finally:
+    with run.stops_at_unit_ends():  # a stop lets the epoch under way end and keeps it
+        for unit in range(first, total):
+            if (signum := run.stop_requested()) is not None:  # a Ctrl-C / SIGTERM TensorFlow's call swallowed
+                run.raise_stop(signum)
+            on_block = _block_printer(task, unit, options, label, time.time()) if options.log_batches else None
+            tracing = unit == profile and state.chief
             if tracing:
-                tf.profiler.experimental.stop()
-        since, units_since = since + time.time() - t0, units_since + 1
-        if tracing:
-            trace_dir = os.path.join(folder, "tb", "plugins", "profile")
-            print(f"{label}profiler trace of {task.unit} {unit + 1} in {trace_dir}", flush=True)
-        check_finite(values, task.unit, unit)
-        losses = task.unit_losses(values)
-        writer.scalars({f"loss/{k}": v for k, v in losses.items()}, unit)
-        last = unit == total - 1
-        if options.histogram_every and (unit % options.histogram_every == 0 or last):
-            writer.weights(task.models(), unit)
-        shown = {k: v for k, v in losses.items() if k in task.key_losses or not task.key_losses}
-        if task.evaluate_at(unit) or last:
-            evaluation = task.evaluate(unit)
-            writer.scalars(evaluation.scalars, unit)
-            writer.pr_curves(evaluation.curves, unit)
-            evaluation.record = dict({"losses": losses}, **evaluation.record, train_seconds=round(since, 4),
-                                     train_units=units_since)
-            score = task.selection_score(evaluation.record) if selected is not None else -np.inf
-            if score > best:  # kept before the record that names it is checkpointed
-                selected.write(unit + 1)
-            task.before_record(evaluation, state.history)
-            state.record(evaluation.record)
-            if score > best:
-                selected.commit(evaluation.record["epoch"], score)
-                best = score
-            last_save = time.time()
-            since, units_since = 0.0, 0
-            task.after_record(evaluation, state.history)
-            shown.update({k: v for k, v in evaluation.scalars.items() if k in task.headline})
-            if on_record is not None:
-                on_record(state.history)
-        elif (options.checkpoint_seconds and time.time() - last_save >= options.checkpoint_seconds
-              or run.stop_requested() is not None):  # a stop waited for this unit: keep it
-            state.save_between(unit, {"train_seconds": round(since, 4), "train_units": units_since,
-                                      "task": task.pending()})
-            last_save = time.time()
-        writer.flush()
-        progress.update(unit + 1, shown)
+                import tensorflow as tf
+
+                tf.profiler.experimental.start(os.path.join(folder, "tb"))
+            t0 = time.time()
+            try:
+                values = task.train_unit(unit, on_block=_guarded(task, unit, on_block))
+            finally:
+                if tracing:
+                    tf.profiler.experimental.stop()
+            since, units_since = since + time.time() - t0, units_since + 1
+            if tracing:
+                trace_dir = os.path.join(folder, "tb", "plugins", "profile")
+                print(f"{label}profiler trace of {task.unit} {unit + 1} in {trace_dir}", flush=True)
+            check_finite(values, task.unit, unit)
+            losses = task.unit_losses(values)
+            writer.scalars({f"loss/{k}": v for k, v in losses.items()}, unit)
+            last = unit == total - 1
+            if options.histogram_every and (unit % options.histogram_every == 0 or last):
+                writer.weights(task.models(), unit)
+            shown = {k: v for k, v in losses.items() if k in task.key_losses or not task.key_losses}
+            if task.evaluate_at(unit) or last:
+                evaluation = task.evaluate(unit)
+                writer.scalars(evaluation.scalars, unit)
+                writer.pr_curves(evaluation.curves, unit)
+                evaluation.record = dict({"losses": losses}, **evaluation.record, train_seconds=round(since, 4),
+                                         train_units=units_since)
+                score = task.selection_score(evaluation.record) if selected is not None else -np.inf
+                if score > best:  # kept before the record that names it is checkpointed
+                    selected.write(unit + 1)
+                task.before_record(evaluation, state.history)
+                state.record(evaluation.record)
+                if score > best:
+                    selected.commit(evaluation.record["epoch"], score)
+                    best = score
+                last_save = time.time()
+                since, units_since = 0.0, 0
+                task.after_record(evaluation, state.history)
+                shown.update({k: v for k, v in evaluation.scalars.items() if k in task.headline})
+                if on_record is not None:
+                    on_record(state.history)
+            elif alone and (options.checkpoint_seconds and time.time() - last_save >= options.checkpoint_seconds
+                            or run.stop_requested() is not None):  # a stop waited for this unit: keep it
+                state.save_between(unit, {"train_seconds": round(since, 4), "train_units": units_since,
+                                          "task": task.pending()})
+                last_save = time.time()
+            writer.flush()
+            progress.update(unit + 1, shown)
     if not state.history:
         raise DataError(f"{folder}: the run is complete but holds no evaluation history; pass --overwrite to "
                         "train it again")

@@ -9,6 +9,7 @@ is in `common.driver`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import math
 import os
@@ -596,7 +597,9 @@ def run_main(main: Callable, resumes: str = "") -> None:
             _fail(f"error: training diverged: {e}", 3)
         except KeyboardInterrupt as e:
             terminated = isinstance(e, Terminated)
-            _fail(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint}",
+            said = ("; nothing had been checkpointed yet and the new run's files were removed: re-run the same "
+                    "command to start it again") if _ROLLED_BACK and hint else hint
+            _fail(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}{said}",
                   128 + signal.SIGTERM if terminated else 130)
         except BrokenPipeError:  # `cmr report runs/ | head`: stop as Unix tools do, without a message
             _pipe_closed()
@@ -626,13 +629,43 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
-_STOP: list = []  # the stop signals received (SIGINT / SIGTERM numbers), in order
+_STOP: list = []  # the stop signals received (SIGINT / SIGTERM numbers), in order (the watcher thread's)
+_DEFERRED: list = []  # those received inside the training loop (`stops_at_unit_ends`)
+_ROLLED_BACK: list = []  # a new run stopped before its first checkpoint left its folder as it was
+_IN_LOOP: list = []  # non-empty inside `stops_at_unit_ends`
 
 
 def stop_requested() -> Optional[int]:
     """The first Ctrl-C / SIGTERM received, if any: the run driver stops at the next epoch or cycle
     even if TensorFlow swallowed the KeyboardInterrupt of a signal that came during its call."""
-    return _STOP[0] if _STOP else None
+    return _STOP[0] if _STOP else (_DEFERRED[0] if _DEFERRED else None)
+
+
+@contextlib.contextmanager
+def stops_at_unit_ends():
+    """Inside the training loop a first Ctrl-C / SIGTERM is recorded instead of raised, so the epoch
+    (cycle) under way ends and is checkpointed, and the driver then stops (`stop_requested`); a second
+    one raises at once. Outside the loop (loading data, writing results) they act as usual."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works only there
+        yield
+        return
+
+    def defer(signum, frame):
+        if _DEFERRED:
+            raise_stop(signum)
+        _DEFERRED.append(signum)
+
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # a background job's ignored SIGINT stays so
+            saved[sig] = signal.signal(sig, defer)
+    _IN_LOOP.append(True)
+    try:
+        yield
+    finally:
+        _IN_LOOP.clear()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def raise_stop(signum: int) -> None:
@@ -660,6 +693,10 @@ def _watch_stops(hint: str, training: bool) -> None:
                     print(f"error: stopped at once{hint}", file=sys.stderr, flush=True)
                     _exit_now(128 + signum)
                 time.sleep(1.0)  # a stop the main thread handles right away has ended the process by now
+                if _IN_LOOP:
+                    print("stopping at the end of the epoch or cycle under way, which is checkpointed; Ctrl-C again "
+                          "stops at once", file=sys.stderr, flush=True)
+                    continue
                 longest = " (up to one compiled epoch)" if training else ""
                 print(f"stopping when the running TensorFlow call returns{longest}; Ctrl-C again stops at once",
                       file=sys.stderr, flush=True)

@@ -317,6 +317,79 @@ def test_import_banners_are_held_back_and_shown_only_when_the_import_fails(tmp_p
     assert ("load banner" in res.stderr) is shown, res.stderr
 
 
+@pytest.mark.parametrize("sig,code,said", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")])
+def test_a_stop_lets_the_epoch_under_way_end_and_checkpoints_it(tmp_path, sig, code, said):
+    """Ctrl-C or SIGTERM during an epoch between evaluations: the epoch ends, is checkpointed, and
+    the run stops before the next one (the wait is not lost work)."""
+    import signal
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        import tensorflow as tf
+        from common import driver, run
+
+        class Slow(driver.Task):
+            num_units = 6
+
+            def __init__(self):
+                self.v = tf.Variable(0.0)
+
+            def checkpoint_objects(self):
+                return {{"v": self.v}}
+
+            def train_unit(self, unit, on_block=None):
+                print(f"unit {{unit}}", flush=True)
+                time.sleep(1.5)
+                self.v.assign_add(1.0)
+                return {{"loss": np.array([1.0])}}
+
+            def evaluate_at(self, unit):
+                return unit == 0
+
+            def evaluate(self, unit):
+                return driver.Evaluation({{"epoch": unit}}, {{}})
+
+        def main(argv):
+            driver.fit(Slow(), sys.argv[1], driver.FitOptions(histogram_every=0, checkpoint_seconds=0))
+
+        run.run_main(main, resumes=run.FROM_CHECKPOINT)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO),
+                            preexec_fn=as_in_a_terminal)
+    while proc.stdout.readline().strip() != "unit 1":
+        assert proc.poll() is None
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err[-1000:]
+    lines = err.strip().splitlines()
+    assert lines[-1] == f"error: {said}; re-run the same command to resume from the last checkpoint"
+    assert lines[-2] == ("stopping at the end of the epoch or cycle under way, which is checkpointed; Ctrl-C again "
+                         "stops at once"), err[-1000:]
+    assert "unit 2" not in out  # stopped before the next epoch
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-2")  # epoch 1 was kept
+
+
+def test_a_stop_before_the_first_checkpoint_says_the_run_starts_again(tmp_path):
+    script = textwrap.dedent("""
+        import sys
+        from common import driver, run
+
+        def main(argv):
+            with driver.RunFolder(sys.argv[1], {"lr": 0.1}, {"dataset": "d"}):
+                open(sys.argv[1] + "/encoders.json", "w").close()
+                raise KeyboardInterrupt  # e.g. while the networks are built
+
+        run.run_main(main, resumes=run.FROM_CHECKPOINT)
+    """)
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ, PYTHONPATH=REPO))
+    assert res.returncode == 130 and not (tmp_path / "run").exists(), res.stderr
+    assert res.stderr.strip() == ("error: interrupted; nothing had been checkpointed yet and the new run's files were "
+                                  "removed: re-run the same command to start it again")
+
+
 def test_a_stop_during_a_long_tensorflow_call_is_acknowledged_at_once_and_a_second_one_stops():
     """Python handles Ctrl-C only when TensorFlow's call returns (a whole compiled epoch): the
     first one is acknowledged at once, the second stops the process without waiting for it."""
