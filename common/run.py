@@ -190,6 +190,10 @@ def check_execution_flags() -> None:
     require_positive("log_every")
     if changed("log_every") and not flags.FLAGS.log_batches:
         raise ConfigError("--log_every sets which of the --log_batches lines are printed; pass --log_batches too")
+    between = "checkpoint_minutes" in flags.FLAGS and changed("checkpoint_minutes")
+    if between and flags.FLAGS.distribute == "multiworker":
+        raise ConfigError("--checkpoint_minutes is not used with --distribute multiworker: its workers save together, "
+                          "at the evaluations (--eval_every)")
 
 
 def flag_values() -> dict:
