@@ -101,6 +101,14 @@ def main(argv):
     if pid and not FLAGS.checkpoint:
         print(f"note: {FLAGS.run_dir} is still training (PID {pid}); this export holds its model so far, "
               "not the final one")
+    if chosen is None:  # a checkpoint other than the one the results describe
+        from common import training
+
+        kept = training.selected_checkpoint(os.path.join(meta["run_dir"], training.CHECKPOINTS))
+        name = os.path.basename(meta["checkpoint"])
+        if kept is not None and name != f"ckpt-{kept['epoch'] + 1}":  # ckpt-N holds the state after epoch N - 1
+            print(f"note: results.json reports history.json's epoch {kept['epoch']} (selected on {kept['criterion']}, "
+                  f"exported by default); this export holds {name} instead")
     if meta["notes"]:
         print(f"note: {meta['notes']}")
 

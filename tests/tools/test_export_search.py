@@ -164,6 +164,13 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     assert res.returncode == 0 and not noise(res.stderr), res.stderr[-2000:]
     assert f"note: {tmp_path / 'bits_16'} is still training (PID 4242); this export holds its model so far" in res.stdout
     assert f"encoders from {chosen['path']} (the model results.json reports: history.json's epoch " in res.stdout
+    other = 2 - chosen["epoch"]  # the checkpoint of the other epoch (ckpt-N: after epoch N - 1)
+    picked = subprocess.run([sys.executable, "-m", "tools.export", "--run_dir", str(tmp_path / "bits_16"), "--out",
+                             str(tmp_path / "exported_other"), "--checkpoint", str(other)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert picked.returncode == 0, picked.stderr[-2000:]
+    assert (f"note: results.json reports history.json's epoch {chosen['epoch']} (selected on val, exported by "
+            f"default); this export holds ckpt-{other} instead") in picked.stdout, picked.stdout
     trainer = CMHashTrainer(cfg, ds.image_dim, ds.text_dim)  # the trained heads, the documented way
     export.restore_models(str(tmp_path / "bits_16"), image_head=trainer.nets.image_head,
                           text_head=trainer.nets.text_head)
