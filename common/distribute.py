@@ -81,9 +81,9 @@ class Replicas:
     @property
     def is_chief(self) -> bool:
         """Only the chief writes summaries, checkpoints and results (MultiWorker: chief, else worker 0)."""
-        resolver = getattr(self.strategy, "cluster_resolver", None)
-        if resolver is None or not resolver.task_type:
+        if not self.multi_worker:
             return True
+        resolver = self.strategy.cluster_resolver
         if resolver.task_type == "chief":
             return True
         has_chief = "chief" in resolver.cluster_spec().as_dict()

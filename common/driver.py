@@ -595,11 +595,12 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
                 evaluation.record = dict({"losses": losses}, **evaluation.record, train_seconds=round(since, 4),
                                          train_units=units_since)
                 score = task.selection_score(evaluation.record) if selected is not None else -np.inf
-                if score > best:  # kept before the record that names it is checkpointed
+                new_best = score > best
+                if new_best:  # kept before the record that names it is checkpointed
                     selected.write(unit + 1)
                 task.before_record(evaluation, state.history)
                 state.record(evaluation.record)
-                if score > best:
+                if new_best:
                     selected.commit(evaluation.record["epoch"], score)
                     best = score
                 last_save = time.time()

@@ -206,7 +206,9 @@ def load_encoders(run_dir: str, checkpoint: Optional[str] = None) -> Encoders:
     enc = Encoders(spec, models)
     for side in sides(spec):  # composite encoders create nothing new, but build every variable
         enc.embed(side, tf.zeros((1, spec[side]["dim"])))
+    ckpt_dir = os.path.join(run_dir, training.CHECKPOINTS)
+    enc.kept = training.selected_checkpoint(ckpt_dir)  # the model the results report, when the run selects one
+    if checkpoint is None and enc.kept is not None:
+        checkpoint = enc.kept["path"]
     enc.checkpoint = restore_models(run_dir, checkpoint, **models)
-    chosen = training.selected_checkpoint(os.path.join(run_dir, training.CHECKPOINTS))
-    enc.selected = chosen if chosen and os.path.abspath(chosen["path"]) == os.path.abspath(enc.checkpoint) else None
     return enc

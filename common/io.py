@@ -417,6 +417,16 @@ def read_json(path: str) -> Any:
         raise DataError(f"{path}: cannot read JSON ({e})") from None
 
 
+def file_stamp(path: str) -> str:
+    """`size:mtime_ns` of a file ('missing' when it cannot be read): what tells a cache or a resumed
+    job that the file changed, without reading its bytes."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def require_finite(x: np.ndarray, what: str) -> None:
     """A DataError naming where the first NaN/inf of a feature matrix is and how many rows have one."""
     bad = ~np.isfinite(x)

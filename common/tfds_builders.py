@@ -205,8 +205,7 @@ def _cache_dir(folder: str) -> str:
     """A TFDS data_dir unique to this folder's path and file stamps (re-prepared on change)."""
     h = hashlib.sha1(os.path.abspath(folder).encode())
     for name in sorted(os.listdir(folder)):
-        st = os.stat(os.path.join(folder, name))
-        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(f"{name}:{io.file_stamp(os.path.join(folder, name))}".encode())
     return os.path.join(cache_root(), h.hexdigest()[:16])
 
 

@@ -215,7 +215,10 @@ class SelectedModel:
             if name != SELECTED_FILE and (keep is None or not (name == keep + ".index" or
                                                                 name.startswith(keep + ".data-"))):
                 path = os.path.join(self.directory, name)
-                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
 
 
 class RunState:

@@ -73,7 +73,10 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite:
         tf.saved_model.save(module, tmp, signatures=signatures)
         meta = {"run_dir": os.path.abspath(run_dir), "method": enc.spec["method"],
                 "checkpoint": os.path.abspath(enc.checkpoint), "run": _run_summary(export.run_record(run_dir)),
-                "selected": None if enc.selected is None else {k: enc.selected[k] for k in ("epoch", "criterion")},
+                # the model the run's results report, when it selects one, and whether this export is it
+                "selected": None if enc.kept is None else {
+                    "epoch": enc.kept["epoch"], "criterion": enc.kept["criterion"],
+                    "exported": os.path.abspath(enc.kept["path"]) == os.path.abspath(enc.checkpoint)},
                 "signatures": sorted(signatures), "image_dim": enc.spec.get("image", {}).get("dim"),
                 "text_dim": enc.spec["text"]["dim"], "notes": enc.spec.get("notes", "")}
         meta["keras_files"] = [f"{side}_encoder.keras" for side in export.sides(enc.spec)]
@@ -92,23 +95,19 @@ def main(argv):
     io.check_output_dir(FLAGS.out, FLAGS.overwrite, owned="saved_model.pb", what="export")
     run.import_tensorflow()
     meta = export_run(FLAGS.run_dir, FLAGS.out, FLAGS.checkpoint, FLAGS.overwrite)
-    chosen = meta["selected"]
-    which = (f" (the model results.json reports: history.json's epoch {chosen['epoch']}, selected on "
-             f"{chosen['criterion']})" if chosen else "")
+    kept = meta["selected"]
+    which = (f" (the model results.json reports: history.json's epoch {kept['epoch']}, selected on "
+             f"{kept['criterion']})" if kept and kept["exported"] else "")
     print(f"{FLAGS.out}: {meta['method']} encoders from {meta['checkpoint']}{which}; signatures "
           f"{', '.join(meta['signatures'])}")
     pid = driver.writer(meta["run_dir"])
     if pid and not FLAGS.checkpoint:
         print(f"note: {FLAGS.run_dir} is still training (PID {pid}); this export holds its model so far, "
               "not the final one")
-    if chosen is None:  # a checkpoint other than the one the results describe
-        from common import training
-
-        kept = training.selected_checkpoint(os.path.join(meta["run_dir"], training.CHECKPOINTS))
-        name = os.path.basename(meta["checkpoint"])
-        if kept is not None and name != f"ckpt-{kept['epoch'] + 1}":  # ckpt-N holds the state after epoch N - 1
-            print(f"note: results.json reports history.json's epoch {kept['epoch']} (selected on {kept['criterion']}, "
-                  f"exported by default); this export holds {name} instead")
+    name = os.path.basename(meta["checkpoint"])
+    if kept and not kept["exported"] and name != f"ckpt-{kept['epoch'] + 1}":  # ckpt-N: the state after epoch N - 1
+        print(f"note: results.json reports history.json's epoch {kept['epoch']} (selected on {kept['criterion']}, "
+              f"exported by default); this export holds {name} instead")
     if meta["notes"]:
         print(f"note: {meta['notes']}")
 

@@ -113,11 +113,7 @@ def _load_images(paths, size: int) -> np.ndarray:
 def _file_state(path: str) -> str:
     """A file's identity for resuming: path, size and modification time (not its bytes: a 550 MB
     weights file would take seconds to hash)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return f"{path}:missing"
-    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{os.path.abspath(path)}:{io.file_stamp(path)}"
 
 
 def image_features(paths, cnn_name: str, model, size: int, out_dir: str, shard: int = 256,
