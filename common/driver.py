@@ -477,6 +477,10 @@ class Task:
         """With `selection`: how good an evaluation record is (the first highest is the result)."""
         raise NotImplementedError
 
+    def record_name(self, record: dict) -> str:
+        """How results.json names an evaluation (said by the export of a selected model)."""
+        return f"history.json's epoch {record['epoch']}"
+
     def on_start(self, resumed: bool) -> None:
         """After restore (or initialisation), before the first unit."""
 
@@ -601,7 +605,7 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
                 task.before_record(evaluation, state.history)
                 state.record(evaluation.record)
                 if new_best:
-                    selected.commit(evaluation.record["epoch"], score)
+                    selected.commit(evaluation.record["epoch"], score, task.record_name(evaluation.record))
                     best = score
                 last_save = time.time()
                 since, units_since = 0.0, 0

@@ -168,7 +168,7 @@ def selected_checkpoint(ckpt_dir: str) -> Optional[dict]:
                         "still exports the last checkpoint; training the run again needs --overwrite") from None
     if not os.path.exists(path + ".index"):
         raise DataError(f"{record_path}: names {record['checkpoint']}, whose files are missing")
-    return dict(record, path=path)
+    return dict({"name": f"history.json's epoch {record.get('epoch')}"}, **record, path=path)  # older runs: no name
 
 
 class SelectedModel:
@@ -198,13 +198,14 @@ class SelectedModel:
                 prefix, f"the selected model ({prefix})", "the previous one is kept")
         self._pending = prefix
 
-    def commit(self, epoch: int, score: float) -> None:
-        """Make the written model the selected one (its evaluation is now recorded)."""
+    def commit(self, epoch: int, score: float, name: str) -> None:
+        """Make the written model the selected one (its evaluation, `name`d as results.json names it,
+        is now recorded)."""
         if self._pending is None or not self.chief:
             return
         io.write_json(os.path.join(self.directory, SELECTED_FILE),
                       {"checkpoint": self._pending, "epoch": int(epoch), "criterion": self.criterion,
-                       "score": float(score)})
+                       "score": float(score), "name": name})
         self._remove_others(keep=self._pending)
         self._pending = None
 

@@ -75,7 +75,7 @@ def export_run(run_dir: str, out: str, checkpoint: str | None = None, overwrite:
                 "checkpoint": os.path.abspath(enc.checkpoint), "run": _run_summary(export.run_record(run_dir)),
                 # the model the run's results report, when it selects one, and whether this export is it
                 "selected": None if enc.kept is None else {
-                    "epoch": enc.kept["epoch"], "criterion": enc.kept["criterion"],
+                    "epoch": enc.kept["epoch"], "name": enc.kept["name"], "criterion": enc.kept["criterion"],
                     "exported": os.path.abspath(enc.kept["path"]) == os.path.abspath(enc.checkpoint)},
                 "signatures": sorted(signatures), "image_dim": enc.spec.get("image", {}).get("dim"),
                 "text_dim": enc.spec["text"]["dim"], "notes": enc.spec.get("notes", "")}
@@ -96,8 +96,8 @@ def main(argv):
     run.import_tensorflow()
     meta = export_run(FLAGS.run_dir, FLAGS.out, FLAGS.checkpoint, FLAGS.overwrite)
     kept = meta["selected"]
-    which = (f" (the model results.json reports: history.json's epoch {kept['epoch']}, selected on "
-             f"{kept['criterion']})" if kept and kept["exported"] else "")
+    which = (f" (the model results.json reports: {kept['name']}, selected on {kept['criterion']})"
+             if kept and kept["exported"] else "")
     print(f"{FLAGS.out}: {meta['method']} encoders from {meta['checkpoint']}{which}; signatures "
           f"{', '.join(meta['signatures'])}")
     pid = driver.writer(meta["run_dir"])
@@ -106,8 +106,8 @@ def main(argv):
               "not the final one")
     name = os.path.basename(meta["checkpoint"])
     if kept and not kept["exported"] and name != f"ckpt-{kept['epoch'] + 1}":  # ckpt-N: the state after epoch N - 1
-        print(f"note: results.json reports history.json's epoch {kept['epoch']} (selected on {kept['criterion']}, "
-              f"exported by default); this export holds {name} instead")
+        print(f"note: results.json reports {kept['name']} (selected on {kept['criterion']}, exported by default); "
+              f"this export holds {name} instead")
     if meta["notes"]:
         print(f"note: {meta['notes']}")
 
@@ -118,8 +118,9 @@ def define_flags():
                         "--overwrite; nothing else is ever replaced).")
     flags.DEFINE_bool("overwrite", False, "Replace --out when it holds a previous export.")
     flags.DEFINE_string("checkpoint", None, "A specific checkpoint (default: the model the run's results describe: "
-                        "the latest, or for cmhash the epoch selected on validation): its path, one of its files, its "
-                        "name or number in the run's checkpoints (ckpt-7, 7), `latest` or `selected`.")
+                        "for cmhash and ZSCRGAN the evaluation selected on validation, else on test; for ACMR and "
+                        "JFSE the latest): its path, one of its files, its name or number in the run's checkpoints "
+                        "(ckpt-7, 7), `latest` or `selected`.")
 
 
 def cli():

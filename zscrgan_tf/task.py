@@ -233,6 +233,14 @@ class ZSCRGANTask(driver.Task):
         self.chief = trainer.replicas.is_chief
         self.untrained_path = os.path.join(out_dir, "untrained.json")
         self._objects = trainer.checkpoint_objects()
+        # the cycle results.json leads with (p50_val_selected, else the release's p50_best): its model is kept
+        self.selection = "test" if data.val is None else "val"
+
+    def selection_score(self, record: dict) -> float:
+        return record[self.selection]["p50"]
+
+    def record_name(self, record: dict) -> str:
+        return f"cycle {record['cycle']}"
 
     def models(self) -> dict:
         t = self.trainer
@@ -250,8 +258,7 @@ class ZSCRGANTask(driver.Task):
                     image={"dim": data.image_dim, "model": "CSEM_net"},
                     text={"dim": data.text_dim, "composite": MeanTextEncoder, "args": ["g_net", "CSEM_net"]},
                     notes="embed_text is CSEM(G(mu, z=0)) (deterministic); the release evaluated with fresh noise "
-                          "per query. The weights are those of the checkpoint's cycle (by default the last: "
-                          "results.json's p50_last and t2i_map_all), not necessarily p50_best's.")
+                          "per query, so the P@50 of these embeddings differs from results.json's by that noise.")
 
     def on_start(self, resumed: bool) -> None:
         t = self.trainer

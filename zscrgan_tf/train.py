@@ -129,7 +129,8 @@ def config_from_flags() -> ZSCRGANConfig:
 NOTE = ("Zero-shot text->image retrieval on the unseen classes. p50_best is the best Precision@50 over all cycles' "
         "TEST evaluations (the release's number, selected on the test set); p50_last is the last cycle's; "
         "p50_val_selected (with --val_classes) is the test value at the cycle with the best validation P@50. "
-        "t2i_map_all is the last cycle's mAP over the whole ranking (cosine). This file is rewritten after every "
+        "t2i_map_all is the last cycle's mAP over the whole ranking (cosine). `cmr export` exports the model of "
+        "p50_val_selected's cycle (with --val_classes), else of p50_best's, kept under checkpoints/selected/. This file is rewritten after every "
         "cycle: `cycles` below `cycles_planned` is a run that was stopped there or is still running (the release's "
         "own schedule is stopped by hand).")
 
@@ -198,6 +199,9 @@ def main(argv):
     print(f"P@{cfg.retrieve_k}: best {summary['p50_best']:.4f} (cycle {summary['p50_best_cycle']}, selected on test, "
           f"as the release), last {summary['p50_last']:.4f}, chance {summary['p50_chance']:.4f}; "
           f"t2i mAP@all {summary['t2i_map_all']:.4f} (chance {summary['chance_map_all']:.4f})")
+    if "p50_val_selected" in summary:
+        print(f"P@{cfg.retrieve_k} at the cycle selected on validation (the fair number): "
+              f"{summary['p50_val_selected']:.4f} (cycle {summary['p50_val_selected_cycle']})")
     print(f"results in {os.path.join(out_dir, 'results.json')}")
 
 

@@ -89,10 +89,16 @@ def test_export_equals_the_trained_model_and_loads_without_the_project(tmp_path)
     written = json.loads((tmp_path / "exported" / "export.json").read_text())
     assert os.path.isabs(written["checkpoint"]) and os.path.exists(written["checkpoint"] + ".index")
     assert written["run"] is None  # trained in-process: no run.json (an entry point's export names it)
-    # the in-process model, restored the way training resumes (optimizers and all)
+    # the default is the model of the cycle results.json leads with (p50_best's: the first best), kept
+    # under checkpoints/selected/ after later cycles; restored the documented way into a fresh trainer
+    history = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
+    best = max(history, key=lambda r: r["test"]["p50"])
+    assert written["selected"] == {"epoch": best["epoch"], "name": f"cycle {best['cycle']}", "criterion": "test",
+                                   "exported": True}
+    assert written["checkpoint"] == str(tmp_path / "run" / "checkpoints" / "selected" / f"ckpt-{best['cycle']}")
     trainer = ZSCRGANTrainer(cfg, data)
-    state = training.RunState(str(tmp_path / "run"), **trainer.checkpoint_objects())
-    assert state.resumed
+    assert export.restore_models(str(tmp_path / "run"), g_net=trainer.gen, CSEM_net=trainer.csem) == \
+        written["checkpoint"]
     x, t = data.test.gallery[:6], data.test.queries[:5]
     loaded = tf.saved_model.load(str(tmp_path / "exported"))
     np.testing.assert_allclose(loaded.signatures["embed_image"](image=tf.constant(x))["embedding"],

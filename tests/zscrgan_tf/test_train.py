@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from common import training
 from common.synthetic import make_synthetic
@@ -95,6 +96,13 @@ def test_seed_resume_and_results_pickles(tmp_path):
     assert np.mean([np.mean(v) for v in hits.values()]) == pytest.approx(max(p50))
     assert s1["p50_best"] == max(p50) and s1["p50_last"] == p50[-1]
     assert s1["p50_val_selected"] in p50 and 0 <= s1["p50_untrained"] <= 1
+    # the model of the validation-selected cycle is kept for the export, the same after the resume
+    kept = [training.selected_checkpoint(str(out / "checkpoints")) for out in (out1, out4)]
+    assert [(k["epoch"], k["criterion"], k["name"]) for k in kept] == 2 * [
+        (s1["p50_val_selected_cycle"] - 1, "val", f"cycle {s1['p50_val_selected_cycle']}")]
+    stored = [tf.train.load_checkpoint(k["path"]) for k in kept]
+    names = [n for n, _ in tf.train.list_variables(kept[0]["path"]) if "CSEM_net__variables" in n]
+    assert names and all(np.array_equal(stored[0].get_tensor(n), stored[1].get_tensor(n)) for n in names)
     assert not [f for f in os.listdir(out1 / "res") if f.startswith(".tmp")]
 
 
