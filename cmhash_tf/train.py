@@ -155,10 +155,9 @@ def main(argv):
     gallery = ds.database if ds.database is not None else ds.train  # the database, in the labels' own form
     warnings = (warnings_early + run.data_warnings(ds, gallery=gallery, gallery_name="database")
                 + check_signal(train, val, queries, database, FLAGS.mining))
-    from common import driver
 
-    with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), parts=[f"bits_{k}" for k in bits],
-                          overwrite=FLAGS.overwrite, chief=run.is_chief()) as folder:
+    with run.run_folder(ds.fingerprint(), config_for(bits[0], e2e_mode=False).epochs,
+                        parts=[f"bits_{k}" for k in bits]) as folder:
         run.import_tensorflow()  # a refused run has stopped above, before TensorFlow loads
         warnings += run.set_precision()
         from cmhash_tf.task import fit
@@ -265,13 +264,12 @@ def main_e2e(bits: list) -> None:
     warnings = check_signal(train, val, queries, database, FLAGS.mining) + precision_warnings
     from cmhash_tf.model import CMHashNetworks
     from cmhash_tf.task import CMHashTrainer, fit
-    from common import driver, io, training
+    from common import io, training
 
     data = {"dataset": "iapr-e2e", "source": os.path.abspath(FLAGS.data_dir),
             "image_dir": os.path.abspath(FLAGS.image_dir), "text_dir": os.path.abspath(FLAGS.text_dir),
             "digest": e2e.fingerprint(splits)}
-    with driver.RunFolder(FLAGS.output_dir, run.settings(), data, parts=[f"bits_{k}" for k in bits],
-                          overwrite=FLAGS.overwrite, chief=run.is_chief()) as folder:
+    with run.run_folder(data, config_for(bits[0], e2e_mode=True).epochs, parts=[f"bits_{k}" for k in bits]) as folder:
         training.set_seed(FLAGS.seed)
         replicas = run.replicas()
         if replicas.is_chief:

@@ -5,8 +5,8 @@ one runner owns checkpoints, summaries and the schedule), kept small. A method s
 this module owns, once for all methods:
 
 - run identity: `run.json` holds the fingerprint of every result-affecting flag and of the data;
-  the same command resumes, a different one is refused (exit 2) before anything is written, and
-  `--overwrite` starts the folder over;
+  the same command resumes, a different one is refused (exit 2) before anything is written,
+  `--overwrite` starts the folder over and `--extend` continues it to a longer schedule;
 - one writer per folder (an exclusive `flock` on `<output_dir>/.lock`, released by the kernel
   when a process dies);
 - damaged state (checkpoint index, checkpoint, history, fingerprint) as an error, never a restart;
@@ -67,9 +67,18 @@ class RunFolder:
     """
 
     def __init__(self, path: str, settings: dict, data: dict, parts: Sequence[str] = ("",),
-                 overwrite: bool = False, chief: bool = True, extra_paths: Sequence[str] = ()):
+                 overwrite: bool = False, chief: bool = True, extra_paths: Sequence[str] = (),
+                 length: Optional[int] = None, length_flags: Sequence[str] = ("epochs",), extend: bool = False,
+                 fixed_length: Optional[str] = None):
+        """`length`: the epochs (cycles) this command plans, set by `length_flags`; with `extend`, a run
+        started with a shorter schedule and otherwise the same settings is continued to `length`, unless
+        `fixed_length` says why the method's training depends on its length (then refused)."""
         self.path, self.settings, self.data = path, settings, data
         self.parts, self.overwrite, self.chief = tuple(parts), overwrite, chief
+        self.length, self.length_flags, self.extend = length, tuple(length_flags), extend
+        self.fixed_length = fixed_length
+        self.extensions: list = []  # [{"from", "to", "at"}]: the schedule lengthenings of this run
+        self._extension_now: Optional[dict] = None
         self.extra_paths = tuple(extra_paths)  # e.g. ZSCRGAN's results pickles folder
         from common import run
 
@@ -84,7 +93,7 @@ class RunFolder:
     # ------------------------------------------------------------------ identity
     def _record(self) -> dict:
         return {"program": self.program, "settings": self.settings, "data": self.data, "parts": list(self.parts),
-                "extra_paths": list(self.extra_paths)}
+                "extra_paths": list(self.extra_paths), "length": self.length}
 
     def _existing_artifacts(self) -> list:
         if not os.path.isdir(self.path):
@@ -99,6 +108,8 @@ class RunFolder:
         if not self.path:
             raise ConfigError("--output_dir is required: the run folder for checkpoints, logs and results (e.g. "
                               "--output_dir runs/my_run)")
+        if self.extend and self.overwrite:
+            raise ConfigError("--extend continues the run in --output_dir and --overwrite starts it over: pass one")
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ConfigError(f"--output_dir {self.path} is a file, not a folder")
         for name in INPUT_DIR_FLAGS:
@@ -113,6 +124,8 @@ class RunFolder:
             raise ConfigError(f"--output_dir {self.path}: {parent} is a file, not a folder")
         run_file = os.path.join(self.path, RUN_FILE)
         if not os.path.exists(run_file):
+            if self.extend:
+                raise ConfigError(f"--extend: {self.path} holds no run to continue; leave --extend out to start one")
             found = self._existing_artifacts()
             if found and not self.overwrite:
                 raise ConfigError(
@@ -132,14 +145,49 @@ class RunFolder:
         if other and self.program and other != self.program and not self.overwrite:
             raise ConfigError(f"{self.path} holds a run of {other}, not of {self.program}; choose another "
                               "--output_dir, or pass --overwrite to replace that run")
-        changes = (describe_changes(absolute_paths(old_settings), self.settings, "--")
+        old_settings = absolute_paths(old_settings)
+        changes = (describe_changes(old_settings, self.settings, "--")
                    + describe_changes(old_data, self.data, "data "))
-        if changes and not self.overwrite:
-            raise ConfigError(f"{self.path} holds a run with other settings: {'; '.join(changes)}. Re-run with the "
-                              "same flags to resume it, pass --overwrite to start it over, or choose another "
+        extension = self._extension(old, old_settings, old_data) if changes and not self.overwrite else None
+        if changes and not self.overwrite and not (self.extend and extension):
+            hint = ""
+            if extension:
+                hint = f" To continue it to {self.length} {self._unit()}s, pass --extend."
+            elif self.extend:
+                hint = f" {self._why_not_extended(old, old_settings, old_data)}"
+            raise ConfigError(f"{self.path} holds a run with other settings: {'; '.join(changes)}.{hint} Re-run "
+                              "with the same flags to resume it, pass --overwrite to start it over, or choose another "
                               "--output_dir")
-        self.resumed = not changes
+        self.resumed = not changes or bool(self.extend and extension)
         self.first_run = {"created": old.get("created"), "code": old.get("code")} if self.resumed else None
+        self.extensions = list(old.get("extensions") or []) if self.resumed else []
+        self._extension_now = extension if self.resumed and extension else None
+
+    def _unit(self) -> str:
+        return "cycle" if "max_cycles" in self.length_flags else "epoch"
+
+    def _extension(self, old: dict, old_settings: dict, old_data: dict) -> Optional[dict]:
+        """{"from", "to"} when this command differs from the run only by a longer schedule."""
+        others = describe_changes({k: v for k, v in old_settings.items() if k not in self.length_flags},
+                                  {k: v for k, v in self.settings.items() if k not in self.length_flags}, "--")
+        before = old.get("length")
+        if (others or describe_changes(old_data, self.data, "") or self.length is None or self.fixed_length
+                or not isinstance(before, int)):
+            return None
+        return {"from": before, "to": self.length} if self.length > before else None
+
+    def _why_not_extended(self, old: dict, old_settings: dict, old_data: dict) -> str:
+        flags_text = " / ".join(f"--{n}" for n in self.length_flags)
+        if self.length is None:
+            return "(--extend lengthens a training run; this command has no schedule to lengthen.)"
+        if self.fixed_length:
+            return f"(--extend cannot lengthen this run: {self.fixed_length}.)"
+        if not isinstance(old.get("length"), int):
+            return f"(--extend: {RUN_FILE} does not record the run's length; it was started by an older version.)"
+        if self.length <= old["length"]:
+            return (f"(--extend needs a longer schedule than the run's {old['length']} {self._unit()}s; this command "
+                    f"plans {self.length}.)")
+        return f"(--extend continues a run with only a longer schedule ({flags_text}); every other setting must match.)"
 
     def __enter__(self) -> "RunFolder":
         self.check()  # before the lock: a refused run creates nothing
@@ -174,6 +222,13 @@ class RunFolder:
             if not self.resumed:
                 io.write_json(os.path.join(self.path, RUN_FILE),
                               dict(self._record(), created=_now(), version=common.__version__, code=code_state()))
+            elif self._extension_now is not None:  # the run goes on under this command's settings
+                old = io.read_json(os.path.join(self.path, RUN_FILE))
+                self.extensions.append(dict(self._extension_now, at=_now()))
+                io.write_json(os.path.join(self.path, RUN_FILE),
+                              dict(old, settings=self.settings, length=self.length, extensions=self.extensions))
+                print(f"extending the run in {self.path} from {self._extension_now['from']} to {self.length} "
+                      f"{self._unit()}s", flush=True)
             _write_flagfile(self.path)  # now, so that a stopped run can be resumed with --flagfile
         except BaseException:
             self.__exit__(None, None, None)
@@ -262,6 +317,8 @@ class RunFolder:
         if self.first_run is not None:  # wall_seconds etc. are this process's; say where the run began
             origin["resumed"] = True
             origin["run_created"] = self.first_run["created"]
+            if self.extensions:
+                origin["extensions"] = self.extensions
             before = self.first_run.get("code")
             if before and before != code_state():
                 warnings.append(f"this run was started with code {_show_code(before)} and resumed with "

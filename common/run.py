@@ -28,7 +28,7 @@ from common.errors import (OS_FAULTS, ConfigError, DataError, DivergenceError, o
                            tensorflow_oom)
 
 # flags that change what is printed or where, never a number: left out of a run's fingerprint
-LOGGING_FLAGS = frozenset({"output_dir", "overwrite", "log_every", "log_batches", "histogram_every",
+LOGGING_FLAGS = frozenset({"output_dir", "overwrite", "extend", "log_every", "log_batches", "histogram_every",
                            "steps_per_execution", "res_dir", "profile_epoch", "checkpoint_minutes"})
 PROJECT_MODULES = ("__main__", "common", "tools", "acmr_tf", "jfse_tf", "zscrgan_tf", "cmhash_tf")
 VERBOSE_ENV = "CMR_VERBOSE"
@@ -57,6 +57,10 @@ def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optiona
     if not trains:
         return
     flags.DEFINE_integer("epochs", default_epochs, "Training epochs (default: the release's).")
+    flags.DEFINE_bool("extend", False, "Continue the run in --output_dir to a longer schedule: this command may "
+                      "differ from the one that started it only by a larger --epochs (ZSCRGAN: its run length), "
+                      "and trains on from the last checkpoint as a run of that length would. ZSCRGAN and cmhash; "
+                      "refused for ACMR and JFSE, whose adversarial schedules depend on --epochs.")
     flags.DEFINE_enum("distribute", "none", ["none", "mirrored", "multiworker"],
                       "none: one device; mirrored: every local GPU (tf.distribute.MirroredStrategy); multiworker: "
                       "the machines in TF_CONFIG (MultiWorkerMirroredStrategy). --batch_size stays the global batch.")
@@ -112,8 +116,9 @@ def set_precision(precision: Optional[str] = None) -> list:
 
     Without a GPU, bfloat16 runs on oneDNN's CPU kernels: with AVX512_BF16 a 256x4096 by 4096x4096
     matmul takes 46 ms against float32's 90; with AVX-512 but no AVX512_BF16 they are emulated (223 ms
-    against 83, measured by restricting oneDNN's ISA); with AVX2 only oneDNN has no bfloat16 matmul and
-    TensorFlow aborts the process, so that case is refused here.
+    against 83, measured by restricting oneDNN's ISA). A CPU without AVX-512 takes TensorFlow's own
+    bfloat16 kernels (204 ms against 161 on an AVX2 AMD EPYC). Both are slower than float32: a warning.
+    (Restricting oneDNN to AVX2 on an AVX-512 CPU aborts the process; a real AVX2 CPU does not.)
     """
     import keras
 
@@ -125,12 +130,13 @@ def set_precision(precision: Optional[str] = None) -> list:
         isa = cpu_isa()
         if isa and not tf.config.list_physical_devices("GPU"):
             if not isa["avx512f"]:
-                raise ConfigError("--precision mixed_bfloat16 needs a GPU or an AVX-512 CPU: on this CPU TensorFlow's "
-                                  "oneDNN has no bfloat16 matmul and the process would abort; use --precision float32")
-            if not isa["avx512_bf16"]:
+                warnings.append("this CPU has no AVX-512: bfloat16 matmuls take TensorFlow's generic kernels, about "
+                                "1.3x slower than float32 (docs/benchmarks.md); --precision float32 is faster here")
+            elif not isa["avx512_bf16"]:
                 warnings.append("this CPU has no AVX512_BF16: bfloat16 matmuls are emulated, about 2.7x slower than "
                                 "float32 (docs/benchmarks.md); --precision float32 is faster here")
-                print(f"warning: {warnings[-1]}", flush=True)
+            for w in warnings:
+                print(f"warning: {w}", flush=True)
     keras.mixed_precision.set_global_policy(precision)
     return warnings
 
@@ -230,7 +236,7 @@ def flagfile_text() -> str:
     if _PROGRAM:  # absl skips '#' lines; another program given this file says whose it is
         lines.append(f"# flags of {_a(_PROGRAM)} run: `python -m {_PROGRAM} --flagfile <this file>` repeats it")
     for name in sorted(flag_values()):
-        if name == "overwrite":  # re-running a run's flag file resumes it; it must never start it over
+        if name in ("overwrite", "extend"):  # re-running a run's flag file resumes it as it now is
             continue
         if not flags.FLAGS[name].present and name != "output_dir":
             continue
@@ -240,6 +246,17 @@ def flagfile_text() -> str:
         if text:  # a flag left at None serialises to nothing: its default applies again
             lines.append(text)
     return "\n".join(lines) + "\n"
+
+
+def run_folder(data: dict, length: Optional[int] = None, length_flags=("epochs",), output_dir: Optional[str] = None,
+               **kwargs):
+    """The entry point's `driver.RunFolder`: its --output_dir, fingerprint (`settings`), --overwrite,
+    --extend and chief role from the flags; `length`: the epochs (cycles) this command plans."""
+    from common import driver
+
+    extend = "extend" in flags.FLAGS and flags.FLAGS.extend
+    return driver.RunFolder(output_dir or flags.FLAGS.output_dir, settings(), data, overwrite=flags.FLAGS.overwrite,
+                            chief=is_chief(), length=length, length_flags=length_flags, extend=extend, **kwargs)
 
 
 def settings() -> dict:

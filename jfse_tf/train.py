@@ -147,13 +147,13 @@ def main(argv):
     if zs is not None:
         print(zs.describe(ds.class_names), flush=True)
     warnings = run.data_warnings(ds, standard="standard" in scenarios)
-    from common import driver
 
     parts = [p for p in ("standard", "zs") if p in scenarios or (p == "zs" and "gzs" in scenarios)]
     parts += ["gzs"] if "gzs" in scenarios else []
     table = []
-    with driver.RunFolder(FLAGS.output_dir, run.settings(), ds.fingerprint(), parts=parts,
-                          overwrite=FLAGS.overwrite, chief=run.is_chief()) as folder:  # refusals: before TF loads
+    with run.run_folder(ds.fingerprint(), cfg.epochs, parts=parts, fixed_length=(
+            "the modality adversary's gradient-reversal weight follows a schedule over --epochs, so a longer run "
+            "trains every epoch differently")) as folder:  # refusals: before TF loads
         run.import_tensorflow()
         warnings += run.set_precision()
         replicas = run.replicas()

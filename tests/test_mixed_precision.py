@@ -139,19 +139,17 @@ def test_the_export_of_a_mixed_run_computes_in_float32(data, tmp_path):
     assert encoder.dtype_policy.name == "float32"
 
 
-def test_cpus_without_native_bfloat16_are_warned_or_refused(monkeypatch):
-    """Without AVX512_BF16 oneDNN emulates bfloat16 (slower: a warning); without AVX-512 it has no
-    bfloat16 matmul and TensorFlow aborts (refused before anything runs)."""
+def test_cpus_without_native_bfloat16_are_warned(monkeypatch):
+    """Without AVX512_BF16 oneDNN emulates bfloat16, without AVX-512 TensorFlow's generic kernels run it:
+    both slower than float32, a warning (kept for results.json); with it, nothing to say."""
     from common import run
-    from common.errors import ConfigError
 
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
     try:
         monkeypatch.setattr(run, "cpu_isa", lambda: {"avx512f": True, "avx512_bf16": False})
         assert "no AVX512_BF16" in run.set_precision("mixed_bfloat16")[0]
         monkeypatch.setattr(run, "cpu_isa", lambda: {"avx512f": False, "avx512_bf16": False})
-        with pytest.raises(ConfigError, match="needs a GPU or an AVX-512 CPU"):
-            run.set_precision("mixed_bfloat16")
+        assert "no AVX-512" in run.set_precision("mixed_bfloat16")[0]
         monkeypatch.setattr(run, "cpu_isa", lambda: {"avx512f": True, "avx512_bf16": True})
         assert run.set_precision("mixed_bfloat16") == []
     finally:

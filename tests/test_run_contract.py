@@ -87,13 +87,48 @@ def test_run_contract(tmp_path, method):
     assert snapshot(out)["results.json" if name != "jfse" else "zs/results.json"] == \
         before["results.json" if name != "jfse" else "zs/results.json"]
 
+    # a longer schedule: refused as another run, with the way to continue it named; with --extend the
+    # run trains on from its last checkpoint, as a run started with that length would have (ACMR's and
+    # JFSE's adversarial schedules depend on the length: refused)
+    longer = ["--max_cycles", "3"] if name == "zscrgan" else ["--epochs", "3"]
+    before = snapshot(out)
+    refused = cli(*longer)
+    assert refused.returncode == 2, refused.stderr[-1500:]
+    if name in ("acmr", "jfse"):
+        assert "pass --extend" not in refused.stderr
+        refused = cli(*longer, "--extend")
+        assert refused.returncode == 2 and "--extend cannot lengthen this run: " in refused.stderr, \
+            refused.stderr[-1500:]
+        assert "gradient-reversal weight follows a schedule over --epochs" in refused.stderr
+        assert snapshot(out) == before
+        longer = []
+    else:
+        assert "To continue it to 3 " in refused.stderr and "pass --extend" in refused.stderr
+        assert snapshot(out) == before
+        extended = cli(*longer, "--extend")
+        assert extended.returncode == 0 and f"extending the run in {out} from 2 to 3" in extended.stdout, \
+            extended.stderr[-1500:]
+        results_dir = (out / "zs") if name == "jfse" else out
+        results = json.loads((results_dir / "results.json").read_text())
+        assert [(e["from"], e["to"]) for e in results["provenance"]["extensions"]] == [(2, 3)]
+        history = json.loads((folder / "history.json").read_text())["history"]
+        assert [r["epoch"] for r in history] == [0, 1, 2]
+        own = ["--res_dir", str(tmp_path / "res_s")] if name == "zscrgan" else []
+        straight = subprocess.run([sys.executable, "-m", module, *args, *longer, "--output_dir", str(tmp_path / "s"),
+                                   *own], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert straight.returncode == 0, straight.stderr[-1500:]
+        plain = json.loads((tmp_path / "s" / part / "history.json").read_text())["history"]
+        timing = ("train_seconds",)  # every epoch (cycle) is evaluated here: the same records otherwise
+        assert [{k: v for k, v in r.items() if k not in timing} for r in history] == \
+            [{k: v for k, v in r.items() if k not in timing} for r in plain]
+
     with open(out / ".lock", "a+") as held:  # another process is writing the folder
         fcntl.flock(held, fcntl.LOCK_EX)
-        busy = cli()
+        busy = cli(*longer)  # the run's command now
         fcntl.flock(held, fcntl.LOCK_UN)
     assert busy.returncode == 2 and "being written by another run" in busy.stderr, busy.stderr[-1500:]
 
     (folder / "checkpoints" / "checkpoint").write_text("garbled {{{")
-    damaged = cli()
+    damaged = cli(*longer)
     assert damaged.returncode == 2 and "unreadable checkpoint index" in damaged.stderr, damaged.stderr[-1500:]
     assert "Traceback" not in damaged.stderr

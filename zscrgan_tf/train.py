@@ -169,8 +169,8 @@ def main(argv):
     from common import driver
 
     flag_dict = run.flag_values()
-    with driver.RunFolder(out_dir, run.settings(), ds.fingerprint(), overwrite=FLAGS.overwrite,
-                          extra_paths=[os.path.abspath(res_dir)], chief=run.is_chief()) as folder:
+    with run.run_folder(ds.fingerprint(), max_cycles, ("max_cycles", "epochs", "cycles_per_epoch"), out_dir,
+                        extra_paths=[os.path.abspath(res_dir)]) as folder:
         run.import_tensorflow()  # a refused run has stopped above, before TensorFlow loads
         warnings += run.set_precision()
         from common import export, io, training

@@ -63,6 +63,50 @@ def test_a_resumed_run_says_so_and_warns_when_the_code_changed_in_between(tmp_pa
     assert len(r["warnings"]) == 1 and "resumed with 9.9 (abcdef01)" in r["warnings"][0]
 
 
+def test_extend_continues_a_run_only_to_a_longer_schedule_and_records_it(tmp_path):
+    run = tmp_path / "run"
+    short, long_ = dict(SETTINGS, epochs=None), dict(SETTINGS, epochs=8)  # started with the release's 5
+    make_run(run, short, length=5)
+    assert json.loads((run / "run.json").read_text())["length"] == 5
+    before = snapshot(run)
+    # without --extend a longer schedule is another run, with the way to continue it named
+    with pytest.raises(ConfigError, match=r"--epochs \(default\) -> 8\. To continue it to 8 epochs, pass --extend"):
+        driver.RunFolder(str(run), long_, DATA, length=8).__enter__()
+    refusals = [  # (settings, data, length, extra flags, message)
+        (dict(long_, lr=0.5), DATA, 8, {}, r"only a longer schedule \(--epochs\); every other setting must match"),
+        (long_, dict(DATA, digest="x"), 8, {}, r"only a longer schedule"),
+        (dict(SETTINGS, epochs=4), DATA, 4, {}, r"needs a longer schedule than the run's 5 epochs; this command plans 4"),
+        (long_, DATA, 8, {"overwrite": True}, r"^--extend continues the run in --output_dir and --overwrite starts"),
+        (long_, DATA, None, {}, r"no schedule to lengthen"),
+        (long_, DATA, 8, {"fixed_length": "its weights follow --epochs"}, r"cannot lengthen this run: its weights follow"),
+    ]
+    for settings, data, length, extra, message in refusals:
+        with pytest.raises(ConfigError, match=message):
+            driver.RunFolder(str(run), settings, data, length=length, extend=True, **extra).__enter__()
+    with pytest.raises(ConfigError, match=r"^--extend: .* holds no run to continue"):
+        driver.RunFolder(str(tmp_path / "none"), long_, DATA, length=8, extend=True).__enter__()
+    assert snapshot(run) == before and not (tmp_path / "none").exists()
+    with driver.RunFolder(str(run), long_, DATA, length=8, extend=True) as folder:
+        assert folder.resumed
+        r = folder.write_results(str(run), dataset="d", method="m", seed=0, flags=long_,
+                                 metrics={"i2t_map_all": 0.5, "t2i_map_all": 0.4})
+    record = json.loads((run / "run.json").read_text())
+    assert record["settings"] == long_ and record["length"] == 8
+    assert [(e["from"], e["to"]) for e in record["extensions"]] == [(5, 8)]
+    assert r["provenance"]["extensions"] == record["extensions"]
+    # the extended run is now the run: its own command resumes it (with or without --extend), the old one
+    # is refused; a run from before lengths were recorded cannot be extended
+    for extend in (False, True):
+        with driver.RunFolder(str(run), long_, DATA, length=8, extend=extend) as folder:
+            assert folder.resumed and folder.extensions == record["extensions"]
+    with pytest.raises(ConfigError, match=r"--epochs 8 -> \(default\)"):
+        driver.RunFolder(str(run), short, DATA, length=5).__enter__()
+    old = tmp_path / "old"
+    make_run(old, short)
+    with pytest.raises(ConfigError, match=r"does not record the run's length"):
+        driver.RunFolder(str(old), long_, DATA, length=8, extend=True).__enter__()
+
+
 def test_overwrite_removes_only_this_projects_outputs(tmp_path):
     run = tmp_path / "run"
     make_run(run, parts=("", "bits_8"))
