@@ -622,6 +622,7 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
         selected = training.SelectedModel(folder, task.models(), task.selection, chief=state.chief,
                                           write_directory=throwaway)
         best = max((task.selection_score(r) for r in state.history), default=-np.inf)
+        _keep_restored_best(task, state, selected, best)
     with run.stops_at_unit_ends():  # a stop lets the epoch under way end and keeps it
         for unit in range(first, total):
             if (signum := run.stop_requested()) is not None:  # a Ctrl-C / SIGTERM TensorFlow's call swallowed
@@ -681,6 +682,22 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
         raise DataError(f"{folder}: the run is complete but holds no evaluation history; pass --overwrite to "
                         "train it again")
     return FitResult(state.history, total - first)
+
+
+def _keep_restored_best(task: Task, state, selected, best: float) -> None:
+    """A run stopped after checkpointing a new best record but before naming its model the selected
+    one resumes from exactly that model: keep it now (later units may never beat it). A best record
+    older than the restored checkpoint (a run from before selection was kept) cannot be recovered."""
+    from common import training
+
+    if not state.history or not np.isfinite(best):
+        return
+    record = next(r for r in state.history if task.selection_score(r) == best)  # the first best, as in the loop
+    kept = training.selected_checkpoint(state.ckpt.directory) if state.chief else None  # workers: a throwaway
+    if record is state.history[-1] and state.start_epoch == record["epoch"] + 1 and (
+            not state.chief or kept is None or kept["epoch"] != record["epoch"]):
+        selected.write(state.start_epoch)
+        selected.commit(record["epoch"], best, task.record_name(record))
 
 
 def _guarded(task, unit, on_block):

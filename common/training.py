@@ -177,8 +177,10 @@ class SelectedModel:
     only, under `checkpoints/selected/`, restorable by `common.export.restore_models`.
 
     `write` runs before the evaluation's record is checkpointed and `commit` after it, so the kept
-    model always belongs to a recorded evaluation: a run stopped between the two resumes with the
-    previous choice (the uncommitted files are removed) and evaluates that epoch again."""
+    model always belongs to a recorded evaluation: a run stopped after `write` but before the record's
+    checkpoint resumes with the previous choice (the uncommitted files are removed) and evaluates that
+    epoch again; one stopped after the checkpoint resumes from that very model, which the driver then
+    keeps (`driver._keep_restored_best`)."""
 
     def __init__(self, out_dir: str, models: dict, criterion: str, chief: bool = True,
                  write_directory: Optional[str] = None):

@@ -508,10 +508,11 @@ def test_a_stop_whose_keyboard_interrupt_was_swallowed_stops_at_the_next_epoch(t
         driver.fit(Counting(), str(tmp_path), driver.FitOptions(histogram_every=0))
 
 
-def test_the_selected_epochs_model_is_kept_across_resumes_and_restores_by_default(tmp_path):
+def test_the_selected_epochs_model_is_kept_across_resumes_and_restores_by_default(tmp_path, monkeypatch):
     """A task whose results report its best evaluation keeps that epoch's weights after the rolling
     checkpoints dropped them; the first best wins (as the summaries' max does); a run stopped between
-    writing a new best and checkpointing its record resumes with the previous choice."""
+    writing a new best and checkpointing its record resumes with the previous choice; one stopped after
+    that checkpoint but before naming the choice keeps the restored model (a tie later never would)."""
     import keras
 
     from common import export, training
@@ -559,6 +560,23 @@ def test_the_selected_epochs_model_is_kept_across_resumes_and_restores_by_defaul
     assert float(probe.layers[0].kernel.numpy()[0, 0]) == 2.0
     assert export.restore_models(str(tmp_path), "latest", net=probe).endswith("ckpt-7")
     assert float(probe.layers[0].kernel.numpy()[0, 0]) == 7.0
+    late = tmp_path / "late"
+    commit = training.SelectedModel.commit
+
+    def stopped(self, epoch, score, name):
+        if epoch == 1:
+            raise KeyboardInterrupt  # epoch 1's record and checkpoint are written, its choice is not
+        commit(self, epoch, score, name)
+
+    monkeypatch.setattr(training.SelectedModel, "commit", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        driver.fit(Scored(), str(late), driver.FitOptions(histogram_every=0))
+    monkeypatch.setattr(training.SelectedModel, "commit", commit)
+    assert training.selected_checkpoint(str(late / "checkpoints"))["epoch"] == 0
+    driver.fit(Scored(), str(late), driver.FitOptions(histogram_every=0))
+    assert training.selected_checkpoint(str(late / "checkpoints"))["epoch"] == 1
+    assert export.restore_models(str(late), net=probe).endswith("ckpt-2")
+    assert float(probe.layers[0].kernel.numpy()[0, 0]) == 2.0
     (ckpts / "selected" / "selected.json").write_text("{}")  # damaged: an error, never a silent fallback
     with pytest.raises(DataError, match=r"selected.json: damaged \(no 'checkpoint' entry\); `cmr export "
                                         r"--checkpoint latest` still exports"):
