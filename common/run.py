@@ -58,7 +58,8 @@ def define_run_flags(default_dataset: str = "synthetic", default_epochs: Optiona
         return
     flags.DEFINE_integer("epochs", default_epochs, "Training epochs (default: the release's).")
     flags.DEFINE_bool("extend", False, "Continue the run in --output_dir to a longer schedule: this command may "
-                      "differ from the one that started it only by a larger --epochs (ZSCRGAN: its run length), "
+                      "differ from the one that started it only by a larger --epochs (ZSCRGAN: --max_cycles, or "
+                      "--epochs x --cycles_per_epoch), "
                       "and trains on from the last checkpoint as a run of that length would. ZSCRGAN and cmhash; "
                       "refused for ACMR and JFSE, whose adversarial schedules depend on --epochs.")
     flags.DEFINE_enum("distribute", "none", ["none", "mirrored", "multiworker"],
