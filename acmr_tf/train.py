@@ -126,9 +126,8 @@ def main(argv):
     warnings = run.data_warnings(ds)
     from common import driver
 
-    with run.run_folder(ds.fingerprint(), cfg.epochs, fixed_length=(
-            "ACMR's gradient-reversal weight follows a schedule over --epochs, so a longer run trains every "
-            "epoch differently")) as folder:  # a refused run stops here, before TensorFlow loads
+    with run.run_folder(ds.fingerprint(), cfg.epochs, fixed_length=run.GRL_SCHEDULE_LENGTH) as folder:
+        # a refused run has stopped above, before TensorFlow loads
         run.import_tensorflow()
         warnings += run.set_precision()
         from acmr_tf.task import ACMRTask, ACMRTrainer

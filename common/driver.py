@@ -68,17 +68,18 @@ class RunFolder:
 
     def __init__(self, path: str, settings: dict, data: dict, parts: Sequence[str] = ("",),
                  overwrite: bool = False, chief: bool = True, extra_paths: Sequence[str] = (),
-                 length: Optional[int] = None, length_flags: Sequence[str] = ("epochs",), extend: bool = False,
-                 fixed_length: Optional[str] = None):
-        """`length`: the epochs (cycles) this command plans, set by `length_flags`; with `extend`, a run
-        started with a shorter schedule and otherwise the same settings is continued to `length`, unless
-        `fixed_length` says why the method's training depends on its length (then refused)."""
+                 length: Optional[int] = None, length_flags: Sequence[str] = ("epochs",), unit: str = "epoch",
+                 extend: bool = False, fixed_length: Optional[str] = None):
+        """`length`: the epochs (or cycles: `unit`) this command plans, set by `length_flags`; with
+        `extend`, a run started with a shorter schedule and otherwise the same settings is continued to
+        `length`, unless `fixed_length` says why the method's training depends on its length."""
         self.path, self.settings, self.data = path, settings, data
         self.parts, self.overwrite, self.chief = tuple(parts), overwrite, chief
-        self.length, self.length_flags, self.extend = length, tuple(length_flags), extend
+        self.length, self.length_flags, self.unit, self.extend = length, tuple(length_flags), unit, extend
         self.fixed_length = fixed_length
         self.extensions: list = []  # [{"from", "to", "at"}]: the schedule lengthenings of this run
         self._extension_now: Optional[dict] = None
+        self._old: dict = {}  # the run.json read by `check` (under the lock, the second time)
         self.extra_paths = tuple(extra_paths)  # e.g. ZSCRGAN's results pickles folder
         from common import run
 
@@ -148,13 +149,13 @@ class RunFolder:
         old_settings = absolute_paths(old_settings)
         changes = (describe_changes(old_settings, self.settings, "--")
                    + describe_changes(old_data, self.data, "data "))
-        extension = self._extension(old, old_settings, old_data) if changes and not self.overwrite else None
+        extension, why_not = self._extension(old, old_settings, old_data) if changes else (None, "")
         if changes and not self.overwrite and not (self.extend and extension):
             hint = ""
             if extension:
-                hint = f" To continue it to {self.length} {self._unit()}s, pass --extend."
+                hint = f" To continue it to {self.length} {self.unit}s, pass --extend."
             elif self.extend:
-                hint = f" {self._why_not_extended(old, old_settings, old_data)}"
+                hint = f" (--extend {why_not}.)"
             raise ConfigError(f"{self.path} holds a run with other settings: {'; '.join(changes)}.{hint} Re-run "
                               "with the same flags to resume it, pass --overwrite to start it over, or choose another "
                               "--output_dir")
@@ -162,32 +163,27 @@ class RunFolder:
         self.first_run = {"created": old.get("created"), "code": old.get("code")} if self.resumed else None
         self.extensions = list(old.get("extensions") or []) if self.resumed else []
         self._extension_now = extension if self.resumed and extension else None
+        self._old = old
 
-    def _unit(self) -> str:
-        return "cycle" if "max_cycles" in self.length_flags else "epoch"
-
-    def _extension(self, old: dict, old_settings: dict, old_data: dict) -> Optional[dict]:
-        """{"from", "to"} when this command differs from the run only by a longer schedule."""
-        others = describe_changes({k: v for k, v in old_settings.items() if k not in self.length_flags},
-                                  {k: v for k, v in self.settings.items() if k not in self.length_flags}, "--")
+    def _extension(self, old: dict, old_settings: dict, old_data: dict) -> tuple:
+        """({"from", "to"}, "") when this command differs from the run only by a longer schedule that
+        the method can extend; else (None, why not)."""
         before = old.get("length")
-        if (others or describe_changes(old_data, self.data, "") or self.length is None or self.fixed_length
-                or not isinstance(before, int)):
-            return None
-        return {"from": before, "to": self.length} if self.length > before else None
-
-    def _why_not_extended(self, old: dict, old_settings: dict, old_data: dict) -> str:
-        flags_text = " / ".join(f"--{n}" for n in self.length_flags)
         if self.length is None:
-            return "(--extend lengthens a training run; this command has no schedule to lengthen.)"
+            return None, "lengthens a training run; this command has no schedule to lengthen"
         if self.fixed_length:
-            return f"(--extend cannot lengthen this run: {self.fixed_length}.)"
-        if not isinstance(old.get("length"), int):
-            return f"(--extend: {RUN_FILE} does not record the run's length; it was started by an older version.)"
-        if self.length <= old["length"]:
-            return (f"(--extend needs a longer schedule than the run's {old['length']} {self._unit()}s; this command "
-                    f"plans {self.length}.)")
-        return f"(--extend continues a run with only a longer schedule ({flags_text}); every other setting must match.)"
+            return None, f"cannot lengthen this run: {self.fixed_length}"
+        if describe_changes({k: v for k, v in old_settings.items() if k not in self.length_flags},
+                            {k: v for k, v in self.settings.items() if k not in self.length_flags}, "") \
+                or describe_changes(old_data, self.data, ""):
+            flags_text = " / ".join(f"--{n}" for n in self.length_flags)
+            return None, f"continues a run with only a longer schedule ({flags_text}); every other setting must match"
+        if not isinstance(before, int):
+            return None, f"cannot lengthen this run: {RUN_FILE} does not record the run's length (an older version)"
+        if self.length <= before:
+            return None, (f"needs a longer schedule than the run's {before} {self.unit}s; this command plans "
+                          f"{self.length}")
+        return {"from": before, "to": self.length}, ""
 
     def __enter__(self) -> "RunFolder":
         self.check()  # before the lock: a refused run creates nothing
@@ -223,12 +219,11 @@ class RunFolder:
                 io.write_json(os.path.join(self.path, RUN_FILE),
                               dict(self._record(), created=_now(), version=common.__version__, code=code_state()))
             elif self._extension_now is not None:  # the run goes on under this command's settings
-                old = io.read_json(os.path.join(self.path, RUN_FILE))
                 self.extensions.append(dict(self._extension_now, at=_now()))
-                io.write_json(os.path.join(self.path, RUN_FILE),
-                              dict(old, settings=self.settings, length=self.length, extensions=self.extensions))
+                io.write_json(os.path.join(self.path, RUN_FILE), dict(self._old, settings=self.settings,
+                                                                       length=self.length, extensions=self.extensions))
                 print(f"extending the run in {self.path} from {self._extension_now['from']} to {self.length} "
-                      f"{self._unit()}s", flush=True)
+                      f"{self.unit}s", flush=True)
             _write_flagfile(self.path)  # now, so that a stopped run can be resumed with --flagfile
         except BaseException:
             self.__exit__(None, None, None)
@@ -536,7 +531,9 @@ class Task:
 
     def record_name(self, record: dict) -> str:
         """How results.json names an evaluation (said by the export of a selected model)."""
-        return f"history.json's epoch {record['epoch']}"
+        from common import training
+
+        return training.epoch_name(record["epoch"])
 
     def on_start(self, resumed: bool) -> None:
         """After restore (or initialisation), before the first unit."""

@@ -30,6 +30,9 @@ from common.errors import (OS_FAULTS, ConfigError, DataError, DivergenceError, o
 # flags that change what is printed or where, never a number: left out of a run's fingerprint
 LOGGING_FLAGS = frozenset({"output_dir", "overwrite", "extend", "log_every", "log_batches", "histogram_every",
                            "steps_per_execution", "res_dir", "profile_epoch", "checkpoint_minutes"})
+# why a run trained with `common.layers.grl_schedule` (ACMR, JFSE) cannot be extended (`run_folder(fixed_length=)`)
+GRL_SCHEDULE_LENGTH = ("the gradient-reversal weight follows a schedule over --epochs, so a longer run trains every "
+                       "epoch differently")
 PROJECT_MODULES = ("__main__", "common", "tools", "acmr_tf", "jfse_tf", "zscrgan_tf", "cmhash_tf")
 VERBOSE_ENV = "CMR_VERBOSE"
 

@@ -154,6 +154,11 @@ SELECTED = "selected"  # checkpoints/selected/: the model of the evaluation a ru
 SELECTED_FILE = "selected.json"
 
 
+def epoch_name(epoch) -> str:
+    """An evaluation as results.json names it, by default (a task may name its own: `Task.record_name`)."""
+    return f"history.json's epoch {epoch}"
+
+
 def selected_checkpoint(ckpt_dir: str) -> Optional[dict]:
     """What `SelectedModel` kept under `ckpt_dir`: {"path", "epoch", "criterion", ...}; None when
     the run keeps none (its results describe its last checkpoint)."""
@@ -168,7 +173,7 @@ def selected_checkpoint(ckpt_dir: str) -> Optional[dict]:
                         "still exports the last checkpoint; training the run again needs --overwrite") from None
     if not os.path.exists(path + ".index"):
         raise DataError(f"{record_path}: names {record['checkpoint']}, whose files are missing")
-    return dict({"name": f"history.json's epoch {record.get('epoch')}"}, **record, path=path)  # older runs: no name
+    return dict({"name": epoch_name(record.get("epoch"))}, **record, path=path)  # older runs' files have no name
 
 
 class SelectedModel:

@@ -151,9 +151,8 @@ def main(argv):
     parts = [p for p in ("standard", "zs") if p in scenarios or (p == "zs" and "gzs" in scenarios)]
     parts += ["gzs"] if "gzs" in scenarios else []
     table = []
-    with run.run_folder(ds.fingerprint(), cfg.epochs, parts=parts, fixed_length=(
-            "the modality adversary's gradient-reversal weight follows a schedule over --epochs, so a longer run "
-            "trains every epoch differently")) as folder:  # refusals: before TF loads
+    with run.run_folder(ds.fingerprint(), cfg.epochs, parts=parts, fixed_length=run.GRL_SCHEDULE_LENGTH) as folder:
+        # refusals have stopped above, before TensorFlow loads
         run.import_tensorflow()
         warnings += run.set_precision()
         replicas = run.replicas()

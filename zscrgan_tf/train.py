@@ -130,7 +130,8 @@ NOTE = ("Zero-shot text->image retrieval on the unseen classes. p50_best is the 
         "TEST evaluations (the release's number, selected on the test set); p50_last is the last cycle's; "
         "p50_val_selected (with --val_classes) is the test value at the cycle with the best validation P@50. "
         "t2i_map_all is the last cycle's mAP over the whole ranking (cosine). `cmr export` exports the model of "
-        "p50_val_selected's cycle (with --val_classes), else of p50_best's, kept under checkpoints/selected/. This file is rewritten after every "
+        "p50_val_selected's cycle (with --val_classes), else of p50_best's, kept under checkpoints/selected/. "
+        "This file is rewritten after every "
         "cycle: `cycles` below `cycles_planned` is a run that was stopped there or is still running (the release's "
         "own schedule is stopped by hand).")
 
@@ -170,7 +171,7 @@ def main(argv):
 
     flag_dict = run.flag_values()
     with run.run_folder(ds.fingerprint(), max_cycles, ("max_cycles", "epochs", "cycles_per_epoch"), out_dir,
-                        extra_paths=[os.path.abspath(res_dir)]) as folder:
+                        unit="cycle", extra_paths=[os.path.abspath(res_dir)]) as folder:
         run.import_tensorflow()  # a refused run has stopped above, before TensorFlow loads
         warnings += run.set_precision()
         from common import export, io, training
