@@ -30,7 +30,7 @@ setup(
     ],
     entry_points={"console_scripts": ["cmr=common.cli:main"]},  # cmr train acmr ..., cmr export ..., cmr --help
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist"],  # the suite runs on both CI cores (-n 2)
+        "test": ["pytest>=8", "pytest-xdist>=3.2"],  # the suite runs on both CI cores (-n 2)
         # end-to-end hashing (ResNet-18 + BERT backbones, WordPiece tokenizer); brings tensorflow-text
         "e2e": ["keras-hub>=0.32,<0.33"],
         # tools.search --index faiss / faiss_ivf

@@ -241,11 +241,11 @@ def report(folder, per_bits: dict, bits: list, dataset: str, warnings: list) -> 
 
 def main_e2e(bits: list) -> None:
     """ResNet-18 + BERT on the IAPR images and texts, one model per bit length."""
+    run.import_tensorflow()  # before the modules that import it: its load-time banners held back
     from cmhash_tf import e2e
     from cmhash_tf.data import check_batch_memory, hold_out
     from common.dataset import require_rankable
 
-    run.import_tensorflow()
     precision_warnings = run.set_precision()
     tok = e2e.load_tokenizer(FLAGS.vocab, FLAGS.text_preset, FLAGS.strip_accents)
     splits, cut = e2e.load_iapr_e2e(FLAGS.data_dir, FLAGS.image_dir, FLAGS.text_dir, tok, FLAGS.max_len,

@@ -424,6 +424,10 @@ class EpochRunner:
     random numbers (XLA's kernels draw other ones); JFSE passes its own XLA step instead. The
     once-per-epoch partial batch runs the plain step (or `tail_step`): a second XLA compilation
     for its shape cost more than it saves (README command 1: 94 s -> 81 s).
+
+    Steps are traced without AutoGraph (here and in every task's `tf.function`): they hold no
+    Python control flow on tensors (one would fail at trace time, not change the graph), and
+    converting their source cost JFSE 9 of the 24 s its first epoch took.
     """
 
     def __init__(self, step: Callable, tensors: Dict[str, tf.Tensor], args: Sequence[str],
@@ -441,8 +445,8 @@ class EpochRunner:
         if self.steps == 0:
             raise ValueError(f"{self.n} rows are fewer than one batch of {batch_size}")
         self.per_call = max(self.full_steps, 1) if steps_per_execution <= 0 else int(steps_per_execution)
-        self.step = step
-        self.tail_step = step if tail_step is None else tail_step
+        self.step = tf.autograph.experimental.do_not_convert(step)
+        self.tail_step = tf.autograph.experimental.do_not_convert(step if tail_step is None else tail_step)
         self._loop = tf.function(self._run_loop, jit_compile=True) if jit_compile else self._run_loop
         self._block = tf.function(self._run_block)
         self._tail = tf.function(self._run_tail)

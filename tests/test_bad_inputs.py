@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.io
 
+from tests import launch
 from tests.common import fixtures
 from tests.common.fixtures import snapshot
 from tests.conftest import REPO, as_in_a_terminal, noise, user_env
@@ -463,8 +464,8 @@ def test_bad_input(tmp_path, case):
     temp = tmp_path.parent / f"{tmp_path.name}-tmp"  # the process's temporary files (TensorFlow's autograph)
     temp.mkdir()
     env = user_env(TMPDIR=str(temp))
-    res = subprocess.run([sys.executable, "-m", module, *args], cwd=d, env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = launch.run([sys.executable, "-m", module, *args], cwd=d, env=env, capture_output=True, text=True,
+                     timeout=300)
     assert not os.listdir(temp), os.listdir(temp)  # the error exit skips Python's exit handlers: none left anyway
     err = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.returncode == (code[0] if code else 2), (res.returncode, res.stderr[-1500:])
@@ -489,12 +490,12 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     env = user_env()
     cmd = [sys.executable, "-m", "cmhash_tf.train", "--epochs", "1", "--bits", "8", "--output_dir", str(tmp_path / "o"),
            "--nojit_compile"]
-    assert subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300).returncode == 0
+    assert launch.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300).returncode == 0
     ckpt = tmp_path / "o" / "bits_8" / "checkpoints"
     data = next(p for p in ckpt.iterdir() if p.name.endswith(".index"))
     data.write_bytes(b"garbage" * 10)
     before = snapshot(str(tmp_path / "o"), with_dirs=True)
-    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = launch.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     after = snapshot(str(tmp_path / "o"), with_dirs=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-1500:]
     for name in set(before) | set(after):
@@ -512,9 +513,9 @@ def test_ctrl_c_or_sigterm_says_how_to_resume(tmp_path, sig, code, said):
     temp = tmp_path / "tmp"
     temp.mkdir()
     env = user_env(TMPDIR=str(temp))
-    proc = subprocess.Popen([sys.executable, "-m", "acmr_tf.train", "--epochs", "500", "--nojit_compile",
-                             "--output_dir", str(tmp_path / "o")], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
+    proc = launch.Popen([sys.executable, "-m", "acmr_tf.train", "--epochs", "500", "--nojit_compile",
+                         "--output_dir", str(tmp_path / "o")], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
     deadline = time.time() + 120
     while not (tmp_path / "o" / "checkpoints" / "checkpoint").exists():
         assert proc.poll() is None and time.time() < deadline

@@ -7,12 +7,12 @@ import importlib
 import json
 import os
 import re
-import subprocess
 import sys
 
 from absl import flags
 
 from common import cli, run  # noqa: F401  (run: absl's logging flags are defined before the baseline)
+from tests import launch
 from tests.conftest import REPO
 
 COMMAND = re.compile(r"(?:python3? -m|\bcmr)\s+[^`\n|]*")
@@ -86,8 +86,9 @@ def check() -> tuple[list, list]:
 
 
 def test_documented_commands_use_existing_programs_and_flags():
-    res = subprocess.run([sys.executable, "-c", "import json; from tests.test_docs import check; print(json.dumps(check()))"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = launch.run([sys.executable, "-c",
+                      "import json; from tests.test_docs import check; print(json.dumps(check()))"],
+                     cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     wrong, seen = json.loads(res.stdout.splitlines()[-1])
     assert not wrong, "\n".join(wrong)
@@ -101,8 +102,8 @@ def test_the_python_example_of_the_design_page_runs(tmp_path):
     with open(os.path.join(REPO, "docs", "design.md"), encoding="utf-8") as f:
         page = f.read()
     block = page.split("### Using a method from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    res = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, PYTHONPATH=REPO))
+    res = launch.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 0, res.stderr[-2000:]
     test, i2t = res.stdout.strip().splitlines()[-1].rsplit(" ", 1)
     assert "i2t_map_at_50" in test and 0.0 < float(i2t) <= 1.0

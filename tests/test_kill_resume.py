@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from common import training
+from tests import launch
 from tests.common import fixtures
 from tests.conftest import REPO
 
@@ -22,8 +23,9 @@ from tests.conftest import REPO
 METHODS = [
     ("acmr", "acmr_tf.train", ["--epochs", "8", "--preset", "paper"], "checkpoints", "",
      ["i2t_map_all", "t2i_map_all", "i2t_map_at_50"]),
-    ("jfse", "jfse_tf.demo", ["--scenario", "zs", "--synthesize_unseen", "--epochs", "5", "--hidden", "64", "--noise_dim", "8",
-                              "--n_critic", "1", "--eval_every", "1", "--nojit_compile"], "zs/checkpoints", "zs",
+    ("jfse", "jfse_tf.demo", ["--scenario", "zs", "--synthesize_unseen", "--epochs", "3", "--hidden", "64",
+                              "--noise_dim", "8", "--n_critic", "1", "--eval_every", "1", "--nojit_compile"],
+     "zs/checkpoints", "zs",
      ["i2t_map_all", "t2i_map_all"]),
     ("zscrgan", "zscrgan_tf.run_exp", ["--dataset", "synthetic:small", "--gf_dim", "16", "--df_dim", "16",
                                        "--embed_dim", "8", "--z_dim", "4", "--e_iters", "20", "--m_iters", "20",
@@ -62,12 +64,12 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, method):
     # the next run does
     (tmp_path / "tmp").mkdir()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO, TMPDIR=str(tmp_path / "tmp"))
-    straight = subprocess.run(_cmd(module, args, tmp_path / "a"), cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
+    straight = launch.run(_cmd(module, args, tmp_path / "a"), cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-2000:]
     ckpt = tmp_path / "b" / ckpt_rel
-    proc = subprocess.Popen(_cmd(module, args, tmp_path / "b"), cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = launch.Popen(_cmd(module, args, tmp_path / "b"), cwd=tmp_path, env=env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (ckpt / "checkpoint").exists():
         assert proc.poll() is None, "the run ended before its first checkpoint"
@@ -77,8 +79,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, method):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     # the killed run's flags.txt (written when the run was accepted) is the whole command
-    resumed = subprocess.run([sys.executable, "-m", module, "--flagfile", str(tmp_path / "b" / "flags.txt")],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    resumed = launch.run([sys.executable, "-m", module, "--flagfile", str(tmp_path / "b" / "flags.txt")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed after" in resumed.stdout + resumed.stderr
     assert not os.listdir(tmp_path / "tmp")  # the killed run's private folder went with the resume's start

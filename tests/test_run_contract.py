@@ -11,6 +11,7 @@ import sys
 import pytest
 import tensorflow as tf
 
+from tests import launch
 from tests.common.fixtures import snapshot
 from tests.conftest import noise, user_env
 
@@ -44,15 +45,17 @@ def test_run_contract(tmp_path, method):
     out = tmp_path / "run"
     env = user_env()
 
-    def cli(*extra):
+    def cli(*extra, fresh=False):
         cmd = [sys.executable, "-m", module, *args, "--output_dir", str(out), "--res_dir", str(tmp_path / "res"),
                *extra]
         if name != "zscrgan":
             cmd.remove("--res_dir")
             cmd.remove(str(tmp_path / "res"))
-        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        # the first run is a fresh process: TensorFlow's import is part of what must stay quiet
+        return (subprocess.run if fresh else launch.run)(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                                                         timeout=600)
 
-    first = cli("--overwrite")  # on a new folder: nothing to replace, but it must not enter flags.txt
+    first = cli("--overwrite", fresh=True)  # on a new folder: nothing to replace, but it must not enter flags.txt
     assert first.returncode == 0, first.stderr[-2000:]
     assert not noise(first.stderr), noise(first.stderr)[:5]
     folder = out / part if part else out
@@ -80,9 +83,9 @@ def test_run_contract(tmp_path, method):
     flagfile = out / "flags.txt"
     assert "overwrite" not in flagfile.read_text() and f"--output_dir={out}" in flagfile.read_text()
     assert flagfile.read_text().startswith(f"# flags of {'an' if name == 'acmr' else 'a'} {module} run")  # absl skips '#' lines; it names its program
-    logging_only = subprocess.run([sys.executable, "-m", "common.cli", "train", name, f"--flagfile={flagfile}",
-                                   "--histogram_every", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                                  timeout=600)
+    logging_only = launch.run([sys.executable, "-m", "common.cli", "train", name, f"--flagfile={flagfile}",
+                               "--histogram_every", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)
     assert logging_only.returncode == 0 and "already complete" in logging_only.stdout, logging_only.stderr[-1500:]
     assert snapshot(out)["results.json" if name != "jfse" else "zs/results.json"] == \
         before["results.json" if name != "jfse" else "zs/results.json"]
@@ -114,8 +117,8 @@ def test_run_contract(tmp_path, method):
         history = json.loads((folder / "history.json").read_text())["history"]
         assert [r["epoch"] for r in history] == [0, 1, 2]
         own = ["--res_dir", str(tmp_path / "res_s")] if name == "zscrgan" else []
-        straight = subprocess.run([sys.executable, "-m", module, *args, *longer, "--output_dir", str(tmp_path / "s"),
-                                   *own], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        straight = launch.run([sys.executable, "-m", module, *args, *longer, "--output_dir", str(tmp_path / "s"),
+                               *own], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert straight.returncode == 0, straight.stderr[-1500:]
         plain = json.loads((tmp_path / "s" / part / "history.json").read_text())["history"]
         timing = ("train_seconds",)  # every epoch (cycle) is evaluated here: the same records otherwise

@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ from acmr_tf.task import ACMRTrainer
 from common import metrics, pipelines, training
 from common.dataset import Split
 from common.synthetic import make_synthetic
+from tests import launch
 from tests.common import fixtures
 from tests.conftest import REPO
 
@@ -218,8 +218,8 @@ def test_same_seed_same_loss_lines_in_graph_and_per_batch(ds):
 
 def cli(*args, cwd=REPO):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "acmr_tf.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return launch.run([sys.executable, "-m", "acmr_tf.train", *args], cwd=cwd, env=env,
+                      capture_output=True, text=True, timeout=300)
 
 
 def test_cli_simple_and_triplet_contract(tmp_path):

@@ -3,7 +3,6 @@
 import itertools
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -16,6 +15,7 @@ from cmhash_tf.config import CMHashConfig
 from cmhash_tf.task import CMHashTrainer, random_codes_map
 from common import training
 from common.datasets import load_dataset
+from tests import launch
 from tests.conftest import REPO
 
 Y = tf.constant([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1]])
@@ -147,8 +147,8 @@ def test_learns_on_the_spec_synthetic_set():
 
 def cli(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "cmhash_tf.train", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return launch.run([sys.executable, "-m", "cmhash_tf.train", *args], cwd=REPO, env=env,
+                      capture_output=True, text=True, timeout=300)
 
 
 def test_cli_contract_and_errors(tmp_path):

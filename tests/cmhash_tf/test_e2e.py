@@ -15,6 +15,7 @@ from cmhash_tf.config import CMHashConfig  # noqa: E402
 from cmhash_tf.task import CMHashTrainer  # noqa: E402
 from common import training  # noqa: E402
 from common.errors import ConfigError, DataError  # noqa: E402
+from tests import launch  # noqa: E402
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "on", "mat", "##s", "sits",
          "red", "blue", "sky", "under", "tree", "."]
@@ -171,17 +172,19 @@ def test_e2e_cli_tiny_run(tmp_path, vocab):
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, noise, user_env
 
     d = _iapr_e2e_folder(tmp_path)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = user_env()
     base = [sys.executable, "-m", "cmhash_tf.train", "--mode", "e2e", "--dataset", "iapr", "--data_dir", str(d),
             "--image_dir", str(d / "images"), "--text_dir", str(d / "texts"), "--vocab", vocab,
             "--allow_random_init", "--output_dir", str(d / "run")]
+    # a fresh interpreter: TensorFlow's load-time lines once leaked here (e2e's modules imported it first)
     res = subprocess.run(base + ["--tiny_text", "--image_size", "32", "--bits", "8", "--epochs", "1",
                                  "--eval_every", "1", "--batch_size", "4", "--val_size", "2"],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert not noise(res.stderr), res.stderr[-3000:]
     r = json.loads((d / "run" / "results.json").read_text())
     assert r["dataset"] == "iapr-e2e" and set(r["i2t_map"]) == {"8"}
     assert "texts cut at --max_len" in res.stdout
@@ -191,8 +194,8 @@ def test_e2e_cli_tiny_run(tmp_path, vocab):
     # flags at their defaults are not "given" to an end-to-end run, so the same run resumes (complete)
     flagfile = (d / "run" / "flags.txt").read_text()
     assert "--lr" not in flagfile and "text_only" not in flagfile and "--image_size=32" in flagfile, flagfile
-    again = subprocess.run([sys.executable, "-m", "cmhash_tf.train", "--flagfile", str(d / "run" / "flags.txt")],
-                           env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    again = launch.run([sys.executable, "-m", "cmhash_tf.train", "--flagfile", str(d / "run" / "flags.txt")],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already complete" in again.stdout, again.stderr[-2000:]
 
 

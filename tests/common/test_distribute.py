@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import subprocess
 import sys
 import types
 
@@ -12,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from common import distribute, run, training
+from tests import launch
 from common.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,8 +22,8 @@ def test_one_vs_two_replicas_same_losses_and_gradients(methods):
     """Every method's step on two logical CPUs (9-row batch split 4 + 5) against one device:
     SGD(lr=1) makes the update equal to minus the gradient, so gradients are compared exactly.
     (Three processes, so that the suite's workers share the tracing time.)"""
-    out = subprocess.run([sys.executable, "-m", "tests.common.replica_check", *methods], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    out = launch.run([sys.executable, "-m", "tests.common.replica_check", *methods], cwd=ROOT,
+                     capture_output=True, text=True, timeout=600)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert out.returncode == 0, out.stderr[-3000:]
     assert tuple(r["method"] for r in rows) == methods
@@ -111,8 +111,8 @@ def test_multiworker_needs_tf_config(monkeypatch):
 def test_cli_trains_under_mirrored_strategy(tmp_path, module, args, results):
     """Every entry point's --distribute path (one CPU replica here): scope, step, checkpoint, results."""
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", module, *args, "--distribute", "mirrored", "--output_dir", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = launch.run([sys.executable, "-m", module, *args, "--distribute", "mirrored", "--output_dir", str(out)],
+                   cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(out / results) as f:
         res = json.load(f)

@@ -15,6 +15,7 @@ import tensorflow as tf
 import common
 from common import driver, training
 from common.errors import ConfigError, DataError, DivergenceError, op_error_line, op_error_reason, tensorflow_oom
+from tests import launch
 from tests.common.fixtures import snapshot
 from tests.conftest import REPO, as_in_a_terminal
 
@@ -692,26 +693,26 @@ def test_progress_is_one_line_per_unit_with_elapsed_eta_and_numbers(capsys):
 
 
 def test_cmr_lists_every_command_and_refuses_unknown_ones(capsys):
-    res = subprocess.run([sys.executable, "-m", "common.cli", "--help"], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=REPO))
+    res = launch.run([sys.executable, "-m", "common.cli", "--help"], capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 0
     for command in ("train acmr", "train jfse", "train zscrgan", "train cmhash", "export", "search", "report",
                     "baseline", "class-vectors", "extract-features", "convert-uci", "benchmark"):
         assert f"cmr {command} " in res.stdout, command
     for args in (["train", "--help"], ["train", "acmr", "-h"], ["search", "--helpfull"], ["export", "--help"]):
-        res = subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True,
-                             env=dict(os.environ, PYTHONPATH=REPO))
+        res = launch.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO))
         assert res.returncode == 0 and not res.stderr, (args, res.returncode, res.stderr[-500:])  # absl: status 1
         assert "cmr train acmr" in res.stdout if args == ["train", "--help"] else "  --out" in res.stdout, args
-    assert "ACMR entry point" in subprocess.run([sys.executable, "-m", "common.cli", "train", "acmr", "--help"],
-                                                capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO)
-                                                ).stdout  # the module's docstring, as under python -m
-    res = subprocess.run([sys.executable, "-m", "common.cli", "--version"], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert "ACMR entry point" in launch.run([sys.executable, "-m", "common.cli", "train", "acmr", "--help"],
+                                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO)
+                                            ).stdout  # the module's docstring, as under python -m
+    res = launch.run([sys.executable, "-m", "common.cli", "--version"], capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 0 and res.stdout.startswith(f"cmr-tf {common.__version__} (Python 3.")
     assert f"tensorflow {tf.__version__}" in res.stdout
-    res = subprocess.run([sys.executable, "-m", "common.cli", "train", "clip"], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=REPO))
+    res = launch.run([sys.executable, "-m", "common.cli", "train", "clip"], capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 2 and res.stderr.startswith("error: cmr train: unknown method 'clip'; one of acmr, ")
     from common.cli import main as cmr  # near misses get a suggestion (in process: no TensorFlow is loaded)
 
@@ -724,11 +725,11 @@ def test_cmr_lists_every_command_and_refuses_unknown_ones(capsys):
         with pytest.raises(SystemExit) as stop:
             cmr(args)
         assert stop.value.code == 2 and capsys.readouterr().err.startswith(want), args
-    res = subprocess.run([sys.executable, "-m", "common.cli"], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=REPO))
+    res = launch.run([sys.executable, "-m", "common.cli"], capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 2 and not res.stdout and res.stderr.startswith("error: a command is missing\n\nusage: cmr")
-    res = subprocess.run([sys.executable, "-m", "common.cli", "train", "acmr", "--flagfile=nope.txt"],
-                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    res = launch.run([sys.executable, "-m", "common.cli", "train", "acmr", "--flagfile=nope.txt"],
+                     capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 2 and res.stderr.startswith("error: Unable to open flagfile"), res.stderr
 
 
@@ -737,8 +738,8 @@ def test_a_home_path_after_an_equals_sign_is_the_home_folder(tmp_path):
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    res = subprocess.run([sys.executable, "-m", "tools.baseline", "--output_dir=~/runs/cca"], cwd=work,
-                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO, HOME=str(home)))
+    res = launch.run([sys.executable, "-m", "tools.baseline", "--output_dir=~/runs/cca"], cwd=work,
+                     capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO, HOME=str(home)))
     assert res.returncode == 0, res.stderr[-2000:]
     assert (home / "runs" / "cca" / "results.json").exists() and os.listdir(work) == []
     assert f"results in {home / 'runs' / 'cca' / 'results.json'}" in res.stdout
@@ -765,8 +766,8 @@ def test_a_run_is_the_same_whichever_way_its_paths_are_written(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
 
     def baseline(*args, cwd):
-        return subprocess.run([sys.executable, "-m", "tools.baseline", *args], cwd=cwd, capture_output=True,
-                              text=True, env=env, timeout=300)
+        return launch.run([sys.executable, "-m", "tools.baseline", *args], cwd=cwd, capture_output=True,
+                          text=True, env=env, timeout=300)
 
     first = baseline("--output_dir", "runs/cca", "--dataset", "features", "--data_dir", "feat", cwd=work)
     assert first.returncode == 0, first.stderr[-2000:]

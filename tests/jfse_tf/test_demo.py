@@ -2,11 +2,11 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 
+from tests import launch
 from tests.common import fixtures
 from tests.conftest import REPO
 
@@ -16,8 +16,8 @@ NOJIT = ["--nojit_compile"]  # compiling the step with XLA (the default) costs ~
 
 def demo(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "jfse_tf.demo", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return launch.run([sys.executable, "-m", "jfse_tf.demo", *args], cwd=REPO, env=env,
+                      capture_output=True, text=True, timeout=300)
 
 
 def lines_after(stdout, header):

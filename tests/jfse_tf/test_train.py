@@ -86,7 +86,9 @@ def test_zero_shot_learns_unseen_classes_beyond_chance_and_standard_beats_it(dat
     chance = metrics.expected_random_map(zs.test_unseen.labels, zs.test_unseen.labels)
     results = {}
     for scenario, train in (("zs", zs.train), ("standard", ds.train)):
-        t = trainer_for(ds, epochs=20, eval_every=100, hidden=1024)  # release lr 1e-4; CI-sized width
+        # release lr 1e-4; CI-sized width; one critic update per batch (the release's 5 reach the same mAP
+        # here, 0.452 vs 0.451, at twice the tracing time)
+        t = trainer_for(ds, epochs=20, eval_every=100, hidden=1024, n_critic=1)
         if scenario == "zs":
             assert abs(t.evaluate(zs.test_unseen)["minmax"]["avg"] - chance) <= 0.05
         task = JFSETask(t, train, ds.class_embedding_rows(train.labels), {"unseen": zs.test_unseen})

@@ -2,18 +2,19 @@
 
 import json
 import os
-import subprocess
 import sys
+
+from tests import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_benchmark_harness_tiny(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "tools.benchmark", "--methods", "cmhash", "--sizes", "tiny",
-                        "--steps", "3", "--repeats", "1", "--variants", "loop,floor,batch_loop,eager",
-                        "--gallery_sizes", "3000", "--queries", "20", "--output", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = launch.run([sys.executable, "-m", "tools.benchmark", "--methods", "cmhash", "--sizes", "tiny",
+                    "--steps", "3", "--repeats", "1", "--variants", "loop,floor,batch_loop,eager",
+                    "--gallery_sizes", "3000", "--queries", "20", "--output", str(out)],
+                   cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert [c["method"] for c in res["cases"]] == ["cmhash"]

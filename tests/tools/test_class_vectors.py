@@ -1,7 +1,6 @@
 """tools.class_vectors: GloVe-6B-50d class vectors from names (optional [glove] extra)."""
 
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 import scipy.io
 
 from common.errors import DataError
+from tests import launch
 from tests.conftest import REPO
 from tools.class_vectors import words_of
 
@@ -57,22 +57,22 @@ def test_zsl_split_class_names(shared_data, glove, tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     cmd = [sys.executable, "-m", "tools.class_vectors", "--names", str(tmp_path / "cub.txt"),
            "--out", str(tmp_path / "cub.npy")]
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    res = launch.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and not os.path.exists(tmp_path / "cub.npy")
     assert "110.Geococcyx" in res.stderr and "103.Sayornis" in res.stderr  # every such class at once
     unknown = res.stderr.split("vocabulary: ")[1].split("; give")[0].split(", ")
     (tmp_path / "aliases.txt").write_text("".join(f"{n}: bird\n" for n in unknown))
-    res = subprocess.run(cmd + ["--aliases", str(tmp_path / "aliases.txt")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    res = launch.run(cmd + ["--aliases", str(tmp_path / "aliases.txt")], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert np.load(tmp_path / "cub.npy").shape == (200, 50) and "out of vocabulary" in res.stdout
 
 
 def test_repeated_names_warn_and_trailing_blank_lines_are_not_classes(tmp_path):
     (tmp_path / "names.txt").write_text("crane\ncat\ncrane\n\n\n")
-    res = subprocess.run([sys.executable, "-m", "tools.class_vectors", "--names", str(tmp_path / "names.txt"),
-                          "--out", str(tmp_path / "e.npy")], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=REPO))
+    res = launch.run([sys.executable, "-m", "tools.class_vectors", "--names", str(tmp_path / "names.txt"),
+                      "--out", str(tmp_path / "e.npy")], capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=REPO))
     assert res.returncode == 0, res.stderr
     assert "warning: 1 names occur more than once (crane)" in res.stdout
     vec = np.load(tmp_path / "e.npy")

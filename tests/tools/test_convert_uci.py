@@ -1,22 +1,22 @@
 """tools.convert_uci: the real uci_all.mat into the feature folder; clear errors."""
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from common.errors import ConfigError, DataError
+from tests import launch
 from tests.conftest import REPO
 from tools import convert_uci
 
 
 def test_cli_writes_a_loadable_folder(shared_data, tmp_path):
     uci = os.path.join(shared_data, "uci_mfeat")
-    res = subprocess.run([sys.executable, "-m", "tools.convert_uci", "--mat", os.path.join(uci, "uci_all.mat"),
-                          "--views", os.path.join(uci, "uci_mfeat_6views.npz"), "--out", str(tmp_path / "u")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    res = launch.run([sys.executable, "-m", "tools.convert_uci", "--mat", os.path.join(uci, "uci_all.mat"),
+                      "--views", os.path.join(uci, "uci_mfeat_6views.npz"), "--out", str(tmp_path / "u")],
+                     cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "u" / "unseen_classes.txt").read_text().strip() == "5,6,7,8,9"
     labels = np.load(tmp_path / "u" / "train_lab.npy")

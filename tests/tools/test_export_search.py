@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from common import export, io, training
 from common.errors import ConfigError, DataError
+from tests import launch
 from tests.conftest import REPO, noise, user_env
 from tools.export import export_run
 from tools.search import default_gallery_side, exact_search, faiss_search, write_results
@@ -171,9 +172,9 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     assert f"note: {tmp_path / 'bits_16'} is still training (PID 4242); this export holds its model so far" in res.stdout
     assert f"encoders from {chosen['path']} (the model results.json reports: history.json's epoch " in res.stdout
     other = 2 - chosen["epoch"]  # the checkpoint of the other epoch (ckpt-N: after epoch N - 1)
-    picked = subprocess.run([sys.executable, "-m", "tools.export", "--run_dir", str(tmp_path / "bits_16"), "--out",
-                             str(tmp_path / "exported_other"), "--checkpoint", str(other)], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    picked = launch.run([sys.executable, "-m", "tools.export", "--run_dir", str(tmp_path / "bits_16"), "--out",
+                         str(tmp_path / "exported_other"), "--checkpoint", str(other)], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
     assert picked.returncode == 0, picked.stderr[-2000:]
     assert (f"note: results.json reports history.json's epoch {chosen['epoch']} (selected on val, exported by "
             f"default); this export holds ckpt-{other} instead") in picked.stdout, picked.stdout
@@ -208,12 +209,12 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     assert [h["score"] for h in hits[0]["hits"]] == want_dist[0].tolist()
     assert "note:" not in res.stdout
     # a hashing model is ranked by Hamming distance by default (as it is evaluated); --nohamming asks for cosine
-    default = subprocess.run([a for a in cmd if a != "--hamming"] + ["--out", str(tmp_path / "default.json")],
-                             env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    default = launch.run([a for a in cmd if a != "--hamming"] + ["--out", str(tmp_path / "default.json")],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert default.returncode == 0 and "note:" not in default.stdout, default.stderr[-2000:]
     assert json.loads((tmp_path / "default.json").read_text())["results"] == hits
-    cosine = subprocess.run([a if a != "--hamming" else "--nohamming" for a in cmd] + ["--out",
-                            str(tmp_path / "cos.json")], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    cosine = launch.run([a if a != "--hamming" else "--nohamming" for a in cmd] + ["--out",
+                        str(tmp_path / "cos.json")], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert cosine.returncode == 0 and "note: this search ranks the hashing model's real-valued outputs by cosine" \
         in cosine.stdout
     assert json.loads((tmp_path / "cos.json").read_text())["ranking"] == "cosine"
@@ -225,9 +226,9 @@ def test_cmhash_export_hash_signatures_and_search_cli(tmp_path):
     assert "does not hold models" in str(e.value) and "\n" not in str(e.value) and "array(" not in str(e.value)
     bad = np.zeros((3, 7), np.float32)
     np.save(tmp_path / "bad.npy", bad)
-    res = subprocess.run(cmd[:6] + [str(tmp_path / "bad.npy")] + cmd[7:] + ["--out", str(tmp_path / "x.json")],
-                         env=env, capture_output=True, text=True, timeout=300,
-                         cwd=REPO)
+    res = launch.run(cmd[:6] + [str(tmp_path / "bad.npy")] + cmd[7:] + ["--out", str(tmp_path / "x.json")],
+                     env=env, capture_output=True, text=True, timeout=300,
+                     cwd=REPO)
     assert res.returncode == 2 and "7-d" in res.stderr and not os.path.exists(tmp_path / "x.json")
     # PR curves of a hashing model rank its codes by Hamming distance, as its mAP does
     from common import metrics

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from common import readers
 from common.errors import ConfigError, DataError
+from tests import launch
 from tests.conftest import REPO, noise, user_env
 from tools.extract_features import build_cnn, image_features, read_manifest, text_features
 
@@ -97,8 +98,8 @@ def test_cli_writes_a_feature_folder_every_method_reads(tmp_path):
     np.save(feats / "class_emb.npy", np.ones((2, 3)))
     (feats / "notes.txt").write_text("mine")
     (tmp_path / "m2.tsv").write_text("\n".join([lines[1], lines[0]] + lines[2:]) + "\n")
-    res = subprocess.run(cmd[:4] + [str(tmp_path / "m2.tsv")] + cmd[5:] + ["--overwrite"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    res = launch.run(cmd[:4] + [str(tmp_path / "m2.tsv")] + cmd[5:] + ["--overwrite"], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "warning: class_emb.npy in " in res.stdout and "previous class list" in res.stdout
     assert "removed the previous extraction's val_img.npy, val_lab.npy, val_txt.npy" in res.stdout

@@ -4,7 +4,6 @@ pickles, seeded reproducibility, exact resume, and the release-compatible entry 
 import json
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
@@ -13,6 +12,7 @@ import tensorflow as tf
 
 from common import training
 from common.synthetic import make_synthetic
+from tests import launch
 from tests.common import fixtures
 from tests.conftest import REPO
 from zscrgan_tf import data as zdata
@@ -108,8 +108,8 @@ def test_seed_resume_and_results_pickles(tmp_path):
 
 def _cli(args, cwd):
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "zscrgan_tf.run_exp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return launch.run([sys.executable, "-m", "zscrgan_tf.run_exp", *args], cwd=cwd, env=env,
+                      capture_output=True, text=True, timeout=300)
 
 
 def test_cli_release_flags_folders_and_outputs(tmp_path):
