@@ -25,6 +25,10 @@ SCRIPTS = [
 ]
 
 
+forks = pytest.mark.skipif(os.environ.get(launch.FRESH_ENV, "") not in ("", "0"),
+                           reason=f"{launch.FRESH_ENV} is set: every launch is a fresh process")
+
+
 def _both(cmd, tmp_path, **kw):
     env = user_env(CASE="x", TMPDIR=str(tmp_path))
     forked = launch.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
@@ -34,12 +38,14 @@ def _both(cmd, tmp_path, **kw):
     return (forked.returncode, out, err), (fresh.returncode, fresh.stdout, fresh.stderr)
 
 
+@forks
 @pytest.mark.parametrize("script", [s[1] for s in SCRIPTS], ids=[s[0] for s in SCRIPTS])
 def test_a_forked_script_exits_as_a_fresh_interpreter(tmp_path, script):
     forked, fresh = _both([sys.executable, "-c", script, "a", "b"], tmp_path)
     assert forked == fresh
 
 
+@forks
 def test_a_forked_run_is_the_fresh_run(tmp_path):
     """A short ACMR run and a refused rerun: the same lines, results and exit statuses."""
     runs = {}
@@ -63,6 +69,7 @@ def test_a_forked_run_is_the_fresh_run(tmp_path):
     assert runs["forked"][3] == 2
 
 
+@forks
 def test_a_signal_reaches_the_forked_child(tmp_path):
     proc = launch.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"], cwd=tmp_path,
                         env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
