@@ -44,9 +44,9 @@ class ACMRTrainer:
                 opt.build(self.nets.variables(*groups))
                 self.optimizers[name] = opt
             self.grl_scale = tf.Variable(0.0, trainable=False, name="grl_scale")
-        self.train_step = tf.function(self._train_step, reduce_retracing=True, autograph=False)
-        self._embed_image = tf.function(self.nets.image_projector, reduce_retracing=True, autograph=False)
-        self._embed_text = tf.function(self.nets.text_projector, reduce_retracing=True, autograph=False)
+        self.train_step = training.graph_function(self._train_step, reduce_retracing=True)
+        self._embed_image = training.graph_function(self.nets.image_projector, reduce_retracing=True)
+        self._embed_text = training.graph_function(self.nets.text_projector, reduce_retracing=True)
 
     def losses(self, image, text, labels) -> dict:
         """Every loss term of one (global) batch (§3); the projectors run on this replica's rows."""

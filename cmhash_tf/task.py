@@ -29,10 +29,10 @@ class CMHashTrainer:
         self.replicas = replicas or distribute.Replicas()
         with self.replicas.scope():
             self._build(nets, image_dim, text_dim)
-        self.train_step = tf.function(self._train_step, reduce_retracing=True, autograph=False)
-        self._image = None if cfg.text_only else tf.function(self.nets.image_head, reduce_retracing=True,
-                                                             autograph=False)
-        self._text = tf.function(self.nets.text_head, reduce_retracing=True, autograph=False)
+        self.train_step = training.graph_function(self._train_step, reduce_retracing=True)
+        self._image = None if cfg.text_only else training.graph_function(self.nets.image_head,
+                                                                         reduce_retracing=True)
+        self._text = training.graph_function(self.nets.text_head, reduce_retracing=True)
 
     def _build(self, nets, image_dim, text_dim):
         cfg = self.cfg

@@ -406,6 +406,13 @@ def pr_curve_data(relevance: np.ndarray, scores: np.ndarray, num_thresholds: int
     return np.stack([tp, fp, tn, fn, precision, recall])
 
 
+def graph_function(fn: Callable, **kwargs) -> Callable:
+    """`tf.function` without AutoGraph, for every step and encoder of the methods: they hold no
+    Python control flow on tensors (one would fail at trace time, not change the graph), and
+    converting their source cost JFSE 9 of the 24 s its first epoch took (two AVX2 cores)."""
+    return tf.function(fn, autograph=False, **kwargs)
+
+
 class EpochRunner:
     """An epoch of batches fed and stepped inside one `tf.function`.
 
@@ -425,9 +432,7 @@ class EpochRunner:
     once-per-epoch partial batch runs the plain step (or `tail_step`): a second XLA compilation
     for its shape cost more than it saves (README command 1: 94 s -> 81 s).
 
-    Steps are traced without AutoGraph (here and in every task's `tf.function`): they hold no
-    Python control flow on tensors (one would fail at trace time, not change the graph), and
-    converting their source cost JFSE 9 of the 24 s its first epoch took.
+    The step runs unconverted inside the loop's AutoGraph function, as `graph_function` says why.
     """
 
     def __init__(self, step: Callable, tensors: Dict[str, tf.Tensor], args: Sequence[str],

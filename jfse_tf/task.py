@@ -52,9 +52,9 @@ class JFSETrainer:
         self.rng = tf.random.Generator.from_seed(cfg.seed)
         self.weights = {k: tf.constant(float(v)) for k, v in cfg.weights.items()}
         self.align = losses.ALIGNMENTS[cfg.align]
-        self.train_step = tf.function(self._train_step, reduce_retracing=True, autograph=False)
-        self._embed_image = tf.function(self.nets.image_regressor, reduce_retracing=True, autograph=False)
-        self._embed_text = tf.function(self.nets.text_regressor, reduce_retracing=True, autograph=False)
+        self.train_step = training.graph_function(self._train_step, reduce_retracing=True)
+        self._embed_image = training.graph_function(self.nets.image_regressor, reduce_retracing=True)
+        self._embed_text = training.graph_function(self.nets.text_regressor, reduce_retracing=True)
 
     # ------------------------------------------------------------------ step
 
@@ -129,7 +129,7 @@ class JFSETrainer:
     def xla_step(self) -> Callable:
         """The step with everything after the noise draw compiled by XLA. The draw stays outside:
         XLA's kernels for `tf.random.Generator` produce other numbers than TF's from the same state."""
-        compiled = tf.function(self._replica_step, jit_compile=True, autograph=False)
+        compiled = training.graph_function(self._replica_step, jit_compile=True)
         return lambda *batch: self._train_step(*batch, replica_step=compiled)
 
     def _replica_step(self, image, text, class_emb, labels, noise):

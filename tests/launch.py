@@ -21,6 +21,7 @@ few commands).
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -40,9 +41,11 @@ def _load_time_env(env: dict) -> dict:
     return {k: v for k, v in env.items() if k.startswith(_AT_LOAD) and k not in ("TF_CONFIG", "PYTHONPATH")}
 
 
+@functools.lru_cache(maxsize=None)
 def _warm_env() -> dict:
-    """The environment the warm process imports TensorFlow in: this worker's, as a default run sees
-    it (common.run.quiet sets TF_CPP_MIN_LOG_LEVEL=3 before the import unless verbose)."""
+    """The environment the warm process imports TensorFlow in: this worker's when first asked (a
+    later change, e.g. a test's monkeypatch, is a difference from it), as a default run sees it
+    (common.run.quiet sets TF_CPP_MIN_LOG_LEVEL=3 before the import unless verbose)."""
     env = {k: v for k, v in os.environ.items() if k != "CMR_VERBOSE"}
     env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
     return env
@@ -79,7 +82,7 @@ class _Warm:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.log = tempfile.TemporaryFile()  # its own output (TensorFlow's load-time lines), shown if it fails
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.launch", str(theirs.fileno())], cwd=REPO,
-                                     env=_warm_env(), pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                     env=dict(_warm_env()), pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=self.log)
         theirs.close()
         self.sock = ours

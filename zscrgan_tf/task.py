@@ -45,11 +45,11 @@ class ZSCRGANTrainer:
         self.texts = tf.Variable(data.texts, trainable=False, name="train_texts")
         self.sampler = ClassBlockSampler(data, cfg.batch_size, cfg.seed, cfg.pad_partial_batches, cfg.train_text)
         sig = [tf.TensorSpec([cfg.batch_size], tf.int64)] * 2 + [tf.TensorSpec([cfg.batch_size], tf.float32)]
-        self.critic_step = tf.function(self._critic_step, input_signature=sig, autograph=False)
-        self.generator_step = tf.function(self._generator_step, input_signature=sig, autograph=False)
-        self.csem_step = tf.function(self._csem_step, input_signature=sig, autograph=False)
-        self._embed_queries = tf.function(self._queries, reduce_retracing=True, autograph=False)
-        self._embed_gallery = tf.function(self.csem, reduce_retracing=True, autograph=False)
+        self.critic_step = training.graph_function(self._critic_step, input_signature=sig)
+        self.generator_step = training.graph_function(self._generator_step, input_signature=sig)
+        self.csem_step = training.graph_function(self._csem_step, input_signature=sig)
+        self._embed_queries = training.graph_function(self._queries, reduce_retracing=True)
+        self._embed_gallery = training.graph_function(self.csem, reduce_retracing=True)
 
     # ------------------------------------------------------------------ steps
     def _batch(self, image_rows, text_rows, valid):

@@ -131,9 +131,8 @@ NOTE = ("Zero-shot text->image retrieval on the unseen classes. p50_best is the 
         "p50_val_selected (with --val_classes) is the test value at the cycle with the best validation P@50. "
         "t2i_map_all is the last cycle's mAP over the whole ranking (cosine). `cmr export` exports the model of "
         "p50_val_selected's cycle (with --val_classes), else of p50_best's, kept under checkpoints/selected/. "
-        "This file is rewritten after every "
-        "cycle: `cycles` below `cycles_planned` is a run that was stopped there or is still running (the release's "
-        "own schedule is stopped by hand).")
+        "This file is rewritten after every cycle: `cycles` below `cycles_planned` is a run that was stopped there "
+        "or is still running (the release's own schedule is stopped by hand).")
 
 
 def main(argv):
