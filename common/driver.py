@@ -596,11 +596,14 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     if state.resumed:
         print(f"{label}resumed after {state.start_epoch} of {task.num_units} {task.unit}s ({folder})", flush=True)
     task.on_start(state.resumed)
-    if state.resumed and state.start_epoch < task.num_units and state.chief:
-        training.drop_events_from(os.path.join(folder, "tb"), state.start_epoch)  # the stopped session's later units
+    trial = os.path.abspath(folder)
+    current = _CurrentHParams(options.hparams, trial) if options.hparams is not None else None
+    if state.resumed and state.chief:  # the stopped session's later units; HParams of a shorter schedule
+        training.drop_events_from(os.path.join(folder, "tb"),
+                                  state.start_epoch if state.start_epoch < task.num_units else None, also=current)
     writer = Summaries(os.path.join(folder, "tb"), task.replicas)
-    if options.hparams is not None and not state.resumed:
-        writer.hparams(options.hparams, trial=os.path.abspath(folder))
+    if current is not None and not (state.resumed and current.seen):
+        writer.hparams(options.hparams, trial=trial)
     first, total = state.start_epoch, task.num_units
     profile = options.profile_unit
     if profile is not None and profile >= total:
@@ -797,16 +800,45 @@ class Summaries:
         from tensorboard.plugins.hparams import api as hp
 
         with self.inner.writer.as_default():
-            hp.hparams({k: _hparam_value(v) for k, v in flatten(config).items()}, trial_id=trial)
+            hp.hparams(_hparam_values(config), trial_id=trial)
 
     def flush(self) -> None:
         self.inner.flush()
 
 
-def _hparam_value(v):
-    if isinstance(v, (bool, int, float, str)):
-        return v
-    return "None" if v is None else json.dumps(v, default=str)
+def _hparam_values(config: dict) -> dict:
+    def value(v):
+        if isinstance(v, (bool, int, float, str)):
+            return v
+        return "None" if v is None else json.dumps(v, default=str)
+    return {k: value(v) for k, v in flatten(config).items()}
+
+
+class _CurrentHParams:
+    """Called on each event of a resumed run's logs: true for an HParams session-start summary of
+    other settings (those of the schedule before an --extend: TensorBoard keeps a tag's first
+    metadata, so the view would show the old length), which is then dropped and written anew;
+    `seen` once the current one is found."""
+
+    def __init__(self, config: dict, trial: str):
+        from tensorboard.plugins.hparams import api as hp
+        from tensorboard.plugins.hparams import metadata
+
+        self.metadata, self.seen = metadata, False
+        self.want = self._key(hp.hparams_pb(_hparam_values(config), trial_id=trial).value[0])
+
+    def _key(self, value) -> tuple:
+        info = self.metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+        return info.group_name, {k: v.SerializeToString(deterministic=True) for k, v in info.hparams.items()}
+
+    def __call__(self, event) -> bool:
+        for value in event.summary.value:
+            if value.tag == self.metadata.SESSION_START_INFO_TAG:
+                if self._key(value) == self.want:
+                    self.seen = True
+                    return False
+                return True
+        return False
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -364,11 +364,12 @@ class SummaryWriter:
         self.writer.flush()
 
 
-def drop_events_from(logdir: str, step: int) -> int:
-    """Remove the summaries at `step` and later from the event files under `logdir`: on a resume they
-    come from the stopped session's epochs after its last checkpoint, which are trained again, and
-    TensorBoard would draw both versions (its data server does not purge them). Files are rewritten
-    atomically, and only when they hold such events; returns how many were dropped."""
+def drop_events_from(logdir: str, step: Optional[int], also: Optional[Callable] = None) -> int:
+    """Remove the summaries at `step` and later (None: none by step) from the event files under
+    `logdir`, and those for which `also(event)` is true: on a resume they come from the stopped
+    session's epochs after its last checkpoint, which are trained again, and TensorBoard would draw
+    both versions (its data server does not purge them). Files are rewritten atomically, and only
+    when they hold such events; returns how many were dropped."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
@@ -378,7 +379,8 @@ def drop_events_from(logdir: str, step: int) -> int:
         keep, drop = [], 0
         for payload in RawEventFileLoader(path).Load():  # stops at a partial last record (a killed writer)
             event = event_pb2.Event.FromString(payload)
-            if event.HasField("summary") and event.step >= step:
+            if event.HasField("summary") and ((step is not None and event.step >= step)
+                                              or (also is not None and also(event))):
                 drop += 1
             else:
                 keep.append(payload)

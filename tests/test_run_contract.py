@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tests import launch
+from tests.common import fixtures
 from tests.common.fixtures import snapshot
 from tests.conftest import noise, user_env
 
@@ -124,6 +125,10 @@ def test_run_contract(tmp_path, method):
         timing = ("train_seconds",)  # every epoch (cycle) is evaluated here: the same records otherwise
         assert [{k: v for k, v in r.items() if k not in timing} for r in history] == \
             [{k: v for k, v in r.items() if k not in timing} for r in plain]
+        # TensorBoard's HParams view shows the extended run with its new length, once
+        hparams = fixtures.recorded_hparams(folder / "tb")
+        assert hparams == fixtures.recorded_hparams(tmp_path / "s" / part / "tb"), hparams
+        assert len(hparams) == 1 and hparams[0]["max_cycles" if name == "zscrgan" else "epochs"] == 3, hparams
 
     with open(out / ".lock", "a+") as held:  # another process is writing the folder
         fcntl.flock(held, fcntl.LOCK_EX)

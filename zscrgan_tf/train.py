@@ -191,7 +191,9 @@ def main(argv):
                         cycles_planned=max_cycles)
 
         # results.json stays current after every cycle (the release wrote its pickles each cycle)
-        result = driver.fit(task, out_dir, driver.FitOptions(**run.fit_flags(), hparams=dataclasses.asdict(cfg)),
+        # the run's length is not a config field (the release looped until killed): HParams shows it too
+        hparams = dict(dataclasses.asdict(cfg), max_cycles=max_cycles)
+        result = driver.fit(task, out_dir, driver.FitOptions(**run.fit_flags(), hparams=hparams),
                             on_record=lambda history: folder.write_results(out_dir, **results(history)))
         final = results(result.history)
         folder.finish(out_dir, trained=result.trained > 0, final_step=max_cycles, **final)

@@ -195,6 +195,24 @@ def snapshot(folder, with_dirs=False):
     return out
 
 
+def recorded_hparams(logdir):
+    """The hyper-parameters of every HParams session-start summary under `logdir`, as TensorBoard
+    decodes them ({name: number, string or bool})."""
+    import glob
+
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import metadata
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(str(logdir), "*tfevents*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.tag == metadata.SESSION_START_INFO_TAG:
+                    info = metadata.parse_session_start_info_plugin_data(v.metadata.plugin_data.content)
+                    out.append({k: getattr(h, h.WhichOneof("kind")) for k, h in info.hparams.items()})
+    return out
+
+
 def summary_steps(logdir):
     """(tag, step) of every summary value in the event files under `logdir`, read by TensorFlow's own reader."""
     import glob
