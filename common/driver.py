@@ -522,8 +522,12 @@ class Task:
         raise NotImplementedError
 
     def models(self) -> dict:
-        """Networks whose weights go into the histograms (and the selected model)."""
+        """Networks whose weights go into the histograms."""
         return {}
+
+    def selected_models(self) -> dict:
+        """Networks the selected model keeps: those its export restores."""
+        return self.models()
 
     def selection_score(self, record: dict) -> float:
         """With `selection`: how good an evaluation record is (the first highest is the result)."""
@@ -619,7 +623,7 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     selected, best = None, -np.inf
     if task.selection:
         throwaway = None if state.chief else os.path.join(state.ckpt.write_directory, training.SELECTED)
-        selected = training.SelectedModel(folder, task.models(), task.selection, chief=state.chief,
+        selected = training.SelectedModel(folder, task.selected_models(), task.selection, chief=state.chief,
                                           write_directory=throwaway)
         best = max((task.selection_score(r) for r in state.history), default=-np.inf)
         _keep_restored_best(task, state, selected, best)

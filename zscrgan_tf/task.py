@@ -246,6 +246,10 @@ class ZSCRGANTask(driver.Task):
         t = self.trainer
         return {"g_net": t.gen, "d_net": t.critic, "CSEM_net": t.csem}
 
+    def selected_models(self) -> dict:
+        """The two networks the encoders are made of; the critic only trains."""
+        return {"g_net": self.trainer.gen, "CSEM_net": self.trainer.csem}
+
     def checkpoint_objects(self) -> dict:
         return self._objects
 

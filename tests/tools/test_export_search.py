@@ -97,6 +97,9 @@ def test_export_equals_the_trained_model_and_loads_without_the_project(tmp_path)
     assert written["selected"] == {"epoch": best["epoch"], "name": f"cycle {best['cycle']}", "criterion": "test",
                                    "exported": True}
     assert written["checkpoint"] == str(tmp_path / "run" / "checkpoints" / "selected" / f"ckpt-{best['cycle']}")
+    kept = {name.split("__variables")[0] for name, _ in tf.train.list_variables(written["checkpoint"])
+            if "__variables" in name}
+    assert kept == {"g_net", "CSEM_net"}  # the encoders' networks, not the critic
     trainer = ZSCRGANTrainer(cfg, data)
     assert export.restore_models(str(tmp_path / "run"), g_net=trainer.gen, CSEM_net=trainer.csem) == \
         written["checkpoint"]
