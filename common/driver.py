@@ -818,6 +818,14 @@ def _hparam_values(config: dict) -> dict:
     return {k: value(v) for k, v in flatten(config).items()}
 
 
+def session_hparams(value) -> tuple:
+    """(trial, {name: number, string or bool}) of an HParams session-start summary value."""
+    from tensorboard.plugins.hparams import metadata
+
+    info = metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+    return info.group_name, {k: getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items()}
+
+
 class _CurrentHParams:
     """Called on each event of a resumed run's logs: true for an HParams session-start summary of
     other settings (those of the schedule before an --extend: TensorBoard keeps a tag's first
@@ -825,23 +833,16 @@ class _CurrentHParams:
     `seen` once the current one is found."""
 
     def __init__(self, config: dict, trial: str):
-        from tensorboard.plugins.hparams import api as hp
-        from tensorboard.plugins.hparams import metadata
-
-        self.metadata, self.seen = metadata, False
-        self.want = self._key(hp.hparams_pb(_hparam_values(config), trial_id=trial).value[0])
-
-    def _key(self, value) -> tuple:
-        info = self.metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
-        return info.group_name, {k: v.SerializeToString(deterministic=True) for k, v in info.hparams.items()}
+        self.want, self.seen = (trial, _hparam_values(config)), False
 
     def __call__(self, event) -> bool:
+        from tensorboard.plugins.hparams import metadata
+
         for value in event.summary.value:
-            if value.tag == self.metadata.SESSION_START_INFO_TAG:
-                if self._key(value) == self.want:
-                    self.seen = True
-                    return False
-                return True
+            if value.tag == metadata.SESSION_START_INFO_TAG:
+                current = session_hparams(value) == self.want
+                self.seen = self.seen or current
+                return not current
         return False
 
 

@@ -195,32 +195,27 @@ def snapshot(folder, with_dirs=False):
     return out
 
 
-def recorded_hparams(logdir):
-    """The hyper-parameters of every HParams session-start summary under `logdir`, as TensorBoard
-    decodes them ({name: number, string or bool})."""
+def _summary_values(logdir):
+    """(event, value) of every summary value in the event files under `logdir`, read by TensorFlow's own reader."""
     import glob
 
     import tensorflow as tf
-    from tensorboard.plugins.hparams import metadata
 
-    out = []
     for path in sorted(glob.glob(os.path.join(str(logdir), "*tfevents*"))):
         for event in tf.compat.v1.train.summary_iterator(path):
             for v in event.summary.value:
-                if v.tag == metadata.SESSION_START_INFO_TAG:
-                    info = metadata.parse_session_start_info_plugin_data(v.metadata.plugin_data.content)
-                    out.append({k: getattr(h, h.WhichOneof("kind")) for k, h in info.hparams.items()})
-    return out
+                yield event, v
+
+
+def recorded_hparams(logdir):
+    """The hyper-parameters of every HParams session-start summary under `logdir`."""
+    from tensorboard.plugins.hparams import metadata
+
+    from common.driver import session_hparams
+
+    return [session_hparams(v)[1] for _, v in _summary_values(logdir) if v.tag == metadata.SESSION_START_INFO_TAG]
 
 
 def summary_steps(logdir):
-    """(tag, step) of every summary value in the event files under `logdir`, read by TensorFlow's own reader."""
-    import glob
-
-    import tensorflow as tf
-
-    out = []
-    for path in sorted(glob.glob(os.path.join(str(logdir), "*tfevents*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            out += [(v.tag, event.step) for v in event.summary.value]
-    return out
+    """(tag, step) of every summary value in the event files under `logdir`."""
+    return [(v.tag, event.step) for event, v in _summary_values(logdir)]
