@@ -58,8 +58,8 @@ def define_flags():
     flags.DEFINE_bool("text_only", False, "Hash the text side alone (T->T term, tag -> tag mAP); for data without "
                       "image features such as mirflickr's .mat files.")
     run.define_execution_flags()
-    run.define_precision_flag("on a CPU it is SLOWER for feature-mode hashing (1.5-2x epoch time with AVX512_BF16, "
-                              "docs/benchmarks.md): not worth it there.")
+    run.define_precision_flag("on a CPU it is SLOWER for feature-mode hashing (1.5-2.1x epoch time with "
+                              "AVX512_BF16 or AMX, docs/benchmarks.md): not worth it there.")
     define_e2e_flags()
 
 

@@ -87,7 +87,8 @@ def define_precision_flag(speed: str) -> None:
     """`speed`: what mixed_bfloat16 measured for this method (docs/benchmarks.md), shown in --help."""
     flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
                       "float32 (the faithful setting) or mixed_bfloat16: layers compute in bfloat16, variables, "
-                      "optimizer state, losses and metrics stay float32 (Keras mixed precision; docs/port_notes.md). "
+                      "optimizer state, losses and metrics stay float32, each optimizer update runs as one XLA "
+                      "computation (Keras mixed precision; docs/port_notes.md). "
                       f"mAP within float32's seed-to-seed spread (docs/results.md); {speed}")
 
 
@@ -142,6 +143,9 @@ def set_precision(precision: Optional[str] = None) -> list:
             for w in warnings:
                 print(f"warning: {w}", flush=True)
     keras.mixed_precision.set_global_policy(precision)
+    from common import distribute
+
+    distribute.fuse_updates(precision == "mixed_bfloat16")  # its step runs without XLA on a CPU
     return warnings
 
 

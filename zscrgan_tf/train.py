@@ -30,8 +30,8 @@ def define_flags():
         "The release's: a folder name under datasets/ holding its four pickles (AWA1, AWA2, CUB, FLO, NAB, WIKI; "
         "or --data_dir); synthetic[:small|medium|large]; or paired single-label data with unseen classes from "
         "--data_dir: features (with unseen_classes.txt) or xmn."))
-    run.define_precision_flag("0.79-0.83x float32's time for ZSCRGAN at release widths on an AVX512_BF16 CPU "
-                              "(docs/benchmarks.md).")
+    run.define_precision_flag("0.84-0.85x float32's time for ZSCRGAN at release widths on a CPU with AMX "
+                              "(0.79-0.83x with AVX512_BF16 alone; docs/benchmarks.md).")
     d = ZSCRGANConfig()
     # the release's argparse flags, with its defaults
     flags.DEFINE_integer("batch_size", d.batch_size, "Batch size (release 32).")
