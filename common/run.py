@@ -89,7 +89,7 @@ def define_precision_flag(speed: str) -> None:
                       "float32 (the faithful setting) or mixed_bfloat16: layers compute in bfloat16, variables, "
                       "optimizer state, losses and metrics stay float32, each optimizer update runs as one XLA "
                       "computation (Keras mixed precision; docs/port_notes.md). "
-                      f"mAP within float32's seed-to-seed spread (docs/results.md); {speed}")
+                      f"mAP within float32's seed-to-seed spread on the data measured (docs/results.md); {speed}")
 
 
 def cpu_isa() -> dict:

@@ -31,7 +31,8 @@ def define_flags():
         "or --data_dir); synthetic[:small|medium|large]; or paired single-label data with unseen classes from "
         "--data_dir: features (with unseen_classes.txt) or xmn."))
     run.define_precision_flag("0.84-0.85x float32's time for ZSCRGAN at release widths on a CPU with AMX "
-                              "(0.79-0.83x with AVX512_BF16 alone; docs/benchmarks.md).")
+                              "(0.79-0.83x with AVX512_BF16 alone; docs/benchmarks.md). Except on UCI, where both "
+                              "precisions stay at chance and bfloat16's mean is 1-2.4 float32 SDs higher.")
     d = ZSCRGANConfig()
     # the release's argparse flags, with its defaults
     flags.DEFINE_integer("batch_size", d.batch_size, "Batch size (release 32).")
