@@ -239,12 +239,9 @@ def _time_interleaved(fns: dict, repeats: int):
 
 
 def run_case(method: str, size: str) -> dict:
-    import keras
+    from common import run, training
 
-    from common import distribute, training
-
-    keras.mixed_precision.set_global_policy(FLAGS.case_precision)
-    distribute.fuse_updates(FLAGS.case_precision == "mixed_bfloat16")  # as run.set_precision
+    run.set_precision(FLAGS.case_precision)  # the entry points' policy and optimizer updates
     training.set_seed(0)
     rss_start = _peak_rss_mib()
     case = Case(method, size)
