@@ -74,7 +74,8 @@ class ACMRTrainer:
         return self.replicas.run(self._replica_step, image, text, labels)
 
     def _replica_step(self, image, text, labels):
-        with tf.GradientTape(persistent=True) as tape:
+        nets = self.nets.models().values()
+        with tf.GradientTape(persistent=True) as tape, distribute.cast_once(*nets):
             terms = self.losses(image, text, labels)
             objectives = {"total": terms["emb_loss"] + terms["domain_loss"],
                           "emb": terms["emb_loss"], "domain": terms["domain_loss"]}
@@ -85,7 +86,8 @@ class ACMRTrainer:
         del tape
         for name, (g, variables) in grads.items():
             distribute.apply_gradients(self.optimizers[name], zip(g, variables))
-        return self.losses(image, text, labels)  # post-update values, as the release logged
+        with distribute.cast_once(*nets):
+            return self.losses(image, text, labels)  # post-update values, as the release logged
 
     # ------------------------------------------------------------------ evaluation
 

@@ -48,7 +48,7 @@ def define_flags():
     flags.DEFINE_bool("shuffle_ids", True, "NUS-WIDE: shuffle the train and test id lists once before training, as "
                       "the release did (unseeded there; seeded by --seed here); --noshuffle_ids keeps pickled order.")
     run.define_execution_flags()
-    run.define_precision_flag("on a CPU it is SLOWER for ACMR (1.3-1.8x epoch time at XMediaNet size with "
+    run.define_precision_flag("on a CPU it is SLOWER for ACMR (1.1-1.8x epoch time at XMediaNet size with "
                               "AVX512_BF16 or AMX, docs/benchmarks.md): not worth it there.")
 
 

@@ -195,10 +195,68 @@ def _fused_update(optimizer, variables: tuple) -> Callable:
     if key not in updates:
         owner = weakref.ref(optimizer)  # a strong reference here would keep the optimizer alive
 
-        def update(grads):
-            owner().apply_gradients(zip(grads, variables))
+        def update(grads):  # bfloat16 gradients of `cast_once` weights are cast up here, fused
+            owner().apply_gradients(zip([tf.cast(g, v.dtype) for g, v in zip(grads, variables)], variables))
         updates[key] = (variables, tf.function(update, jit_compile=True))
     return updates[key][1]
+
+
+_CAST_ONCE: list = []  # non-empty: `cast_once` blocks share one compute-dtype copy of each weight
+
+
+def share_weight_casts(on: bool) -> None:
+    """Turn `cast_once` on (mixed bfloat16; float32 has nothing to cast). Set before tracing."""
+    _CAST_ONCE.clear()
+    if on:
+        _CAST_ONCE.append(True)
+
+
+def casts_shared() -> bool:
+    return bool(_CAST_ONCE)
+
+
+@contextlib.contextmanager
+def cast_once(*layers):
+    """With `share_weight_casts` on (mixed bfloat16): each float32 weight of `layers` is cast to the
+    compute dtype once for the block, instead of at every use.
+
+    Keras casts a float32 kernel at each call of its layer and casts each use's gradient back,
+    then sums the float32 gradients: passes over weight-sized tensors that cost JFSE's bfloat16
+    step about what its matmuls saved (the image critic's 18M-weight kernel is used five times a
+    step; docs/benchmarks.md). Here the layers read the one copy (Keras' `StatelessScope`, whose
+    mapped values are what a variable reads), and a weight's gradients are summed in bfloat16
+    before their one cast back (on one device inside the fused update). Enter it inside the tape;
+    the block may not assign variables (an optimizer update inside would be dropped: refused).
+    Nested blocks also see the outer copies.
+    """
+    if not _CAST_ONCE:
+        yield
+        return
+    import keras
+
+    owner = {}  # each weight's innermost layer, whose compute dtype its reads are cast to
+    for sub in (s for layer in layers for s in layer._flatten_layers(include_self=True)):
+        owner.update({id(v): (v, sub.compute_dtype) for v in sub.weights})
+    outer = keras.src.backend.get_stateless_scope() if keras.src.backend.in_stateless_scope() else None
+    copies = dict(outer.state_mapping) if outer is not None else {}
+    cast = _cast_keeping_gradient if _FUSED_UPDATES and _context() is None else tf.cast
+    copies.update({key: cast(v.value, dtype) for key, (v, dtype) in owner.items()
+                   if key not in copies and v.dtype == "float32" and dtype != "float32"
+                   and getattr(v, "_autocast", True)})
+    with keras.StatelessScope(initialize_variables=False) as scope:
+        scope.state_mapping.update(copies)  # the constructor's state_mapping would cast them back
+        yield
+    if scope.state_mapping.keys() != copies.keys() or any(scope.state_mapping[k] is not c for k, c in copies.items()):
+        raise RuntimeError("a layer assigned a variable inside cast_once, which would drop the assignment")
+
+
+def _cast_keeping_gradient(x, dtype):
+    """`tf.cast` whose gradient stays in `dtype`: the fused update casts it to float32 inside its
+    XLA computation instead of in one more pass over the weights (the same values: exact)."""
+    @tf.custom_gradient
+    def cast(x):
+        return tf.cast(x, dtype), lambda dy: dy
+    return cast(x)
 
 
 def apply_gradients(optimizer, grads_and_vars) -> None:

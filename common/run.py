@@ -146,6 +146,7 @@ def set_precision(precision: Optional[str] = None) -> list:
     from common import distribute
 
     distribute.fuse_updates(precision == "mixed_bfloat16")  # its step runs without XLA on a CPU
+    distribute.share_weight_casts(precision == "mixed_bfloat16")
     return warnings
 
 

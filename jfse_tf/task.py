@@ -74,9 +74,17 @@ class JFSETrainer:
         n = self.nets
         gp_v = losses.gradient_penalty(n.image_critic, v, fake_v, c, alpha[0], self.cfg.gp_lambda)
         gp_t = losses.gradient_penalty(n.text_critic, t, fake_t, c, alpha[1], self.cfg.gp_lambda)
-        d = lambda critic, x: distribute.per_row(critic, x, c)  # noqa: E731
-        return (losses.critic_loss(d(n.image_critic, v), d(n.image_critic, fake_v), gp_v)
-                + losses.critic_loss(d(n.text_critic, t), d(n.text_critic, fake_t), gp_t))
+        return (losses.critic_loss(*self._scores(n.image_critic, v, fake_v, c), gp_v)
+                + losses.critic_loss(*self._scores(n.text_critic, t, fake_t, c), gp_t))
+
+    @staticmethod
+    def _scores(critic, real, fake, c):
+        """D(real), D(fake). With shared bfloat16 casts in one call on both halves (rows are
+        independent): one kernel gradient instead of two summed in bfloat16; float32 keeps the
+        release's two calls and their float32 sum."""
+        if distribute.casts_shared():
+            return tf.split(distribute.per_row(critic, tf.concat([real, fake], 0), tf.concat([c, c], 0)), 2)
+        return distribute.per_row(critic, real, c), distribute.per_row(critic, fake, c)
 
     def _generate(self, c, z_v, z_t):
         n = self.nets
@@ -138,14 +146,19 @@ class JFSETrainer:
         y = tf.one_hot(labels, self.num_classes)
         z_v, z_t = noise["z_v"], noise["z_t"]  # drawn once per batch (release)
         w = self.weights
-        critic_vars = self.nets.variables("critics")
+        critic_vars, critics = self.nets.variables("critics"), self.nets.groups["critics"]
+        everything = self.nets.models().values()
+        fakes = None
+        if distribute.casts_shared():  # the generators do not move while the critics train: one pass, same values
+            with distribute.cast_once(*self.nets.groups["generators"]):
+                fakes = self._generate(c, z_v, z_t)
         for alpha in noise["alpha"]:
-            with tf.GradientTape() as tape:
-                fake_v, fake_t = self._generate(c, z_v, z_t)
+            with tf.GradientTape() as tape, distribute.cast_once(*critics):
+                fake_v, fake_t = fakes or self._generate(c, z_v, z_t)
                 loss_d = self._critic_terms(v, t, c, fake_v, fake_t, alpha)
             grads = distribute.replica_share(tape.gradient(loss_d, critic_vars))
             distribute.apply_gradients(self.optimizers["critics"], zip(grads, critic_vars))
-        with tf.GradientTape(persistent=True) as tape:
+        with tf.GradientTape(persistent=True) as tape, distribute.cast_once(*everything):
             terms, _, _ = self._joint_terms(v, t, c, y, z_v, z_t)
             loss_g = losses.generator_objective(terms, w)
             loss_r = losses.regressor_objective(terms, w)
@@ -161,10 +174,12 @@ class JFSETrainer:
         for group, g in grads:  # all gradients taken before any update (simultaneous)
             distribute.apply_gradients(self.optimizers[group], zip(g, self.nets.variables(group)))
         # logging pass (release: post-update values, fresh alpha for loss_D)
-        terms, fake_v, fake_t = self._joint_terms(v, t, c, y, z_v, z_t)
+        with distribute.cast_once(*everything):
+            terms, fake_v, fake_t = self._joint_terms(v, t, c, y, z_v, z_t)
+            loss_d = self._critic_terms(v, t, c, fake_v, fake_t, noise["alpha_log"])
         extra = {"loss_unseen_syn": unseen_term} if self.unseen is not None else {}
         return {**extra,
-            "loss_D": self._critic_terms(v, t, c, fake_v, fake_t, noise["alpha_log"]),
+            "loss_D": loss_d,
             "loss_G": losses.generator_objective(terms, w), "loss_Re": losses.regressor_objective(terms, w),
             "loss_corr": w["w_align_real"] * terms["align_real"] + w["w_align_syn"] * terms["align_syn"],
             "loss_adv": terms["adv_syn"] + terms["adv_real"],

@@ -29,9 +29,9 @@ FLAGS = flags.FLAGS
 def define_flags():
     run.define_run_flags(default_output_dir="runs/jfse")
     run.define_execution_flags()
-    run.define_precision_flag("0.84x float32's epoch time for JFSE at release widths on a CPU with AMX (Wikipedia and "
-                              "XMediaNet sizes; 0.87-0.97x with AVX512_BF16 alone, measured before the optimizer "
-                              "updates were compiled alone; docs/benchmarks.md).")
+    run.define_precision_flag("0.56x float32's epoch time for JFSE at release widths on a CPU with AMX (Wikipedia and "
+                              "XMediaNet sizes; 0.87-0.97x with AVX512_BF16 alone, measured before fused updates "
+                              "and shared weight casts; docs/benchmarks.md).")
     flags.DEFINE_enum("method", "jfse", ["jfse", "cfsa"], "cfsa: zero-shot only, CMPM, no modality adversary.")
     flags.DEFINE_enum("scenario", "all", ["all", "standard", "zs", "gzs"], "Retrieval scenario(s).")
     flags.DEFINE_enum("align", "cmpm", ["cmpm", "cmmd", "cmca"],

@@ -187,3 +187,128 @@ def test_cpus_without_native_bfloat16_are_warned(monkeypatch):
         assert run.set_precision("mixed_bfloat16") == []
     finally:
         run.set_precision("float32")
+
+
+def _kernel_casts(fn, kernel):
+    """Cast ops of a traced function whose output has the kernel's shape (its bfloat16 copies and the
+    casts of its gradients back)."""
+    graph = tf.function(fn).get_concrete_function().graph
+    return sum(op.type == "Cast" and op.outputs[0].shape == kernel.shape for op in graph.get_operations())
+
+
+def test_cast_once_casts_each_weight_once_and_keeps_the_gradient():
+    """--precision mixed_bfloat16 shares one bfloat16 copy of each weight per forward block: a kernel
+    used three times is cast once (and its summed gradient cast back once) instead of three times
+    each way, with the same gradient to bfloat16 precision; float32 runs are untouched."""
+    from common import distribute
+
+    x = tf.random.stateless_normal([8, 32], seed=[5, 6])
+    with policy("mixed_bfloat16"):
+        layer = keras.layers.Dense(32)
+        layer.build((None, 32))
+
+    def loss_and_grad():
+        with tf.GradientTape() as tape, distribute.cast_once(layer):
+            loss = tf.reduce_sum(tf.cast(layer(layer(layer(x))), tf.float32) ** 2)
+        return loss, tape.gradient(loss, layer.kernel)
+
+    counts, grads = {}, {}
+    try:
+        for on in (False, True):
+            distribute.share_weight_casts(on)
+            counts[on] = _kernel_casts(loss_and_grad, layer.kernel)
+            grads[on] = tf.function(loss_and_grad)()[1].numpy()
+    finally:
+        distribute.share_weight_casts(False)
+    assert (counts[False], counts[True]) == (6, 2)
+    assert np.abs(grads[True]).max() > 0
+    np.testing.assert_allclose(grads[True], grads[False], rtol=0.05, atol=0.05 * np.abs(grads[False]).max())
+
+    with tf.GradientTape() as tape, distribute.cast_once(layer):  # switch off: the plain per-use cast
+        loss = tf.reduce_sum(tf.cast(layer(x), tf.float32))
+    assert tape.gradient(loss, layer.kernel) is not None
+
+
+def test_cast_once_refuses_a_block_that_assigns_a_variable():
+    from common import distribute
+
+    with policy("mixed_bfloat16"):
+        layer = keras.layers.Dense(4)
+        layer.build((None, 4))
+    distribute.share_weight_casts(True)
+    try:
+        with pytest.raises(RuntimeError, match="assigned a variable"):
+            with distribute.cast_once(layer):
+                layer.bias.assign(tf.ones([4]))
+    finally:
+        distribute.share_weight_casts(False)
+    assert float(tf.reduce_max(tf.abs(layer.bias))) == 0.0  # the dropped assignment was reported, not applied
+
+
+@pytest.mark.parametrize("name", ["acmr", "jfse", "zscrgan"])
+def test_shared_weight_casts_train_every_network_like_per_use_casts(data, name):
+    """The steps that share casts (JFSE's critics are used five times a step, ZSCRGAN's three) update
+    the same variables and log the same losses as the per-use casts, to bfloat16 precision."""
+    from common import distribute
+
+    ds, zs = data
+    logged, moved = {}, {}
+    try:
+        for on in (False, True):
+            distribute.share_weight_casts(on)
+            with policy("mixed_bfloat16"):
+                t = trainers(ds, zs)[name]
+            before = [v.numpy() for m in networks(t) for v in m.trainable_variables]
+            if name == "zscrgan":
+                out = {**t.step("critic"), **t.step("generator"), **t.step("csem")}
+            else:
+                batch = (ds.train.image[:64], ds.train.text[:64], ds.train.labels[:64])
+                if name == "jfse":
+                    batch = (*batch[:2], ds.class_embedding_rows(batch[2]), batch[2])
+                out = t.train_step(*batch)
+            logged[on] = {k: float(v) for k, v in out.items() if np.ndim(v) == 0}
+            after = [v.numpy() for m in networks(t) for v in m.trainable_variables]
+            moved[on] = [np.abs(a - b).max() > 0 for a, b in zip(after, before)]
+    finally:
+        distribute.share_weight_casts(False)
+    # the same variables move (all but the release's untrained heads: ACMR's label classifier, ...)
+    assert moved[True] == moved[False] and sum(moved[True]) >= len(moved[True]) - 2, name
+    for key, value in logged[False].items():
+        assert np.isfinite(logged[True][key]), (name, key)
+        assert logged[True][key] == pytest.approx(value, rel=0.05, abs=0.02), (name, key)
+
+
+def test_the_fused_update_casts_shared_weight_gradients_to_float32_exactly():
+    """On one device the shared copy's gradient stays bfloat16 until the fused update, which casts
+    it inside its XLA computation: the same update as casting it first (bfloat16 -> float32 is exact)."""
+    from common import distribute
+
+    x = tf.random.stateless_normal([8, 16], seed=[7, 8])
+    with policy("mixed_bfloat16"):
+        layers = [keras.layers.Dense(16, kernel_initializer=keras.initializers.GlorotUniform(seed=3))
+                  for _ in range(2)]
+        for layer in layers:
+            layer.build((None, 16))
+    start = [v.numpy() for v in layers[0].trainable_variables]
+    np.testing.assert_array_equal(start[0], layers[1].kernel.numpy())
+    weights = {}
+    distribute.share_weight_casts(True)
+    distribute.fuse_updates(True)
+    try:
+        for cast_first, layer in zip((False, True), layers):
+            optimizer = keras.optimizers.Adam(0.01)
+            with tf.GradientTape() as tape, distribute.cast_once(layer):
+                loss = tf.reduce_sum(tf.cast(layer(layer(x)), tf.float32) ** 2)
+            grads = tape.gradient(loss, layer.trainable_variables)
+            assert [g.dtype for g in grads] == [tf.bfloat16] * 2
+            if cast_first:
+                grads = [tf.cast(g, tf.float32) for g in grads]
+            distribute.apply_gradients(optimizer, zip(grads, layer.trainable_variables))
+            weights[cast_first] = [v.numpy() for v in layer.trainable_variables]
+    finally:
+        distribute.share_weight_casts(False)
+        distribute.fuse_updates(False)
+    assert all(v.dtype == np.float32 for v in weights[False])
+    assert all(np.abs(a - b).min() > 0 for a, b in zip(weights[False], start))  # every weight moved
+    for a, b in zip(weights[False], weights[True]):
+        np.testing.assert_array_equal(a, b)

@@ -96,7 +96,7 @@ class ZSCRGANTrainer:
         x_r, x_w, t, _ = self._batch(image_rows, text_rows, valid)
         fake, _, _, _ = self._generate(t, *noise)
         d = lambda x: distribute.per_row(self.critic, x, t)  # noqa: E731
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, distribute.cast_once(self.critic):
             d_loss = losses.critic_loss(d(x_r), d(fake), d(x_w))
         variables = self.critic.trainable_variables
         grads = distribute.replica_share(tape.gradient(d_loss, variables))
@@ -109,7 +109,7 @@ class ZSCRGANTrainer:
 
     def _generator_replica(self, image_rows, text_rows, valid, noise):
         x_r, x_w, t, t_w = self._batch(image_rows, text_rows, valid)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, distribute.cast_once(self.gen, self.critic, self.csem):
             out = self._forward(x_r, x_w, t, t_w, noise)
         variables = self.gen.trainable_variables
         grads = distribute.replica_share(tape.gradient(out["g_loss"], variables))
@@ -124,9 +124,10 @@ class ZSCRGANTrainer:
         """Both generator branches outside the tape; only CSEM is differentiated and moved."""
         _, _, t, t_w = self._batch(image_rows, text_rows, valid)
         eps, eps_w, z, z_w = noise
-        fake, c, _, _ = self._generate(t, eps, z)
-        fake_w, _, _, _ = self._generate(t_w, eps_w, z_w)
-        with tf.GradientTape() as tape:
+        with distribute.cast_once(self.gen):
+            fake, c, _, _ = self._generate(t, eps, z)
+            fake_w, _, _, _ = self._generate(t_w, eps_w, z_w)
+        with tf.GradientTape() as tape, distribute.cast_once(self.csem):
             loss = losses.csem_loss(distribute.per_row(self.csem, fake), distribute.per_row(self.csem, fake_w), c,
                                     self.cfg.csem_per_sample)
         variables = self.csem.trainable_variables
@@ -304,8 +305,8 @@ class ZSCRGANTask(driver.Task):
                 io.write_pickle(pickle_path, self._retrieved, protocol=2)
             losses = evaluation.record.get("losses", {})
             print(f"New best Prec@50  = {p50:.12g}", flush=True)  # the release's line, Python 2's str(float)
-            print(f"Cycle {evaluation.record['cycle']} | d_loss: {losses.get('d_loss')}; g_loss: {losses.get('g_loss')}",
-                  flush=True)
+            cycle = evaluation.record["cycle"]
+            print(f"Cycle {cycle} | d_loss: {losses.get('d_loss')}; g_loss: {losses.get('g_loss')}", flush=True)
 
     def summary(self, history: list) -> dict:
         return summarize(history, self.data, self.untrained_path)

@@ -30,9 +30,10 @@ def define_flags():
         "The release's: a folder name under datasets/ holding its four pickles (AWA1, AWA2, CUB, FLO, NAB, WIKI; "
         "or --data_dir); synthetic[:small|medium|large]; or paired single-label data with unseen classes from "
         "--data_dir: features (with unseen_classes.txt) or xmn."))
-    run.define_precision_flag("0.84-0.85x float32's time for ZSCRGAN at release widths on a CPU with AMX "
-                              "(0.79-0.83x with AVX512_BF16 alone; docs/benchmarks.md). Except on UCI, where both "
-                              "precisions stay at chance and bfloat16's mean is 1-2.4 float32 SDs higher.")
+    run.define_precision_flag("0.69-0.72x float32's time for ZSCRGAN at release widths on a CPU with AMX "
+                              "(0.79-0.83x with AVX512_BF16 alone, before two speed-ups; docs/benchmarks.md). "
+                              "Quality as float32's except on UCI, where both precisions stay at chance and "
+                              "bfloat16's means are 1.1-1.4 float32 SDs away.")
     d = ZSCRGANConfig()
     # the release's argparse flags, with its defaults
     flags.DEFINE_integer("batch_size", d.batch_size, "Batch size (release 32).")
@@ -52,8 +53,8 @@ def define_flags():
     flags.DEFINE_integer("n_critic", d.n_critic, "Critic steps per generator step (release 5).")
     flags.DEFINE_integer("retrieve_k", d.retrieve_k, "K of Precision@K (release 50).")
     flags.DEFINE_integer("max_cycles", None, "Stop after this many cycles (default: epochs x cycles_per_epoch, "
-                         f"i.e. unbounded in practice, as the release; {SYNTHETIC_MAX_CYCLES} for --dataset synthetic unless "
-                         "--epochs or --cycles_per_epoch is given).")
+                         f"i.e. unbounded in practice, as the release; {SYNTHETIC_MAX_CYCLES} for --dataset synthetic "
+                         "unless --epochs or --cycles_per_epoch is given).")
     flags.DEFINE_integer("cycles_per_epoch", None,
                          "Cycles per epoch (default int(531000 / batch_size), the release's).")
     # switches; defaults keep the release (spec §9)
