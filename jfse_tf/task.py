@@ -148,13 +148,12 @@ class JFSETrainer:
         w = self.weights
         critic_vars, critics = self.nets.variables("critics"), self.nets.groups["critics"]
         everything = self.nets.models().values()
-        fakes = None
-        if distribute.casts_shared():  # the generators do not move while the critics train: one pass, same values
-            with distribute.cast_once(*self.nets.groups["generators"]):
-                fakes = self._generate(c, z_v, z_t)
+        # the generators do not move while the critics train (the release ran them at each of the
+        # n_critic updates, from the same noise): one pass, the same values
+        with distribute.cast_once(*self.nets.groups["generators"]):
+            fake_v, fake_t = self._generate(c, z_v, z_t)
         for alpha in noise["alpha"]:
             with tf.GradientTape() as tape, distribute.cast_once(*critics):
-                fake_v, fake_t = fakes or self._generate(c, z_v, z_t)
                 loss_d = self._critic_terms(v, t, c, fake_v, fake_t, alpha)
             grads = distribute.replica_share(tape.gradient(loss_d, critic_vars))
             distribute.apply_gradients(self.optimizers["critics"], zip(grads, critic_vars))
