@@ -154,6 +154,7 @@ class CMHashTask(driver.Task):
         self.runner, self.position = runner, position or {}
         self.replicas, self.num_units = trainer.replicas, trainer.cfg.epochs
         self.steps_per_unit = runner.steps
+        self.part_way = isinstance(runner, training.BatchRunner)  # end to end: stops and saves between batches
         self.keys = map_keys(trainer.cfg)
         self.headline = tuple(f"test/{k}" for k in self.keys)
         self.applied = 0  # batches with at least one triplet since the last record
@@ -178,8 +179,8 @@ class CMHashTask(driver.Task):
                     image={"dim": image_dim, "model": "image_head"}, text={"dim": text_dim, "model": "text_head"},
                     hash_codes=True)
 
-    def train_unit(self, epoch: int, on_block=None) -> dict:
-        values = self.runner.run_epoch(epoch, on_block=on_block)
+    def train_unit(self, epoch: int, on_block=None, **resume) -> dict:
+        values = self.runner.run_epoch(epoch, on_block=on_block, **resume)
         self.applied += int(np.sum(values["applied"] > 0))
         return values
 

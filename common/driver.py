@@ -252,8 +252,10 @@ class RunFolder:
         out of memory, Ctrl-C): remove what this run created, so that the corrected command starts
         afresh instead of being refused as 'other settings'; there is nothing to resume. A run with
         a checkpoint, a resumed run and every file that was there before are kept."""
-        if self._before is None or any(os.path.exists(os.path.join(self.part_path(p), "checkpoints", "checkpoint"))
-                                       for p in self.parts):
+        kept = (os.path.join("checkpoints", "checkpoint"),  # the checkpoint index, or a part-way checkpoint's record
+                os.path.join("checkpoints", "partial", "partial.json"))  # (training.PARTIAL; no TensorFlow import)
+        if self._before is None or any(os.path.exists(os.path.join(self.part_path(p), k)) for p in self.parts
+                                       for k in kept):
             return
         self._remove_extra_files()  # a new run: every file it noted is its own
         for name in sorted(self._entries() - self._before - {LOCK_FILE}, key=len, reverse=True):
@@ -503,12 +505,16 @@ class Task:
     headline: Sequence[str] = ()  # progress-line metrics (keys of Evaluation.scalars)
     key_losses: Sequence[str] = ()  # progress-line losses (all when empty)
     selection: Optional[str] = None  # results report the best evaluation by `selection_score`, not the last
+    steps_per_unit: Optional[int] = None  # batches per unit, when known (progress within a long unit)
+    part_way = False  # train_unit calls on_block after every batch and takes `start` / `earlier` (BatchRunner),
+    #                   and the data position is checkpointed: a unit can be stopped and checkpointed part-way
 
     def checkpoint_objects(self) -> dict:
         raise NotImplementedError
 
-    def train_unit(self, unit: int, on_block: Optional[Callable] = None) -> Dict[str, np.ndarray]:
-        """Train one epoch or cycle; per-batch values of the logged outputs (arrays) or unit means."""
+    def train_unit(self, unit: int, on_block: Optional[Callable] = None, **resume) -> Dict[str, np.ndarray]:
+        """Train one epoch or cycle; per-batch values of the logged outputs (arrays) or unit means.
+        With `part_way`, `resume` (start=, earlier=) continues a unit checkpointed part-way."""
         raise NotImplementedError
 
     def unit_losses(self, values: Dict[str, np.ndarray]) -> Dict[str, float]:
@@ -570,6 +576,8 @@ class FitOptions:
     hparams: Optional[dict] = None    # config for TensorBoard's HParams view
     profile_unit: Optional[int] = None  # a TensorFlow profiler trace of this (0-based) unit into tb/
     checkpoint_seconds: float = 600.0  # also checkpoint between evaluations when this long since the last (0: no)
+    #                                   (and part-way through a unit, for a task that can: `Task.part_way`)
+    inner_progress_seconds: float = 60.0  # a progress line within a unit that has run this long since the last
 
 
 @dataclasses.dataclass
@@ -597,7 +605,11 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
 
     state = training.RunState(folder, replicas=task.replicas, **task.checkpoint_objects())
     label = f"{options.label} " if options.label else ""
-    if state.resumed:
+    partial = state.partial
+    if partial is not None:
+        print(f"{label}resumed in {task.unit} {state.start_epoch + 1} of {task.num_units}, after batch "
+              f"{partial['batches']} of {task.steps_per_unit} ({folder})", flush=True)
+    elif state.resumed:
         print(f"{label}resumed after {state.start_epoch} of {task.num_units} {task.unit}s ({folder})", flush=True)
     task.on_start(state.resumed)
     trial = os.path.abspath(folder)
@@ -620,14 +632,16 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
     task.restore_pending(pending.get("task", {}))
     last_save = time.time()
     alone = not (task.replicas is not None and task.replicas.multi_worker)  # may checkpoint on its own timer
+    part_way = task.part_way and alone and state.chief
     selected, best = None, -np.inf
     if task.selection:
         throwaway = None if state.chief else os.path.join(state.ckpt.write_directory, training.SELECTED)
         selected = training.SelectedModel(folder, task.selected_models(), task.selection, chief=state.chief,
                                           write_directory=throwaway)
         best = max((task.selection_score(r) for r in state.history), default=-np.inf)
-        _keep_restored_best(task, state, selected, best)
-    with run.stops_at_unit_ends():  # a stop lets the epoch under way end and keeps it
+        if partial is None:  # a part-way checkpoint comes after its unit's first batch: the choice was named
+            _keep_restored_best(task, state, selected, best)
+    with run.stops_at_unit_ends(part_way):  # a stop lets the epoch (batch) under way end and keeps it
         for unit in range(first, total):
             if (signum := run.stop_requested()) is not None:  # a Ctrl-C / SIGTERM TensorFlow's call swallowed
                 run.raise_stop(signum)
@@ -638,11 +652,27 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
 
                 tf.profiler.experimental.start(os.path.join(folder, "tb"))
             t0 = time.time()
+            resume = {}
+            if partial is not None and unit == first:
+                resume = {"start": partial["batches"], "earlier": partial["values"]}
+
+            def keep(batches, values, unit=unit, t0=t0, since=since, units_since=units_since):
+                state.save_partial(unit, batches, values, {"train_seconds": round(since + time.time() - t0, 4),
+                                                           "train_units": units_since, "task": task.pending()})
+
+            watch = _UnitWatch(task, unit, options, label, resume, keep if part_way else None, last_save)
             try:
-                values = task.train_unit(unit, on_block=_guarded(task, unit, on_block))
+                values = task.train_unit(unit, on_block=_guarded(task, unit, on_block, watch), **resume)
+            except _PartWay as stop:  # a Ctrl-C / SIGTERM between batches: keep them, then stop
+                keep(stop.batches, watch.values())
+                print(f"{label}checkpointed part-way through {task.unit} {unit + 1}, after batch {stop.batches} of "
+                      f"{task.steps_per_unit}", flush=True)
+                run.raise_stop(run.stop_requested())
             finally:
                 if tracing:
                     tf.profiler.experimental.stop()
+            if watch.saved:
+                last_save = watch.saved
             since, units_since = since + time.time() - t0, units_since + 1
             if tracing:
                 trace_dir = os.path.join(folder, "tb", "plugins", "profile")
@@ -676,7 +706,8 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
                 if on_record is not None:
                     on_record(state.history)
             elif alone and (options.checkpoint_seconds and time.time() - last_save >= options.checkpoint_seconds
-                            or run.stop_requested() is not None):  # a stop waited for this unit: keep it
+                            or run.stop_requested() is not None  # a stop waited for this unit: keep it
+                            or (partial is not None and unit == first)):  # supersedes the part-way checkpoint
                 state.save_between(unit, {"train_seconds": round(since, 4), "train_units": units_since,
                                           "task": task.pending()})
                 last_save = time.time()
@@ -704,12 +735,69 @@ def _keep_restored_best(task: Task, state, selected, best: float) -> None:
         selected.commit(record["epoch"], best, task.record_name(record))
 
 
-def _guarded(task, unit, on_block):
+def _guarded(task, unit, on_block, watch):
     def check(first, values):
         check_finite(values, task.unit, unit, offset=first)
         if on_block is not None:
             on_block(first, values)
+        watch(first, values)
     return check
+
+
+class _PartWay(Exception):
+    """A stop between two batches of a unit that `Task.part_way` can checkpoint there."""
+
+    def __init__(self, batches: int):
+        super().__init__(batches)
+        self.batches = batches
+
+
+class _UnitWatch:
+    """Within a unit: a progress line when it has run `inner_progress_seconds` since the last one
+    (an end-to-end epoch can take an hour on a CPU) and, where the task can (`save_from`: the
+    time of the last checkpoint), a stop or a timed checkpoint between two batches."""
+
+    def __init__(self, task, unit, options, label, resume, keep: Optional[Callable], last_save: float):
+        self.task, self.unit, self.options, self.label = task, unit, options, label
+        self.steps = task.steps_per_unit
+        self.start = resume.get("start", 0)
+        self.earlier = resume.get("earlier") or {}
+        self.collected: Dict[str, list] = {}
+        self.t0 = self.shown = time.time()
+        self.keep, self.last_save, self.saved = keep, last_save, None
+
+    def values(self) -> Dict[str, np.ndarray]:
+        """The logged outputs of the unit's batches so far (those before a resume included)."""
+        keys = set(self.earlier) | set(self.collected)
+        return {k: np.concatenate([np.asarray(self.earlier.get(k, []), np.float32)]
+                                  + [np.asarray(v, np.float32).reshape(-1) for v in self.collected.get(k, [])])
+                for k in keys}
+
+    def __call__(self, first, values) -> None:
+        done = first + len(next(iter(values.values())))
+        if self.keep is not None:
+            for k, v in values.items():
+                self.collected.setdefault(k, []).append(np.asarray(v))
+        if self.steps is None or done >= self.steps:
+            return
+        from common import run
+
+        now = time.time()
+        if self.options.inner_progress_seconds and now - self.shown >= self.options.inner_progress_seconds:
+            from tqdm import tqdm
+
+            self.shown = now
+            rate = (done - self.start) / (now - self.t0)
+            print(tqdm.format_meter(done, self.steps, now - self.t0, unit="batch", ascii=True, ncols=0,
+                                    prefix=f"{self.label}{self.task.unit} {self.unit + 1}", rate=rate,
+                                    initial=self.start), flush=True)
+        if self.keep is None:
+            return
+        if run.stop_requested() is not None:
+            raise _PartWay(done)
+        if self.options.checkpoint_seconds and now - (self.saved or self.last_save) >= self.options.checkpoint_seconds:
+            self.keep(done, self.values())
+            self.saved = time.time()
 
 
 def check_finite(values: Dict[str, np.ndarray], unit_name: str, unit: int, offset: int = 0) -> None:

@@ -79,7 +79,8 @@ def define_checkpoint_flag() -> None:
     """For methods that evaluate (and so checkpoint) every --eval_every epochs: checkpoints between."""
     flags.DEFINE_float("checkpoint_minutes", 10.0, "Besides the checkpoint at every evaluation (--eval_every), one at "
                        "the end of an epoch when this long has passed since the last (0: at evaluations only), so that "
-                       "a stopped run loses at most about this much training. Results do not depend on it.",
+                       "a stopped run loses at most about this much training (end-to-end hashing: also between "
+                       "batches, part-way through an epoch). Results do not depend on it.",
                        lower_bound=0.0)
 
 
@@ -672,10 +673,11 @@ def stop_requested() -> Optional[int]:
 
 
 @contextlib.contextmanager
-def stops_at_unit_ends():
+def stops_at_unit_ends(between_batches: bool = False):
     """Inside the training loop a first Ctrl-C / SIGTERM is recorded instead of raised, so the epoch
     (cycle) under way ends and is checkpointed, and the driver then stops (`stop_requested`); a second
-    one raises at once. Outside the loop (loading data, writing results) they act as usual."""
+    one raises at once. Outside the loop (loading data, writing results) they act as usual.
+    `between_batches`: the driver stops at the end of the batch under way instead (`Task.part_way`)."""
     if threading.current_thread() is not threading.main_thread():  # signal.signal works only there
         yield
         return
@@ -689,7 +691,7 @@ def stops_at_unit_ends():
     for sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # a background job's ignored SIGINT stays so
             saved[sig] = signal.signal(sig, defer)
-    _IN_LOOP.append(True)
+    _IN_LOOP.append("batch" if between_batches else "epoch or cycle")
     try:
         yield
     finally:
@@ -724,7 +726,7 @@ def _watch_stops(hint: str, training: bool) -> None:
                     _exit_now(128 + signum)
                 time.sleep(1.0)  # a stop the main thread handles right away has ended the process by now
                 if _IN_LOOP:
-                    print("stopping at the end of the epoch or cycle under way, which is checkpointed; Ctrl-C again "
+                    print(f"stopping at the end of the {_IN_LOOP[0]} under way, which is checkpointed; Ctrl-C again "
                           "stops at once", file=sys.stderr, flush=True)
                     continue
                 longest = " (up to one compiled epoch)" if training else ""

@@ -150,6 +150,8 @@ def _saving(save: Callable, directory: str, prefix: str, what: str, kept: str):
         raise OSError(errno.EIO, f"cannot save {what} ({reason}); {kept}", directory) from None
 
 
+PARTIAL = "partial"  # checkpoints/partial/: the state part-way through an epoch (RunState.save_partial)
+PARTIAL_FILE = "partial.json"
 SELECTED = "selected"  # checkpoints/selected/: the model of the evaluation a run's results report
 SELECTED_FILE = "selected.json"
 
@@ -222,11 +224,14 @@ class SelectedModel:
         for name in os.listdir(self.directory):
             if name != SELECTED_FILE and (keep is None or not (name == keep + ".index" or
                                                                 name.startswith(keep + ".data-"))):
-                path = os.path.join(self.directory, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.unlink(path)
+                _remove(os.path.join(self.directory, name))
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.unlink(path)
 
 
 class RunState:
@@ -249,6 +254,8 @@ class RunState:
         self.history: list = []
         self._pending: dict = {}  # checkpoint number -> what was counted since the last record (`save_between`)
         self.resumed = self.ckpt.restore_or_initialize()
+        self.partial = self._restore_partial() if self.chief else None
+        self.resumed = self.resumed or self.partial is not None
         if self.resumed:
             if not os.path.exists(self.history_path):
                 raise DataError(f"{self.history_path}: missing beside the checkpoints in {directory}; pass "
@@ -268,7 +275,69 @@ class RunState:
     @property
     def pending(self) -> dict:
         """What the restored checkpoint counted since the last record ({} after a record)."""
+        if self.partial is not None:
+            return self.partial["pending"]
         return self._pending.get(str(self.start_epoch), {})
+
+    @property
+    def partial_dir(self) -> str:
+        return os.path.join(self.ckpt.directory, PARTIAL)
+
+    def _restore_partial(self) -> Optional[dict]:
+        """The part-epoch checkpoint over the latest whole one, when it was taken after it: {"epoch",
+        "batches" (done), "values" (their logged outputs), "pending"}; None without one, or when a later
+        whole epoch has been checkpointed since (it is then stale, and removed at the next save)."""
+        path = os.path.join(self.partial_dir, PARTIAL_FILE)
+        if not os.path.exists(path):
+            return None
+        fix = (f"remove {self.partial_dir} to resume from the last whole epoch, or pass --overwrite to start the "
+               "run over")
+        try:
+            record = io.read_json(path)
+            prefix = os.path.join(self.partial_dir, record["checkpoint"])
+            after, batches = record["after"], int(record["batches"])
+            if not isinstance(record["values"], dict) or not isinstance(record["pending"], dict) or batches < 1:
+                raise TypeError("'values' and 'pending' must be objects and 'batches' positive")
+        except (DataError, KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path}: damaged ({io.damage(path, e)}); {fix}") from None
+        latest = self.ckpt.latest
+        if after != (os.path.basename(latest) if latest else None):
+            return None
+        try:
+            self.ckpt.checkpoint.restore(prefix).assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError) as e:
+            raise DataError(f"{prefix}: cannot resume from this part-epoch checkpoint ({op_error_reason(e)}); "
+                            f"{fix}") from None
+        return dict(record, epoch=int(self.ckpt.epoch.numpy()), batches=batches)
+
+    def save_partial(self, epoch: int, batches: int, values: Dict[str, np.ndarray], pending: dict) -> None:
+        """Checkpoint part-way through `epoch` (after `batches` of its batches), beside the whole-epoch
+        checkpoints, which stay as they were: written first, then named by partial.json, which a
+        resume reads; the previous part-epoch checkpoint is removed after that. Why: an end-to-end
+        epoch can take an hour on a CPU, and a stop should neither wait for it nor lose it."""
+        folder = self.partial_dir
+        name = f"ckpt-{epoch}-{batches}"
+        self.ckpt.epoch.assign(epoch)
+        os.makedirs(folder, exist_ok=True)
+        _saving(lambda: self.ckpt.checkpoint.write(os.path.join(folder, name)), folder, name,
+                f"the part-epoch checkpoint {name}", "the previous checkpoints are kept")
+        if not os.path.exists(self.history_path):  # a resume needs it beside the checkpoint
+            io.write_json(self.history_path, {"history": self.history, "pending": self._pending})
+        latest = self.ckpt.manager.latest_checkpoint
+        io.write_json(os.path.join(folder, PARTIAL_FILE), {
+            "checkpoint": name, "batches": int(batches), "after": os.path.basename(latest) if latest else None,
+            "values": {k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in values.items()},
+            "pending": pending})
+        for entry in os.listdir(folder):
+            if entry != PARTIAL_FILE and not (entry == name + ".index" or entry.startswith(name + ".data-")):
+                _remove(os.path.join(folder, entry))
+        self.partial = None
+
+    def _clear_partial(self) -> None:
+        """A whole epoch is checkpointed: an earlier part-epoch checkpoint is stale."""
+        self.partial = None
+        if self.chief and os.path.isdir(self.partial_dir):
+            shutil.rmtree(self.partial_dir, ignore_errors=True)
 
     def save_between(self, epoch: int, pending: dict) -> None:
         """Checkpoint after `epoch` without an evaluation (a long interval between evaluations, so that
@@ -279,6 +348,7 @@ class RunState:
             io.write_json(self.history_path, {"history": self.history, "pending": self._pending})
         self.ckpt.epoch.assign(epoch + 1)
         self.ckpt.save(number=epoch + 1)
+        self._clear_partial()
 
     @property
     def start_epoch(self) -> int:
@@ -292,6 +362,7 @@ class RunState:
             io.write_json(self.history_path, {"history": self.history})
         self.ckpt.epoch.assign(record["epoch"] + 1)
         self.ckpt.save(number=record["epoch"] + 1)
+        self._clear_partial()
 
 
 HISTOGRAM_BUCKETS = 30  # tf.summary.histogram's default
@@ -516,13 +587,19 @@ class BatchRunner:
         self.step, self.args, self.outputs, self.steps = step, tuple(args), tuple(outputs), int(steps)
         self.iterator = iter(dataset)
 
-    def run_epoch(self, epoch: int, on_block=None) -> Dict[str, np.ndarray]:
-        outs = []  # kept as tensors: no host round trip between steps
-        for _ in range(self.steps):
+    def run_epoch(self, epoch: int, on_block=None, start: int = 0,
+                  earlier: Optional[Dict[str, Sequence[float]]] = None) -> Dict[str, np.ndarray]:
+        """Batches `start` .. `steps` - 1 of the epoch (`start` > 0: resumed part-way, `earlier` holding
+        the outputs of the batches before it, which lead the returned values). `on_block(i, values)`
+        sees each batch as it ends, so a caller can show progress and stop between batches."""
+        outs = []  # kept as tensors when nobody watches: no host round trip between steps
+        for i in range(start, self.steps):
             b = next(self.iterator)
             out = self.step(*[b[k] for k in self.args])
             outs.append({k: tf.cast(out[k], tf.float32) for k in self.outputs})
+            if on_block is not None:
+                on_block(i, {k: outs[-1][k].numpy()[None] for k in self.outputs})
         values = {k: tf.stack([o[k] for o in outs]).numpy() for k in self.outputs}
-        if on_block is not None:
-            on_block(0, values)
+        if earlier:
+            values = {k: np.concatenate([np.asarray(earlier[k], np.float32), v]) for k, v in values.items()}
         return values

@@ -1,6 +1,7 @@
 """The run driver's guarantees, in process (issue 16): identity, one writer, damaged state,
 results with provenance, file modes, the divergence guard and the progress line."""
 
+import dataclasses
 import json
 import os
 import stat
@@ -819,3 +820,118 @@ def test_private_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
     assert res.returncode == 0 and not os.path.exists(left)  # the next run removed it, then its own at exit
     # "cmr-running"'s lock was released when the `with` block ended, as a dying process's is: stale now
     assert {p.name for p in tmp_path.iterdir()} == {"cmr-creating", "mine", "cmr-tests-x"}
+
+
+class _Batches(driver.Task):
+    """A task that trains batch by batch from a checkpointed tf.data iterator (as cmhash end to end):
+    v += the batch's mean, so the weights depend on every batch's data and order."""
+
+    num_units, steps_per_unit, part_way = 3, 5, True
+
+    def __init__(self, stop_at=None, kill_at=None):
+        self.v = tf.Variable(0.0)
+        self.stop_at, self.kill_at, self.seen = stop_at, kill_at, []
+        data = tf.data.Dataset.range(40).map(lambda i: tf.cast(i, tf.float32) ** 2).shuffle(10, seed=3).batch(2)
+        self.runner = training.BatchRunner(self.step, data.repeat(), ("x",), ("loss",), self.steps_per_unit)
+        self.runner.iterator = iter(data.repeat().map(lambda x: {"x": x}))
+
+    def step(self, x):
+        from common import run
+
+        at = (len(self.seen) // 5, len(self.seen) % 5)  # (unit, batch) of a run that trains every batch
+        if at == self.kill_at:
+            raise KeyboardInterrupt  # killed in this batch: nothing of it is kept
+        self.v.assign_add(tf.reduce_mean(x))
+        self.seen.append(at)
+        if at == self.stop_at:
+            run._STOP.append(2)  # a Ctrl-C during this batch
+        return {"loss": self.v * 1.0}
+
+    def checkpoint_objects(self):
+        return {"v": self.v, "iterator": self.runner.iterator}
+
+    def train_unit(self, unit, on_block=None, **resume):
+        if not self.seen:  # a resumed run counts the batches it did not train
+            self.seen = [(u, b) for u in range(unit + 1) for b in range(5 if u < unit else resume.get("start", 0))]
+        return self.runner.run_epoch(unit, on_block=on_block, **resume)
+
+    def unit_losses(self, values):
+        return {"mean": float(np.mean(values["loss"])), "batches": float(len(values["loss"]))}
+
+    def evaluate_at(self, unit):
+        return unit != 1
+
+    def evaluate(self, unit):
+        return driver.Evaluation({"epoch": unit, "v": float(self.v.numpy())}, {})
+
+
+def test_a_unit_stopped_part_way_resumes_from_that_batch_and_equals_a_straight_run(tmp_path, monkeypatch, capsys):
+    """A task that can (`part_way`: end-to-end hashing, whose epoch can take an hour on a CPU) stops at the
+    end of the batch under way: a part-way checkpoint beside the whole-epoch ones (those stay as they
+    were), from which the same command continues that epoch; weights, history and unit losses (over
+    the whole epoch) then equal an uninterrupted run's, and the part-way checkpoint is gone."""
+    from common import run
+
+    opts = driver.FitOptions(histogram_every=0, checkpoint_seconds=0)
+    monkeypatch.setattr(run, "_STOP", [])
+    straight = driver.fit(_Batches(), str(tmp_path / "a"), opts)
+
+    monkeypatch.setattr(run, "_STOP", [])
+    with pytest.raises(KeyboardInterrupt):
+        driver.fit(_Batches(stop_at=(1, 2)), str(tmp_path / "b"), opts)
+    ckpts = tmp_path / "b" / "checkpoints"
+    assert "checkpointed part-way through epoch 2, after batch 3 of 5" in capsys.readouterr().out
+    assert tf.train.latest_checkpoint(str(ckpts)).endswith("ckpt-1")  # the whole epochs' checkpoints as they were
+    record = json.loads((ckpts / "partial" / "partial.json").read_text())
+    assert record["batches"] == 3 and record["after"] == "ckpt-1" and len(record["values"]["loss"]) == 3
+    before = snapshot(ckpts)
+    monkeypatch.setattr(run, "_STOP", [])
+    resumed = _Batches()
+    result = driver.fit(resumed, str(tmp_path / "b"), dataclasses.replace(opts, inner_progress_seconds=1e-9))
+    out = capsys.readouterr().out
+    assert "resumed in epoch 2 of 3, after batch 3 of 5" in out
+    inner = [line for line in out.splitlines() if "batch/s" in line or "s/batch" in line]
+    assert [line.split(":")[0] for line in inner] == ["epoch 2", "epoch 3", "epoch 3", "epoch 3", "epoch 3"], out
+    assert "4/5" in inner[0] and "1/5" in inner[1]  # within a unit, as its batches end (the last one: its own line)
+    assert resumed.seen[8:] == [(1, 3), (1, 4), (2, 0), (2, 1), (2, 2), (2, 3), (2, 4)]  # batches 4, 5 of epoch 2 on
+    assert float(resumed.v.numpy()) == float(straight_v(tmp_path / "a"))
+    assert [dict(r, train_seconds=0) for r in result.history] == [dict(r, train_seconds=0) for r in straight.history]
+    assert not (ckpts / "partial").exists()  # superseded by the checkpoint after that epoch
+    assert snapshot(ckpts) != before
+
+
+def straight_v(folder):
+    return json.loads((folder / "history.json").read_text())["history"][-1]["v"]
+
+
+def test_part_way_checkpoints_on_the_timer_survive_a_kill_and_never_outlive_a_later_epoch(tmp_path, monkeypatch):
+    """`checkpoint_seconds` also checkpoints between batches of such a task, so a kill (here at the
+    fourth batch of epoch 2) loses at most that interval; a part-way checkpoint older than the
+    latest whole-epoch one is ignored; a damaged partial.json is an error naming it."""
+    from common import run
+
+    monkeypatch.setattr(run, "_STOP", [])
+    plain = driver.FitOptions(histogram_every=0, checkpoint_seconds=0)
+    straight = driver.fit(_Batches(), str(tmp_path / "a"), plain)
+    timed = driver.FitOptions(histogram_every=0, checkpoint_seconds=1e-9)
+    with pytest.raises(KeyboardInterrupt):
+        driver.fit(_Batches(kill_at=(1, 3)), str(tmp_path / "b"), timed)
+    partial = tmp_path / "b" / "checkpoints" / "partial"
+    assert json.loads((partial / "partial.json").read_text())["batches"] == 3  # after the third batch
+    assert sorted(os.listdir(partial)) == ["ckpt-1-3.data-00000-of-00001", "ckpt-1-3.index", "partial.json"]
+    resumed = _Batches()
+    result = driver.fit(resumed, str(tmp_path / "b"), timed)
+    assert resumed.seen[8] == (1, 3) and float(resumed.v.numpy()) == straight_v(tmp_path / "a")
+    assert [r["v"] for r in result.history] == [r["v"] for r in straight.history]
+    assert not partial.exists()
+
+    with pytest.raises(KeyboardInterrupt):  # a part-way checkpoint made stale by a later whole epoch's
+        driver.fit(_Batches(kill_at=(1, 3)), str(tmp_path / "c"), timed)
+    stale = (tmp_path / "c" / "checkpoints" / "partial" / "partial.json")
+    stale.write_text(stale.read_text().replace('"ckpt-1"', '"ckpt-0"'))
+    state = training.RunState(str(tmp_path / "c"), v=tf.Variable(0.0), iterator=_Batches().runner.iterator)
+    assert state.partial is None and state.start_epoch == 1
+    stale.write_text("{")
+    with pytest.raises(DataError, match=r"partial.json: damaged .*remove .*partial to resume from the last whole "
+                                        r"epoch, or pass --overwrite"):
+        training.RunState(str(tmp_path / "c"), v=tf.Variable(0.0), iterator=_Batches().runner.iterator)
