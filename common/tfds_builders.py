@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from typing import Optional
 
 import numpy as np
@@ -202,17 +203,29 @@ def cache_root() -> str:
 
 
 def _cache_dir(folder: str) -> str:
-    """A TFDS data_dir unique to this folder's path and file stamps (re-prepared on change)."""
-    h = hashlib.sha1(os.path.abspath(folder).encode())
+    """A TFDS data_dir unique to this folder's path (the parent) and file stamps (re-prepared on change)."""
+    where = hashlib.sha1(os.path.abspath(folder).encode()).hexdigest()[:16]
+    h = hashlib.sha1()
     for name in sorted(os.listdir(folder)):
         h.update(f"{name}:{io.file_stamp(os.path.join(folder, name))}".encode())
-    return os.path.join(cache_root(), h.hexdigest()[:16])
+    return os.path.join(cache_root(), where, h.hexdigest()[:16])
+
+
+def _drop_older_preparations(data_dir: str) -> None:
+    """The cache's earlier preparations of the same folder describe files that have changed since:
+    removed once the new one is ready, so that editing a large folder does not fill the disk."""
+    parent = os.path.dirname(data_dir)
+    for name in os.listdir(parent):
+        other = os.path.join(parent, name)
+        if other != data_dir and os.path.isdir(other) and not os.path.islink(other):
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def prepare(builder_cls, folder: Optional[str], data_dir: Optional[str] = None, config=None):
     """Build (once) and return the prepared builder (config: `config_for(name, folder)` by default)."""
     if folder is not None:
         io.require_folder(folder, builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    cached = data_dir is None and folder is not None
     data_dir = data_dir or (_cache_dir(folder) if folder else os.path.join(cache_root(), "synthetic"))
     if config is None and folder is not None:
         name = next(k for k, v in BUILDERS.items() if v is builder_cls)
@@ -220,6 +233,8 @@ def prepare(builder_cls, folder: Optional[str], data_dir: Optional[str] = None, 
     builder = builder_cls(data_dir=data_dir, config=config) if config else builder_cls(data_dir=data_dir)
     tfds.disable_progress_bar()
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=folder))
+    if cached:
+        _drop_older_preparations(data_dir)
     return builder
 
 

@@ -68,6 +68,13 @@ def test_cache_is_keyed_by_folder_contents(tmp_path):
     second = load_dataset("features", folder, via_tfds=True)
     assert not np.array_equal(first.train.image, second.train.image)
     np.testing.assert_array_equal(second.train.image, readers.read_feature_folder(folder).train.image)
+    # the earlier preparation of this folder is gone; another folder's stays
+    other = str(tmp_path / "g")
+    fixtures.write_feature_folder(other, rng=np.random.default_rng(2))
+    load_dataset("features", other, via_tfds=True)
+    cache = tmp_path / "tfds_cache"
+    assert sorted(len(os.listdir(cache / d)) for d in os.listdir(cache)) == [1, 1]
+    assert str(cache) in second.source and os.path.exists(second.source.split("(")[1].rstrip(")"))
 
 
 def test_synthetic_builder_matches_generator(tmp_path):
