@@ -59,7 +59,9 @@ def define_flags():
                       "image features such as mirflickr's .mat files.")
     run.define_execution_flags()
     run.define_precision_flag("on a CPU it is SLOWER for feature-mode hashing (1.5-2.1x epoch time with "
-                              "AVX512_BF16 or AMX, docs/benchmarks.md): not worth it there.")
+                              "AVX512_BF16 or AMX, docs/benchmarks.md): not worth it there; end to end (--mode "
+                              "e2e) the step takes 0.56x float32's time on an AMX CPU (tools.bench_e2e), its "
+                              "retrieval quality unmeasured (no pretrained weights here).")
     define_e2e_flags()
 
 

@@ -62,3 +62,25 @@ def test_merge_refuses_another_machines_numbers():
     with pytest.raises(ConfigError, match=r"^--merge: b.json was measured on another machine or stack \(cpus 8 -> 2; "
                                           r"gpus 1 -> 0\); write this machine's numbers to another --output$"):
         require_same_machine(dict(here, cpus=8, gpus=1), here, "b.json")
+
+
+def test_end_to_end_step_benchmark_table_and_refusals(tmp_path):
+    """tools.bench_e2e (release-sized backbones, timed outside the suite): the table's ratio and
+    epoch estimate come from its records; bad flags are refused before TensorFlow loads."""
+    from tools.bench_e2e import markdown
+
+    rows = markdown([{"precision": "float32", "seconds_per_step": 8.0, "pairs_per_second": 4.0,
+                      "iapr_epoch_minutes": 8.0 * 313 / 60, "first_step_seconds": 20.0, "peak_rss_mib": 4000.0},
+                     {"precision": "mixed_bfloat16", "seconds_per_step": 5.0, "pairs_per_second": 6.4,
+                      "iapr_epoch_minutes": 5.0 * 313 / 60, "first_step_seconds": 25.0, "peak_rss_mib": 4500.0},
+                     {"precision": "mixed_bfloat16", "error": "boom"}]).splitlines()
+    assert rows[2] == "| float32 | 8.00 | 4.0 | 41.7 | 20.0 | 4,000 | 1.00x |"
+    assert rows[3] == "| mixed_bfloat16 | 5.00 | 6.4 | 26.1 | 25.0 | 4,500 | 0.62x |"
+    assert rows[4] == "| mixed_bfloat16 | error: boom |"
+    for args, said in ((["--text_len", "200"], "--text_len 200: a run's texts are cut at --max_len"),
+                       (["--precisions", "float16"], "--precisions: one or both of float32, mixed_bfloat16"),
+                       (["--steps", "0"], "--steps")):
+        r = launch.run([sys.executable, "-m", "tools.bench_e2e", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and said in lines[0], r.stderr
