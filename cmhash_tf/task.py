@@ -5,6 +5,7 @@ run driver (spec cmhash.md §3, §4, §6, §8a).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Optional
 
 import keras
@@ -99,8 +100,13 @@ class CMHashTrainer:
     def split_codes(self, split) -> tuple:
         """(image codes or None, text codes) of every item of a split."""
         if hasattr(split, "eval_batches"):  # end to end: images decoded and texts fed batch by batch
-            parts = [(binarize(self._image(b["image"])), binarize(self._text(b["text"])))
-                     for b in split.eval_batches()]
+            parts, shown, t0 = [], time.time(), time.time()
+            for b in split.eval_batches():
+                parts.append((binarize(self._image(b["image"])), binarize(self._text(b["text"]))))
+                if time.time() - shown >= driver.PROGRESS_SECONDS:  # thousands of images: minutes on a CPU
+                    shown = time.time()
+                    done = sum(len(p[1]) for p in parts)
+                    print(f"  encoding {done:,} of {len(split):,} items ({shown - t0:.0f} s)", flush=True)
             return tuple(np.concatenate([np.asarray(p[i]) for p in parts]) for i in (0, 1))
         code = lambda fn: (lambda x: binarize(fn(x)))  # noqa: E731
         text = training.batched(code(self._text), split.text, 8192)
@@ -115,10 +121,11 @@ class CMHashTrainer:
                                     ("loss", "applied"), self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
                                     steps_per_execution=steps_per_execution, jit_compile=jit_compile)
 
-    def evaluate(self, queries, database, codes: bool = False):
-        """Hamming mAP of the queries against the database (and the codes, for PR curves)."""
+    def evaluate(self, queries, database, codes: bool = False, database_codes: Optional[tuple] = None):
+        """Hamming mAP of the queries against the database (and the codes, for PR curves);
+        `database_codes`: the database's `split_codes`, when another evaluation computed them."""
         qi, qt = self.split_codes(queries)
-        di, dt = self.split_codes(database)
+        di, dt = database_codes if database_codes is not None else self.split_codes(database)
         if self.cfg.text_only:
             t2t, excl = metrics.hashing_map(qt, dt, queries.labels, database.labels)
             out = {"t2t_map": t2t, "excluded_queries": excl}
@@ -206,9 +213,10 @@ class CMHashTask(driver.Task):
     def evaluate(self, epoch: int) -> driver.Evaluation:
         t, q, db = self.trainer, self.queries, self.database
         record = {"epoch": epoch}
+        db_codes = t.split_codes(db)  # once for both query sets (end to end: minutes of backbone passes)
         if self.val is not None:
-            record["val"] = t.evaluate(self.val, db)
-        record["test"], (qi, qt, di, dt) = t.evaluate(q, db, codes=True)
+            record["val"] = t.evaluate(self.val, db, database_codes=db_codes)
+        record["test"], (qi, qt, di, dt) = t.evaluate(q, db, codes=True, database_codes=db_codes)
         scalars = {f"{s}/{k}": v for s in ("val", "test") if s in record for k, v in record[s].items()}
         curves = {"t2t": (qt, dt, q.labels, db.labels, "hamming")} if t.cfg.text_only else {
             "i2t": (qi, dt, q.labels, db.labels, "hamming"), "t2i": (qt, di, q.labels, db.labels, "hamming")}

@@ -566,6 +566,9 @@ class Task:
 
 # --------------------------------------------------------------------------- the loop
 
+PROGRESS_SECONDS = 60.0  # long work (a unit, an end-to-end evaluation) prints a line this often
+
+
 @dataclasses.dataclass
 class FitOptions:
     label: str = ""                   # prefix of printed lines ("[zs]")
@@ -577,7 +580,7 @@ class FitOptions:
     profile_unit: Optional[int] = None  # a TensorFlow profiler trace of this (0-based) unit into tb/
     checkpoint_seconds: float = 600.0  # also checkpoint between evaluations when this long since the last (0: no)
     #                                   (and part-way through a unit, for a task that can: `Task.part_way`)
-    inner_progress_seconds: float = 60.0  # a progress line within a unit that has run this long since the last
+    inner_progress_seconds: float = PROGRESS_SECONDS  # a progress line within a unit running this long since the last
 
 
 @dataclasses.dataclass
