@@ -142,6 +142,10 @@ def restore_models(run_dir: str, checkpoint: Optional[str] = None, **models) -> 
         checkpoint = resolve_checkpoint(ckpt_dir, checkpoint)
     checkpoint = checkpoint or default_checkpoint(ckpt_dir)
     if checkpoint is None:
+        partial = os.path.join(ckpt_dir, training.PARTIAL, training.PARTIAL_FILE)
+        if os.path.exists(partial):
+            raise DataError(f"{ckpt_dir}: no whole epoch checkpointed yet, only the part-way checkpoint that "
+                            f"{partial} names; resume the run to finish the epoch, or pass its path as --checkpoint")
         raise DataError(f"{ckpt_dir}: no checkpoint to export (train first, or pass the checkpoint path)")
     indexes = {f"{k}__variables": training.variable_index(m) for k, m in models.items()}
     try:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -884,6 +885,15 @@ def test_a_unit_stopped_part_way_resumes_from_that_batch_and_equals_a_straight_r
     assert tf.train.latest_checkpoint(str(ckpts)).endswith("ckpt-1")  # the whole epochs' checkpoints as they were
     record = json.loads((ckpts / "partial" / "partial.json").read_text())
     assert record["batches"] == 3 and record["after"] == "ckpt-1" and len(record["values"]["loss"]) == 3
+    monkeypatch.setattr(run, "_STOP", [])
+    with pytest.raises(KeyboardInterrupt):  # stopped in its first epoch: no whole epoch to export
+        driver.fit(_Batches(stop_at=(0, 1)), str(tmp_path / "first"), opts)
+    from common import export
+
+    with pytest.raises(DataError, match=r"no whole epoch checkpointed yet, only the part-way checkpoint that "
+                                        r".*partial.json names; resume the run"):
+        export.restore_models(str(tmp_path / "first"), v=keras.layers.Dense(1))
+    capsys.readouterr()
     before = snapshot(ckpts)
     monkeypatch.setattr(run, "_STOP", [])
     resumed = _Batches()
