@@ -128,6 +128,7 @@ class ACMRTask(driver.Task):
         self.trainer, self.test, self.val, self.replicas = trainer, test, val, trainer.replicas
         self.runner = trainer.make_runner(train, steps_per_execution, jit_compile)
         self.steps_per_unit = self.runner.steps
+        self.part_way = self.runner.resumes_part_way  # with --steps_per_execution (its step draws nothing random)
         self.num_units = trainer.cfg.epochs
         k = trainer.cfg.top_k
         self.headline = (f"test/i2t_map_at_{k}", f"test/t2i_map_at_{k}")
@@ -152,9 +153,9 @@ class ACMRTask(driver.Task):
                     image={"dim": nets.dims["image"], "model": "image_projector"},
                     text={"dim": nets.dims["text"], "model": "text_projector"})
 
-    def train_unit(self, epoch: int, on_block=None) -> dict:
+    def train_unit(self, epoch: int, on_block=None, **resume) -> dict:
         self.trainer.grl_scale.assign(grl_schedule(epoch, self.num_units))
-        return self.runner.run_epoch(epoch, on_block=on_block)
+        return self.runner.run_epoch(epoch, on_block=on_block, **resume)
 
     def evaluate(self, epoch: int) -> driver.Evaluation:
         result, (e_v, e_t) = self.trainer.evaluate(self.test, embeddings=True)

@@ -161,7 +161,7 @@ class CMHashTask(driver.Task):
         self.runner, self.position = runner, position or {}
         self.replicas, self.num_units = trainer.replicas, trainer.cfg.epochs
         self.steps_per_unit = runner.steps
-        self.part_way = isinstance(runner, training.BatchRunner)  # end to end: stops and saves between batches
+        self.part_way = runner.resumes_part_way  # end to end, or with --steps_per_execution
         self.keys = map_keys(trainer.cfg)
         self.headline = tuple(f"test/{k}" for k in self.keys)
         self.applied = 0  # batches with at least one triplet since the last record

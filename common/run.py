@@ -151,11 +151,15 @@ def set_precision(precision: Optional[str] = None) -> list:
     return warnings
 
 
-def define_execution_flags() -> None:
-    """How the in-graph training loop runs (methods whose epochs run in `training.EpochRunner`)."""
-    flags.DEFINE_integer("steps_per_execution", 0,
-                         "Batches per compiled call: 0 = a whole epoch in one call (the fastest; 1 with "
-                         "--log_batches), 1 = one call per batch. Results do not depend on it.", lower_bound=0)
+def define_execution_flags(default_steps: int = 0, why: str = "") -> None:
+    """How the in-graph training loop runs (methods whose epochs run in `training.EpochRunner`).
+    `default_steps` > 0 (`why` says why): calls of that many batches by default, for a method whose
+    epochs are long enough to want a stop, a checkpoint or a progress line part-way through them."""
+    flags.DEFINE_integer("steps_per_execution", default_steps,
+                         "Batches per compiled call: 0 = a whole epoch in one call (the fastest for small steps), "
+                         "1 = one call per batch (the default with --log_batches); with several calls per epoch a "
+                         f"stop or --checkpoint_minutes checkpoints part-way through it{why}. Results do not depend "
+                         "on it.", lower_bound=0)
     flags.DEFINE_bool("jit_compile", None, "Compile the training loop (JFSE: its step) with XLA. Default: on with one "
                       "device (1.3-2.1x faster per epoch on CPU, docs/benchmarks.md), off under --distribute and "
                       "under --precision mixed_bfloat16 without a GPU (XLA's CPU bfloat16 is no faster).")
@@ -474,8 +478,8 @@ def jit_compile(replicas) -> bool:
 
 def steps_per_execution() -> int:
     """--steps_per_execution, 1 by default with --log_batches (so each line's time is its batch's)."""
-    value = flags.FLAGS.steps_per_execution
-    return value if value or not flags.FLAGS.log_batches else 1
+    given = flags.FLAGS["steps_per_execution"].present
+    return 1 if flags.FLAGS.log_batches and not given else flags.FLAGS.steps_per_execution
 
 
 _PROGRAM: Optional[str] = None
@@ -677,7 +681,7 @@ def stops_at_unit_ends(between_batches: bool = False):
     """Inside the training loop a first Ctrl-C / SIGTERM is recorded instead of raised, so the epoch
     (cycle) under way ends and is checkpointed, and the driver then stops (`stop_requested`); a second
     one raises at once. Outside the loop (loading data, writing results) they act as usual.
-    `between_batches`: the driver stops at the end of the batch under way instead (`Task.part_way`)."""
+    `between_batches`: the driver stops after the batches under way instead (`Task.part_way`)."""
     if threading.current_thread() is not threading.main_thread():  # signal.signal works only there
         yield
         return
@@ -691,7 +695,8 @@ def stops_at_unit_ends(between_batches: bool = False):
     for sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # a background job's ignored SIGINT stays so
             saved[sig] = signal.signal(sig, defer)
-    _IN_LOOP.append("batch" if between_batches else "epoch or cycle")
+    _IN_LOOP.append("after the batches under way, which are checkpointed part-way through the epoch" if between_batches
+                    else "at the end of the epoch or cycle under way, which is checkpointed")
     try:
         yield
     finally:
@@ -726,8 +731,7 @@ def _watch_stops(hint: str, training: bool) -> None:
                     _exit_now(128 + signum)
                 time.sleep(1.0)  # a stop the main thread handles right away has ended the process by now
                 if _IN_LOOP:
-                    print(f"stopping at the end of the {_IN_LOOP[0]} under way, which is checkpointed; Ctrl-C again "
-                          "stops at once", file=sys.stderr, flush=True)
+                    print(f"stopping {_IN_LOOP[0]}; Ctrl-C again stops at once", file=sys.stderr, flush=True)
                     continue
                 longest = " (up to one compiled epoch)" if training else ""
                 print(f"stopping when the running TensorFlow call returns{longest}; Ctrl-C again stops at once",

@@ -559,12 +559,21 @@ class EpochRunner:
         out = self._block(order, tf.constant(first, tf.int32), tf.constant(count, tf.int32))
         return {k: v.numpy() for k, v in out.items()}
 
-    def run_epoch(self, epoch: int, on_block: Optional[Callable[[int, dict], None]] = None) -> Dict[str, np.ndarray]:
+    @property
+    def resumes_part_way(self) -> bool:
+        """More than one call per epoch: a stop between calls can be checkpointed part-way (the row
+        order is the epoch's, drawn again; the step's random state is the caller's to checkpoint)."""
+        return self.per_call < self.steps
+
+    def run_epoch(self, epoch: int, on_block: Optional[Callable[[int, dict], None]] = None, start: int = 0,
+                  earlier: Optional[Dict[str, Sequence[float]]] = None) -> Dict[str, np.ndarray]:
         """Every batch of epoch `epoch`; returns each output per batch. `on_block(first, values)`
-        sees each call's values as they arrive (progress lines, early NaN checks)."""
+        sees each call's values as they arrive (progress lines, early NaN checks, stops). `start` > 0
+        continues an epoch stopped after that many batches (`earlier`: their outputs, which lead the
+        returned values); the calls then begin at `start`, the same batches in the same order."""
         order = self.order(epoch)
-        parts = []
-        for first in range(0, self.full_steps, self.per_call):
+        parts = [(0, {k: np.asarray(earlier[k], np.float32) for k in self.outputs})] if earlier else []
+        for first in range(start, self.full_steps, self.per_call):
             parts.append((first, self.run_block(epoch, first, min(self.per_call, self.full_steps - first), order)))
             if on_block is not None:
                 on_block(*parts[-1])
@@ -581,6 +590,8 @@ class BatchRunner:
     For data that does not fit in memory (images decoded from files); `iterator` is
     checkpointable, so resume continues from the saved position.
     """
+
+    resumes_part_way = True  # its position is the iterator's, which the caller checkpoints
 
     def __init__(self, step: Callable, dataset: tf.data.Dataset, args: Sequence[str], outputs: Sequence[str],
                  steps: int):

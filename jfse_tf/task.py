@@ -296,6 +296,7 @@ class JFSETask(driver.Task):
         self.replicas = trainer.replicas
         self.runner = trainer.make_runner(train, class_emb_rows, steps_per_execution, jit_compile)
         self.steps_per_unit = self.runner.steps
+        self.part_way = self.runner.resumes_part_way  # its noise generator is checkpointed (`rng`)
         self.num_units = trainer.cfg.epochs
         first = next(iter(eval_sets))
         self.headline = (f"test/{first}/i2t_map_all", f"test/{first}/t2i_map_all")
@@ -321,9 +322,9 @@ class JFSETask(driver.Task):
                     notes="The release's headline evaluation min-max scales each test split's features per column "
                           "(that split's own min and max) before embedding; do the same to compare.")
 
-    def train_unit(self, epoch: int, on_block=None) -> dict:
+    def train_unit(self, epoch: int, on_block=None, **resume) -> dict:
         self.trainer.grl_scale.assign(float(grl_schedule(epoch, self.num_units)))
-        return self.runner.run_epoch(epoch, on_block=on_block)
+        return self.runner.run_epoch(epoch, on_block=on_block, **resume)
 
     def evaluate_at(self, epoch: int) -> bool:
         return epoch % self.trainer.cfg.eval_every == 0

@@ -197,3 +197,46 @@ def test_fit_stops_at_the_first_non_finite_batch_before_evaluating(data, tmp_pat
     with pytest.raises(DivergenceError, match=r"non-finite loss_D=nan at epoch 1, batch 2"):
         driver.fit(task, str(tmp_path))
     assert seen == [] and not os.path.exists(tmp_path / "history.json")
+
+
+def test_an_epoch_stopped_between_calls_resumes_to_the_straight_runs_weights(data, tmp_path, monkeypatch):
+    """With several calls per epoch (JFSE's default --steps_per_execution 16; 2 here), a Ctrl-C is
+    kept after the call under way: the part-way checkpoint holds the noise generator, and the resumed
+    epoch's calls start at the next batch of the same order, so the run ends with the uninterrupted
+    run's losses, evaluations and weights, exactly."""
+    from common import run
+
+    ds, zs = data
+    rows = ds.class_embedding_rows(zs.train.labels)
+    opts = driver.FitOptions(histogram_every=0, checkpoint_seconds=0)
+
+    def task(stop_after_call=None):
+        t = JFSETask(trainer_for(ds, epochs=2, eval_every=1, hidden=32, noise_dim=4, n_critic=1, batch_size=32), zs.train, rows,
+                     {"unseen": zs.test_unseen}, steps_per_execution=2)
+        if stop_after_call is not None:
+            calls, block = [], t.runner.run_block
+
+            def run_block(*args, **kw):
+                calls.append(args[1])
+                if len(calls) == stop_after_call:
+                    run._STOP.append(2)  # a Ctrl-C during this call
+                return block(*args, **kw)
+            t.runner.run_block = run_block
+        return t
+
+    monkeypatch.setattr(run, "_STOP", [])
+    straight = task()
+    assert straight.part_way and straight.runner.full_steps > 4
+    result = driver.fit(straight, str(tmp_path / "a"), opts)
+    with pytest.raises(KeyboardInterrupt):
+        driver.fit(task(stop_after_call=-(-straight.runner.full_steps // 2) + 2), str(tmp_path / "b"), opts)
+    partial = training.RunState(str(tmp_path / "b"), **task().checkpoint_objects()).partial
+    assert partial["epoch"] == 1 and partial["batches"] == 4  # epoch 2 stopped after its second call
+    monkeypatch.setattr(run, "_STOP", [])
+    resumed = task()
+    again = driver.fit(resumed, str(tmp_path / "b"), opts)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "train_seconds"} for r in h]  # noqa: E731
+    assert strip(again.history) == strip(result.history)
+    for a, b in zip(straight.trainer.nets.models().values(), resumed.trainer.nets.models().values()):
+        for va, vb in zip(a.weights, b.weights):
+            np.testing.assert_array_equal(va.numpy(), vb.numpy())
