@@ -211,8 +211,8 @@ def test_an_epoch_stopped_between_calls_resumes_to_the_straight_runs_weights(dat
     opts = driver.FitOptions(histogram_every=0, checkpoint_seconds=0)
 
     def task(stop_after_call=None):
-        t = JFSETask(trainer_for(ds, epochs=2, eval_every=1, hidden=32, noise_dim=4, n_critic=1, batch_size=32), zs.train, rows,
-                     {"unseen": zs.test_unseen}, steps_per_execution=2)
+        tiny = trainer_for(ds, epochs=2, eval_every=1, hidden=32, noise_dim=4, n_critic=1, batch_size=32)
+        t = JFSETask(tiny, zs.train, rows, {"unseen": zs.test_unseen}, steps_per_execution=2)
         if stop_after_call is not None:
             calls, block = [], t.runner.run_block
 
