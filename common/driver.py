@@ -659,7 +659,7 @@ def fit(task: Task, folder: str, options: FitOptions = FitOptions(),
             if partial is not None and unit == first:
                 resume = {"start": partial["batches"], "earlier": partial["values"]}
 
-            def keep(batches, values, unit=unit, t0=t0, since=since, units_since=units_since):
+            def keep(batches, values):  # called within this unit only
                 state.save_partial(unit, batches, values, {"train_seconds": round(since + time.time() - t0, 4),
                                                            "train_units": units_since, "task": task.pending()})
 
@@ -757,8 +757,9 @@ class _PartWay(Exception):
 
 class _UnitWatch:
     """Within a unit: a progress line when it has run `inner_progress_seconds` since the last one
-    (an end-to-end epoch can take an hour on a CPU) and, where the task can (`save_from`: the
-    time of the last checkpoint), a stop or a timed checkpoint between two batches."""
+    (an end-to-end epoch can take an hour on a CPU) and, where the task can (`keep` saves a part-way
+    checkpoint; `last_save`: the time of the last checkpoint), a stop or a timed checkpoint between
+    two batches."""
 
     def __init__(self, task, unit, options, label, resume, keep: Optional[Callable], last_save: float):
         self.task, self.unit, self.options, self.label = task, unit, options, label

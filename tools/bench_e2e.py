@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
@@ -96,15 +95,12 @@ def run_case(precision: str) -> dict:
 
 
 def _child(precision: str) -> dict:
+    from tools.benchmark import child_record
+
     argv = [sys.executable, "-m", "tools.bench_e2e", f"--case_precision={precision}", f"--steps={FLAGS.steps}",
             f"--batch_size={FLAGS.batch_size}", f"--image_size={FLAGS.image_size}", f"--text_len={FLAGS.text_len}",
             f"--bits={FLAGS.bits}"]
-    r = subprocess.run(argv, capture_output=True, text=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-    if r.returncode != 0 or not lines:
-        return {"precision": precision, "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "no output"}
-    return json.loads(lines[-1])
+    return child_record(argv, {"precision": precision})
 
 
 def markdown(records: list) -> str:

@@ -305,10 +305,16 @@ def _child(case: str, precision: str = "float32", variants=None) -> dict:
             f"--repeats={FLAGS.repeats}", f"--jfse_steps={FLAGS.jfse_steps}",
             f"--variants={','.join(variants or FLAGS.variants)}", f"--queries={FLAGS.queries}",
             f"--case_precision={precision}"]
+    return child_record(argv, {"case": case})
+
+
+def child_record(argv: list, label: dict) -> dict:
+    """Run one measurement in a child process (its own peak RSS, its own global policy) and return
+    the JSON record it printed last; on failure `label` with the child's last error line."""
     r = subprocess.run(argv, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
     if r.returncode != 0 or not lines:
-        return {"case": case, "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "no output"}
+        return dict(label, error=r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "no output")
     return json.loads(lines[-1])
 
 
