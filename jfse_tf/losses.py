@@ -101,19 +101,26 @@ def cmca_loss(image_emb, text_emb):
 ALIGNMENTS = {"cmpm": cmpm_loss, "cmmd": lambda a, b, y: cmmd_loss(a, b), "cmca": lambda a, b, y: cmca_loss(a, b)}
 
 
+def _total(*parts):
+    """A sum in the written order. As a chain of adds, Grappler's arithmetic optimizer regrouped the
+    shared weights (w_adv_real = w_syn_r = 0.01) differently from one run to the next under CPU load,
+    so the logged loss_Re differed by one ulp between equal runs; a reduction over a stack is left alone."""
+    return tf.reduce_sum(tf.stack(parts))
+
+
 def generator_objective(terms: dict, w: dict):
     """§3.5: L_G^img + L_G^txt + w_cyc_g (L_cyc^v + L_cyc^t + w_adv_g L_adv^syn); no alignment."""
-    return (terms["g_adv_img"] + terms["g_adv_txt"]
-            + w["w_cyc_g"] * (terms["cyc_img"] + terms["cyc_txt"] + w["w_adv_g"] * terms["adv_syn"]))
+    return _total(terms["g_adv_img"], terms["g_adv_txt"],
+                  w["w_cyc_g"] * _total(terms["cyc_img"], terms["cyc_txt"], w["w_adv_g"] * terms["adv_syn"]))
 
 
 def regressor_objective(terms: dict, w: dict):
     """§3.5: L_reg^v + L_reg^t + w_align_real A_real + w_adv_real L_adv^real
     + w_syn_r (L_cyc^v + L_cyc^t + w_adv_syn_r L_adv^syn + w_align_syn A_syn)."""
-    return (terms["reg_img"] + terms["reg_txt"] + w["w_align_real"] * terms["align_real"]
-            + w["w_adv_real"] * terms["adv_real"]
-            + w["w_syn_r"] * (terms["cyc_img"] + terms["cyc_txt"] + w["w_adv_syn_r"] * terms["adv_syn"]
-                              + w["w_align_syn"] * terms["align_syn"]))
+    return _total(terms["reg_img"], terms["reg_txt"], w["w_align_real"] * terms["align_real"],
+                  w["w_adv_real"] * terms["adv_real"],
+                  w["w_syn_r"] * _total(terms["cyc_img"], terms["cyc_txt"], w["w_adv_syn_r"] * terms["adv_syn"],
+                                        w["w_align_syn"] * terms["align_syn"]))
 
 
 
