@@ -219,19 +219,21 @@ class SelectedModel:
         self._pending = None
 
     def _remove_others(self, keep: Optional[str]) -> None:
-        if not os.path.isdir(self.directory):
-            return
-        for name in os.listdir(self.directory):
-            if name != SELECTED_FILE and (keep is None or not (name == keep + ".index" or
-                                                                name.startswith(keep + ".data-"))):
-                _remove(os.path.join(self.directory, name))
+        if os.path.isdir(self.directory):
+            _keep_only(self.directory, SELECTED_FILE, keep)
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        os.unlink(path)
+def _keep_only(directory: str, record: str, keep: Optional[str]) -> None:
+    """Remove every entry of `directory` but its `record` file and the files of checkpoint `keep`
+    (None: keep no checkpoint): the folders that hold one checkpoint and the record naming it."""
+    for name in os.listdir(directory):
+        if name == record or keep is not None and (name == keep + ".index" or name.startswith(keep + ".data-")):
+            continue
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
 
 
 class RunState:
@@ -328,9 +330,7 @@ class RunState:
             "checkpoint": name, "batches": int(batches), "after": os.path.basename(latest) if latest else None,
             "values": {k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in values.items()},
             "pending": pending})
-        for entry in os.listdir(folder):
-            if entry != PARTIAL_FILE and not (entry == name + ".index" or entry.startswith(name + ".data-")):
-                _remove(os.path.join(folder, entry))
+        _keep_only(folder, PARTIAL_FILE, name)
         self.partial = None
 
     def _clear_partial(self) -> None:
